@@ -1,0 +1,56 @@
+"""camkit: class activation maps for any feature layout, with plugin backends.
+
+    import camkit
+    result = camkit.explain(model, images, method="gradcam")   # result.maps: (N, H, W) on images' device
+
+Importing camkit does not import torch: the public names below load on first use.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from camkit.hookspecs import hookimpl, hookspec
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "explain": "camkit.explain",
+    "Explainer": "camkit.explain",
+    "CamResult": "camkit.explain",
+    "resolve_targets": "camkit.explain",
+    "available_methods": "camkit.explain",
+    "Layout": "camkit.layout",
+    "class_activation_map": "camkit.contraction",
+    "postprocess": "camkit.contraction",
+    "capture_features": "camkit.capture",
+    "CamMethod": "camkit.methods",
+    "WeightContext": "camkit.methods",
+    "Weights": "camkit.methods",
+    "ModelFamily": "camkit.families",
+    "Command": "camkit.cli",
+    "ConstantMapWarning": "camkit.kernels",
+    "TorchKernel": "camkit.kernels",
+    "NumpyKernel": "camkit.kernels",
+    "get_plugin_manager": "camkit.plugin_manager",
+    "registry": "camkit.plugin_manager",
+    "lookup": "camkit.plugin_manager",
+    "temporary_plugin": "camkit.plugin_manager",
+    "list_plugins": "camkit.cli",
+}
+
+__all__ = ["__version__", "hookimpl", "hookspec", *sorted(_LAZY)]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'camkit' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

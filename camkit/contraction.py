@@ -1,0 +1,127 @@
+"""The CAM equation and the post-processing of maps.
+
+    M_c(s) = sum_k w_k^c(s) * f_k(s)
+
+Methods differ only in where the weights w come from; layouts only in how the axes of f are
+laid out. ``class_activation_map`` is the one place the equation is computed.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import numpy as np
+
+from camkit.kernels import select_kernel
+from camkit.layout import CONTINUOUS, Layout
+
+
+def _is_numpy(x: Any) -> bool:
+    return isinstance(x, np.ndarray)
+
+
+def _check_finite(array: Any, what: str) -> None:
+    finite = np.isfinite(array).all() if _is_numpy(array) else bool(array.isfinite().all())
+    if not finite:
+        raise ValueError(f"{what} contain NaN or infinite values")
+
+
+def class_activation_map(
+    features: Any,
+    layout: "str | Layout",
+    *,
+    channel_weights: Any = None,
+    site_weights: Any = None,
+    class_weights: Any = None,
+) -> Any:
+    """Contract ``features`` with weights over the channel axis of ``layout``.
+
+    Exactly one kind of weights:
+
+    * ``channel_weights``: ``(N, C)`` -> maps ``(N, *sites)``; or ``(N, K, C)`` -> ``(N, K, *sites)``;
+    * ``site_weights`` (a weight per channel *and* site, LayerCAM / HiResCAM): the features' shape
+      -> ``(N, *sites)``; or ``(N, K, <features' shape without N>)`` -> ``(N, K, *sites)``;
+    * ``class_weights``: ``(K, C)`` shared by all samples (e.g. a classifier) -> ``(N, K, *sites)``.
+
+    Sites keep the layout's order (``NHWC`` features give ``(N, H, W)`` maps). Works on torch tensors
+    (on their device, in their dtype) and numpy arrays alike.
+    """
+    layout = Layout.parse(layout)
+    layout.check(features.shape)
+    given = [w is not None for w in (channel_weights, site_weights, class_weights)]
+    if sum(given) != 1:
+        raise ValueError("pass exactly one of channel_weights, site_weights, class_weights")
+    n_samples = features.shape[layout.batch_axis]
+    n_channels = features.shape[layout.channel_axis]
+    f = layout.subscripts
+    sites = layout.site_letters.lower()
+    without_batch = f.replace("n", "")
+
+    if channel_weights is not None:
+        weights = channel_weights
+        if tuple(weights.shape) == (n_samples, n_channels):
+            equation = f"{f},nc->n{sites}"
+        elif weights.ndim == 3 and (weights.shape[0], weights.shape[2]) == (n_samples, n_channels):
+            equation = f"{f},nkc->nk{sites}"
+        else:
+            raise ValueError(f"channel_weights of shape {tuple(weights.shape)} do not fit features "
+                             f"{tuple(features.shape)} in layout {layout}: expected (N={n_samples}, C={n_channels}) "
+                             f"or (N, K, C)")
+    elif site_weights is not None:
+        weights = site_weights
+        if tuple(weights.shape) == tuple(features.shape):
+            equation = f"{f},{f}->n{sites}"
+        elif weights.ndim == features.ndim + 1 and weights.shape[0] == n_samples and \
+                tuple(weights.shape[2:]) == tuple(s for a, s in enumerate(features.shape) if a != layout.batch_axis):
+            equation = f"{f},nk{without_batch}->nk{sites}"
+        else:
+            raise ValueError(f"site_weights of shape {tuple(weights.shape)} do not fit features "
+                             f"{tuple(features.shape)} in layout {layout}")
+    else:
+        weights = class_weights
+        if weights.ndim != 2 or weights.shape[1] != n_channels:
+            raise ValueError(f"class_weights of shape {tuple(weights.shape)} do not fit features with "
+                             f"C={n_channels} channels: expected (K, {n_channels})")
+        equation = f"{f},kc->nk{sites}"
+    return select_kernel(features).contract(equation, features, weights)
+
+
+def postprocess(
+    maps: Any,
+    map_letters: str,
+    *,
+    layout: "str | Layout",
+    relu: bool = True,
+    normalize: bool = True,
+    size: Mapping[str, int] | None = None,
+    reduce: str = "",
+) -> Any:
+    """ReLU, reduction, resampling and per-map min-max normalisation, each optional.
+
+    ``map_letters`` names the map's axes (``"NHW"`` or ``"NKHW"``); ``reduce`` lists axis letters to
+    average away (only reducible ones, e.g. persons ``M``); ``size`` maps continuous letters to
+    their new size (discrete axes such as joints are never interpolated). A constant map becomes
+    all zeros with a ``ConstantMapWarning``, never NaN.
+    """
+    layout = Layout.parse(layout)
+    kernel = select_kernel(maps)
+    for letter in reduce:
+        if letter not in map_letters:
+            raise ValueError(f"cannot reduce axis {letter!r}: maps have axes {map_letters!r}")
+        if layout.kind(letter) != "reducible":
+            raise ValueError(f"axis {letter!r} of layout {layout} is {layout.kind(letter)}, not reducible")
+    if reduce:
+        maps = kernel.reduce_mean(maps, tuple(map_letters.index(ch) for ch in reduce))
+        map_letters = "".join(ch for ch in map_letters if ch not in reduce)
+    if relu:
+        maps = kernel.relu(maps)
+    if size:
+        bad = [ch for ch in size if ch not in map_letters or layout.kind(ch) != CONTINUOUS]
+        if bad:
+            raise ValueError(f"cannot resample axes {''.join(bad)!r}: only continuous axes of "
+                             f"{map_letters!r} ({layout.continuous_letters!r}) are resampled")
+        maps = kernel.resample(maps, {map_letters.index(ch): int(s) for ch, s in size.items()})
+    if normalize:
+        sample_dims = 2 if map_letters.startswith("NK") else 1
+        maps = kernel.normalize(maps, sample_dims)
+    return maps

@@ -1,0 +1,143 @@
+"""Kernels: the array operations behind the contraction and its post-processing.
+
+``TorchKernel`` works on any torch device and dtype; ``NumpyKernel`` on numpy arrays. Both give
+the same numbers (tests check the parity). A plugin may answer ``camkit_select_kernel`` with a
+faster kernel (fused GPU code) that subclasses ``TorchKernel`` and overrides what it speeds up.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any, Mapping
+
+import numpy as np
+
+
+class ConstantMapWarning(UserWarning):
+    """A map had no contrast (all sites equal) and was normalised to zeros."""
+
+
+def _linear_source(out_size: int, in_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Source indices and weights of linear resampling with half-pixel centres (align_corners=False)."""
+    scale = in_size / out_size
+    src = (np.arange(out_size, dtype=np.float64) + 0.5) * scale - 0.5
+    src = np.clip(src, 0.0, None)
+    lo = np.minimum(np.floor(src).astype(np.int64), in_size - 1)
+    hi = np.minimum(lo + 1, in_size - 1)
+    frac = src - lo
+    return lo, hi, frac
+
+
+class NumpyKernel:
+    name = "numpy"
+
+    def contract(self, equation: str, features: Any, weights: Any) -> Any:
+        weights = np.asarray(weights, dtype=np.result_type(features.dtype, np.float32))
+        return np.einsum(equation, features, weights, optimize=True)
+
+    def reduce_mean(self, maps: Any, axes: tuple[int, ...]) -> Any:
+        return maps.mean(axis=axes) if axes else maps
+
+    def relu(self, maps: Any) -> Any:
+        return np.maximum(maps, 0)
+
+    def resample(self, maps: Any, sizes: Mapping[int, int]) -> Any:
+        """Linear interpolation along each axis in ``sizes`` (axis -> new size), separably."""
+        out = maps
+        for axis, size in sizes.items():
+            if out.shape[axis] == size:
+                continue
+            lo, hi, frac = _linear_source(size, out.shape[axis])
+            shape = [1] * out.ndim
+            shape[axis] = size
+            frac = frac.reshape(shape).astype(out.dtype)
+            out = np.take(out, lo, axis=axis) * (1 - frac) + np.take(out, hi, axis=axis) * frac
+        return out
+
+    def normalize(self, maps: Any, sample_dims: int) -> Any:
+        flat = maps.reshape(maps.shape[:sample_dims] + (-1,))
+        lo = flat.min(axis=-1, keepdims=True)
+        span = flat.max(axis=-1, keepdims=True) - lo
+        constant = span <= np.finfo(np.float32).tiny
+        if constant.any():
+            warnings.warn(f"{int(constant.sum())} map(s) are constant and were normalised to zeros",
+                          ConstantMapWarning, stacklevel=4)
+        out = np.where(constant, 0.0, (flat - lo) / np.where(constant, 1.0, span))
+        return out.astype(maps.dtype, copy=False).reshape(maps.shape)
+
+
+class TorchKernel:
+    name = "torch"
+
+    def contract(self, equation: str, features: Any, weights: Any) -> Any:
+        import torch
+
+        weights = torch.as_tensor(weights, device=features.device).to(features.dtype)
+        return torch.einsum(equation, features, weights)
+
+    def reduce_mean(self, maps: Any, axes: tuple[int, ...]) -> Any:
+        return maps.mean(dim=axes) if axes else maps
+
+    def relu(self, maps: Any) -> Any:
+        return maps.clamp_min(0)
+
+    def resample(self, maps: Any, sizes: Mapping[int, int]) -> Any:
+        """Linear / bilinear / trilinear interpolation along the axes in ``sizes`` only."""
+        import torch.nn.functional as F
+
+        sizes = {a: s for a, s in sizes.items() if maps.shape[a] != s}
+        if not sizes:
+            return maps
+        axes = sorted(sizes)
+        if len(axes) > 3:  # F.interpolate handles at most 3 axes at once: do them in two passes
+            first = {a: sizes[a] for a in axes[:3]}
+            return self.resample(self.resample(maps, first), {a: sizes[a] for a in axes[3:]})
+        others = [a for a in range(maps.ndim) if a not in axes]
+        moved = maps.permute(*others, *axes)
+        lead = moved.shape[: len(others)]
+        flat = moved.reshape(-1, 1, *moved.shape[len(others):])
+        mode = {1: "linear", 2: "bilinear", 3: "trilinear"}[len(axes)]
+        src_dtype = flat.dtype
+        if flat.device.type == "cpu" and src_dtype in (_half(), _bf16()):
+            flat = flat.float()  # half-precision interpolation is patchy on CPU
+        out = F.interpolate(flat, size=[sizes[a] for a in axes], mode=mode, align_corners=False)
+        out = out.to(src_dtype).reshape(*lead, *out.shape[2:])
+        inverse = [0] * maps.ndim
+        for position, axis in enumerate(others + axes):
+            inverse[axis] = position
+        return out.permute(*inverse)
+
+    def normalize(self, maps: Any, sample_dims: int) -> Any:
+        import torch
+
+        flat = maps.reshape(*maps.shape[:sample_dims], -1)
+        lo = flat.amin(dim=-1, keepdim=True)
+        span = flat.amax(dim=-1, keepdim=True) - lo
+        constant = span <= torch.finfo(span.dtype).tiny
+        if bool(constant.any()):
+            warnings.warn(f"{int(constant.sum())} map(s) are constant and were normalised to zeros",
+                          ConstantMapWarning, stacklevel=4)
+        out = torch.where(constant, torch.zeros_like(flat), (flat - lo) / torch.where(constant, torch.ones_like(span), span))
+        return out.reshape(maps.shape)
+
+
+def _half() -> Any:
+    import torch
+
+    return torch.float16
+
+
+def _bf16() -> Any:
+    import torch
+
+    return torch.bfloat16
+
+
+def select_kernel(array: Any) -> Any:
+    """The kernel for ``array``: asks plugins first (``camkit_select_kernel``), built-ins last."""
+    if isinstance(array, np.ndarray):
+        return NumpyKernel()
+    from camkit.plugin_manager import get_plugin_manager
+
+    kernel = get_plugin_manager().hook.camkit_select_kernel(device_type=array.device.type, dtype=array.dtype)
+    return kernel if kernel is not None else TorchKernel()

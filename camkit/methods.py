@@ -1,0 +1,120 @@
+"""The interface of a CAM method: a provider of weights for the contraction.
+
+A method is registered by a plugin::
+
+    @camkit.hookimpl
+    def camkit_register_methods():
+        return {"mycam": MyCam}          # a class (or factory) called with the method options
+
+and implements ``weights(ctx) -> Weights``. ``ctx`` (a ``WeightContext``) gives the captured
+features, their layout, the targets, the logits, the gradients of the target scores (computed on
+demand, only if the method sets ``needs_gradients = True``) and a way to run the model again.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping
+
+from camkit.layout import Layout
+
+
+@dataclass(frozen=True)
+class Weights:
+    """What a method returns: one kind of weights for ``class_activation_map``
+    (``"channel"`` (N, [K,] C), ``"site"`` (features' shape, or N, K, ...) or ``"class"`` (K, C))."""
+
+    kind: str
+    tensor: Any
+
+    @classmethod
+    def channel(cls, tensor: Any) -> "Weights":
+        return cls("channel", tensor)
+
+    @classmethod
+    def site(cls, tensor: Any) -> "Weights":
+        return cls("site", tensor)
+
+    @classmethod
+    def per_class(cls, tensor: Any) -> "Weights":
+        return cls("class", tensor)
+
+
+@dataclass
+class WeightContext:
+    """Everything a method may use. ``targets`` is ``(N,)`` or ``(N, K)`` class ids."""
+
+    model: Any
+    inputs: Any
+    layer: str
+    layout: Layout
+    features: Any
+    logits: Any
+    targets: Any
+    input_size: Mapping[str, int]
+    input_layout: Layout
+    classifier: Callable[[int], Any]
+    forward: Callable[[Any], Any]
+    _gradient_fn: Callable[[], Any] | None = field(default=None, repr=False)
+    _gradients: Any = field(default=None, repr=False)
+
+    @property
+    def multi_target(self) -> bool:
+        return self.targets.ndim == 2
+
+    @property
+    def gradients(self) -> Any:
+        """d score[target] / d features: the features' shape, or ``(N, K, ...)`` for K targets."""
+        if self._gradients is None:
+            if self._gradient_fn is None:
+                raise RuntimeError("this method did not declare needs_gradients = True")
+            self._gradients = self._gradient_fn()
+        return self._gradients
+
+    def sum_over_sites(self, tensor: Any, keep_targets: bool | None = None) -> Any:
+        """Sum a features-shaped (or ``(N, K, ...)``) tensor over its site axes -> ``(N, [K,] C)``."""
+        has_k = self.multi_target if keep_targets is None else keep_targets
+        letters = "nk" + self.layout.subscripts.replace("n", "") if has_k else self.layout.subscripts
+        import torch
+
+        return torch.einsum(f"{letters}->{'nk' if has_k else 'n'}c", tensor)
+
+    def as_site_tensor(self, channel_values: Any) -> Any:
+        """View ``(N, C)`` or ``(N, K, C)`` values so they broadcast against the features
+        (or against ``(N, K, ...)`` gradients): size 1 on every site axis."""
+        has_k = channel_values.ndim == 3
+        letters = self.layout.letters if not has_k else "NK" + self.layout.letters.replace("N", "")
+        shape = [1] * len(letters)
+        shape[letters.index("N")] = channel_values.shape[0]
+        shape[letters.index("C")] = channel_values.shape[-1]
+        if has_k:
+            shape[1] = channel_values.shape[1]
+        return channel_values.reshape(shape)
+
+    @property
+    def num_sites(self) -> int:
+        n = 1
+        for letter in self.layout.site_letters:
+            n *= int(self.features.shape[self.layout.letters.index(letter)])
+        return n
+
+    def expand_features(self) -> Any:
+        """The features shaped like ``gradients``: as they are for one target per sample,
+        ``(N, 1, ...)`` (batch first) for K targets."""
+        if not self.multi_target:
+            return self.features
+        return self.features.movedim(self.layout.batch_axis, 0).unsqueeze(1)
+
+
+class CamMethod:
+    """Base class of methods. Subclasses set ``name``, ``needs_gradients`` and implement ``weights``."""
+
+    name: str = ""
+    needs_gradients: bool = False
+
+    def __init__(self, **options: Any) -> None:
+        if options:
+            raise TypeError(f"method {self.name!r} takes no options, got {', '.join(options)}")
+
+    def weights(self, ctx: WeightContext) -> Weights:  # pragma: no cover - interface
+        raise NotImplementedError

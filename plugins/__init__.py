@@ -1,0 +1,1 @@
+"""Built-in camkit plugins, each registered through the `camkit` entry-point group."""

@@ -1,0 +1,1 @@
+"""camkit plugin: bench (registrations come in its own issue)."""

@@ -1,0 +1,1 @@
+"""camkit plugin: gpu (registrations come in its own issue)."""

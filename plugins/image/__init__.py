@@ -1,0 +1,1 @@
+"""camkit plugin: image (registrations come in its own issue)."""

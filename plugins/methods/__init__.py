@@ -1,0 +1,1 @@
+"""CAM methods: one module per method, one hookimpl each."""

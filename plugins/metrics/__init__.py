@@ -1,0 +1,1 @@
+"""camkit plugin: metrics (registrations come in its own issue)."""

@@ -1,0 +1,1 @@
+"""camkit plugin: skeleton (registrations come in its own issue)."""
