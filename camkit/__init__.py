@@ -15,11 +15,11 @@ from camkit.hookspecs import hookimpl, hookspec
 __version__ = "0.1.0"
 
 _LAZY = {
-    "explain": "camkit.explain",
-    "Explainer": "camkit.explain",
-    "CamResult": "camkit.explain",
-    "resolve_targets": "camkit.explain",
-    "available_methods": "camkit.explain",
+    "explain": "camkit.explainer",
+    "Explainer": "camkit.explainer",
+    "CamResult": "camkit.explainer",
+    "resolve_targets": "camkit.explainer",
+    "available_methods": "camkit.explainer",
     "Layout": "camkit.layout",
     "class_activation_map": "camkit.contraction",
     "postprocess": "camkit.contraction",

@@ -29,6 +29,8 @@ def _linear_source(out_size: int, in_size: int) -> tuple[np.ndarray, np.ndarray,
 
 
 class NumpyKernel:
+    """The kernel for numpy arrays (the same numbers as ``TorchKernel``)."""
+
     name = "numpy"
 
     def contract(self, equation: str, features: Any, weights: Any) -> Any:
@@ -67,6 +69,8 @@ class NumpyKernel:
 
 
 class TorchKernel:
+    """The default kernel: plain torch ops on the tensor's own device and dtype."""
+
     name = "torch"
 
     def contract(self, equation: str, features: Any, weights: Any) -> Any:

@@ -82,7 +82,7 @@ class PluginManager:
         caller = getattr(self.pm.hook, REGISTRY_HOOKS[kind])
         merged: dict[str, Any] = {}
         owner: dict[str, str] = {}
-        for impl in reversed(caller.get_hookimpls()):  # registration order
+        for impl in caller.get_hookimpls():  # registration order
             answer = impl.function()
             if answer is None:
                 continue

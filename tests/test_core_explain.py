@@ -1,0 +1,294 @@
+"""explain(): methods against hand-written formulas, targets, scoped hooks, state left as found, errors."""
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import camkit
+from camkit import Explainer, explain
+
+METHODS = ["cam", "gradcam", "gradcam++", "xgradcam", "layercam", "hirescam", "scorecam", "eigencam"]
+
+
+class GapNet(nn.Module):
+    """conv features -> global average pool -> linear: the CAM architecture."""
+
+    def __init__(self, classes: int = 4, channels: int = 6) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(3, channels, 3, padding=1), nn.ReLU(), nn.Conv2d(channels, channels, 3, padding=1))
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(channels, classes)
+
+    def forward(self, x):
+        return self.fc(self.pool(self.body(x)).flatten(1))
+
+
+class DeepHead(nn.Module):
+    """A non-linear head after the target layer, so gradient methods differ from CAM."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(3, 5, 3, padding=1), nn.ReLU())
+        self.head = nn.Sequential(nn.Conv2d(5, 5, 1), nn.Tanh(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(5, 3))
+
+    def forward(self, x):
+        return self.head(self.features(x))
+
+
+@pytest.fixture
+def model():
+    return GapNet().eval()
+
+
+@pytest.fixture
+def images():
+    return torch.randn(3, 3, 8, 8)
+
+
+def manual_features_and_grads(model, layer, x, targets):
+    feats = {}
+    handle = layer.register_forward_hook(lambda m, i, o: feats.setdefault("f", o))
+    try:
+        with torch.enable_grad():
+            out = model(x)
+            f = feats["f"]
+            g = torch.autograd.grad(out.gather(1, targets[:, None]).sum(), f)[0]
+    finally:
+        handle.remove()
+    return f.detach(), g, out.detach()
+
+
+def normalise(m):
+    m = m.clamp_min(0)
+    flat = m.flatten(1)
+    lo, hi = flat.min(1, keepdim=True).values, flat.max(1, keepdim=True).values
+    return ((flat - lo) / (hi - lo)).view_as(m)
+
+
+def test_cam_equals_gradcam_on_gap_linear(model, images):
+    a = explain(model, images, "cam")
+    b = explain(model, images, "gradcam")
+    assert a.maps.shape == (3, 8, 8) and a.layer == "body"
+    torch.testing.assert_close(a.maps, b.maps, atol=1e-5, rtol=0)
+    # and CAM itself against its definition: M = sum_k w_k^c f_k
+    f, _, logits = manual_features_and_grads(model, model.body, images, a.targets)
+    raw = torch.einsum("nchw,nc->nhw", f, model.fc.weight[a.targets].detach())
+    torch.testing.assert_close(a.maps, normalise(raw))
+    assert torch.equal(a.targets, logits.argmax(1))
+
+
+@pytest.mark.parametrize("method", ["gradcam", "gradcam++", "xgradcam", "layercam", "hirescam"])
+def test_gradient_methods_against_formulas(method):
+    net = DeepHead().eval()
+    x = torch.randn(2, 3, 6, 6)
+    targets = torch.tensor([0, 2])
+    f, g, _ = manual_features_and_grads(net, net.features, x, targets)
+    if method == "gradcam":
+        raw = (g.mean((2, 3), keepdim=True) * f).sum(1)
+    elif method == "gradcam++":
+        g2, g3 = g ** 2, g ** 3
+        alpha = g2 / (2 * g2 + f.sum((2, 3), keepdim=True) * g3)
+        alpha = torch.nan_to_num(alpha)
+        raw = ((alpha * g.clamp_min(0)).sum((2, 3), keepdim=True) * f).sum(1)
+    elif method == "xgradcam":
+        raw = (((g * f).sum((2, 3)) / f.sum((2, 3)))[..., None, None] * f).sum(1)
+    elif method == "layercam":
+        raw = (g.clamp_min(0) * f).sum(1)
+    else:
+        raw = (g * f).sum(1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        got = explain(net, x, method, layer="features", targets=targets, upsample=False)
+    torch.testing.assert_close(got.maps, torch.nan_to_num(normalise(raw)), atol=1e-5, rtol=1e-4)
+
+
+def test_scorecam_against_a_loop():
+    net = DeepHead().eval()
+    x = torch.randn(2, 3, 6, 6)
+    res = explain(net, x, "scorecam", layer="features", upsample=False, method_options={"chunk_size": 3})
+    f, _, _ = manual_features_and_grads(net, net.features, x, res.targets)
+    raw = torch.zeros(2, 6, 6)
+    for n in range(2):
+        for k in range(f.shape[1]):
+            a = f[n, k]
+            mask = (a - a.min()) / (a.max() - a.min()) if a.max() > a.min() else torch.zeros_like(a)
+            with torch.no_grad():
+                p = net((x[n] * mask)[None]).softmax(1)[0, res.targets[n]]
+            raw[n] += p * a
+    torch.testing.assert_close(res.maps, normalise(raw), atol=1e-5, rtol=1e-4)
+
+
+def test_eigencam_against_numpy_svd(model, images):
+    res = explain(model, images, "eigencam", upsample=False)
+    f, _, _ = manual_features_and_grads(model, model.body, images, res.targets)
+    for n in range(images.shape[0]):
+        a = f[n].flatten(1).T.numpy()  # (sites, C)
+        centred = a - a.mean(0)
+        v = np.linalg.svd(centred, full_matrices=False)[2][0]
+        v = v * (np.sign(v @ a.mean(0)) or 1)
+        raw = torch.from_numpy((a @ v).reshape(8, 8))
+        torch.testing.assert_close(res.maps[n], normalise(raw[None])[0], atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_batch_equals_loop_and_topk(method, model, images):
+    opts = {"method_options": {"chunk_size": 4}} if method == "scorecam" else {}
+    batch = explain(model, images, method, **opts)
+    for i in range(images.shape[0]):
+        single = explain(model, images[i:i + 1], method, **opts)
+        torch.testing.assert_close(single.maps[0], batch.maps[i], atol=1e-5, rtol=1e-4)
+    top = explain(model, images, method, topk=2, **opts)
+    assert top.maps.shape == (3, 2, 8, 8) and top.targets.shape == (3, 2)
+    torch.testing.assert_close(top.maps[:, 0], batch.maps, atol=1e-5, rtol=1e-4)
+    for k in range(2):
+        one = explain(model, images, method, targets=top.targets[:, k], **opts)
+        torch.testing.assert_close(top.maps[:, k], one.maps, atol=1e-5, rtol=1e-4)
+
+
+def test_all_classes_and_result_fields(model, images):
+    res = explain(model, images, "cam", targets="all")
+    assert res.maps.shape == (3, 4, 8, 8) and res.map_letters == "NKHW"
+    assert torch.equal(res.targets, torch.arange(4).expand(3, 4))
+    torch.testing.assert_close(res.probabilities.sum(1), torch.ones(3))
+    torch.testing.assert_close(res.scores, res.probabilities)
+    assert res.numpy().dtype == np.float32 and len(res) == 3
+
+
+def test_targets_validation(model, images):
+    with pytest.raises(ValueError, match="2 target.*batch of 3"):
+        explain(model, images, targets=[0, 1])
+    with pytest.raises(ValueError, match=r"out of range.*4 classes"):
+        explain(model, images, targets=[0, 1, 7])
+    with pytest.raises(ValueError, match="topk"):
+        explain(model, images, topk=9)
+    with pytest.raises(TypeError, match="integer"):
+        explain(model, images, targets=[0.5, 1.0, 2.0])
+    res = explain(model, images, targets=2)
+    assert res.targets.tolist() == [2, 2, 2]
+
+
+def test_hooks_removed_and_state_restored_even_when_forward_raises(model, images):
+    model.train()
+    model.body[0].eval()  # a mixed state must come back exactly
+    for p in model.parameters():
+        p.grad = torch.full_like(p, 7.0)
+    before = {n: m.training for n, m in model.named_modules()}
+    explain(model, images, "gradcam")
+    assert {n: m.training for n, m in model.named_modules()} == before
+    assert all(torch.equal(p.grad, torch.full_like(p, 7.0)) for p in model.parameters())
+    assert all(not m._forward_hooks for m in model.modules())
+    with pytest.raises(RuntimeError):
+        explain(model, torch.randn(2, 5, 8, 8), "gradcam")  # wrong channel count: conv raises
+    assert all(not m._forward_hooks for m in model.modules())
+    assert {n: m.training for n, m in model.named_modules()} == before
+    assert torch.is_grad_enabled()
+
+
+def test_gradcam_records_autograd_only_after_the_target_layer(model, images):
+    seen = {}
+
+    def before(module, inputs, output):
+        seen["before"] = torch.is_grad_enabled()
+
+    def after(module, inputs, output):
+        seen["after"] = (torch.is_grad_enabled(), output.grad_fn is not None)
+
+    handles = [model.body[0].register_forward_hook(before), model.fc.register_forward_hook(after)]
+    try:
+        explain(model, images, "gradcam")
+    finally:
+        for h in handles:
+            h.remove()
+    assert seen["before"] is False
+    assert seen["after"] == (True, True)
+
+
+def test_explainer_context_keeps_one_hook(model, images):
+    with Explainer(model, "gradcam") as explainer:
+        a = explainer(images)
+        assert len(model.body._forward_hooks) == 1
+        b = explainer(images[:2])
+        assert len(model.body._forward_hooks) == 1
+    assert not model.body._forward_hooks
+    torch.testing.assert_close(a.maps[:2], b.maps)
+
+
+def test_layer_by_module_by_name_and_unknown(model, images):
+    by_module = explain(model, images, layer=model.body)
+    by_name = explain(model, images, layer="body")
+    torch.testing.assert_close(by_module.maps, by_name.maps)
+    with pytest.raises(ValueError, match=r"no layer 'bdy'.*body"):
+        explain(model, images, layer="bdy")
+
+
+def test_cam_without_classifier_is_a_clear_error(images):
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Conv2d(4, 2, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    with pytest.raises(ValueError, match="no recognisable classifier"):
+        explain(net, images, "cam", layer="1")
+    # a gradient method needs no classifier
+    assert explain(net, images, "gradcam", layer="1").maps.shape == (3, 8, 8)
+
+
+def test_non_finite_features_are_rejected(model, images):
+    images = images.clone()
+    images[0, 0, 0, 0] = float("nan")
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        explain(model, images)
+
+
+def test_layout_rank_mismatch_names_layout_and_shape(model, images):
+    with pytest.raises(ValueError, match=r"NCTV.*|.*NCTV"):
+        explain(model, images, layout="NCTVM")
+
+
+def test_traced_target_layer_without_pool_module(images):
+    class MeanPool(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 3, padding=1)
+            self.act = nn.ReLU()
+            self.fc = nn.Linear(4, 2)
+
+        def forward(self, x):
+            return self.fc(self.act(self.conv(x)).mean((2, 3)))
+
+    net = MeanPool().eval()
+    res = explain(net, images)
+    assert res.layer == "act" and res.maps.shape == (3, 8, 8)
+    torch.testing.assert_close(res.maps, explain(net, images, "gradcam").maps, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("layout", ["NCL", "NCDHW", "NHWC"])
+def test_other_layouts_end_to_end(layout):
+    if layout == "NCL":
+        net = nn.Sequential(nn.Conv1d(2, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool1d(1), nn.Flatten(), nn.Linear(4, 3))
+        x = torch.randn(2, 2, 10)
+        res = explain(net, x, "gradcam")
+        assert res.maps.shape == (2, 10)
+    elif layout == "NCDHW":
+        net = nn.Sequential(nn.Conv3d(1, 4, 3, padding=1, stride=2), nn.ReLU(), nn.AdaptiveAvgPool3d(1), nn.Flatten(), nn.Linear(4, 3))
+        x = torch.randn(2, 1, 4, 6, 6)
+        res = explain(net, x, "cam")
+        assert res.maps.shape == (2, 4, 6, 6)
+        torch.testing.assert_close(res.maps, explain(net, x, "gradcam").maps, atol=1e-5, rtol=0)
+    else:
+        class ChannelsLast(nn.Module):  # a token-style model whose features are (N, H, W, C)
+            def __init__(self):
+                super().__init__()
+                self.embed = nn.Conv2d(3, 4, 2, stride=2)
+                self.mix = nn.Linear(4, 4)
+                self.fc = nn.Linear(4, 3)
+
+            def forward(self, x):
+                return self.fc(self.mix(self.embed(x).permute(0, 2, 3, 1)).mean((1, 2)))
+
+        net = ChannelsLast().eval()
+        x = torch.randn(2, 3, 8, 8)
+        cam = explain(net, x, "cam", layer="mix", layout="NHWC")
+        grad = explain(net, x, "gradcam", layer="mix", layout="NHWC")
+        assert cam.maps.shape == (2, 8, 8)
+        torch.testing.assert_close(cam.maps, grad.maps, atol=1e-5, rtol=0)
