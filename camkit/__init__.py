@@ -20,6 +20,7 @@ _LAZY = {
     "CamResult": "camkit.explainer",
     "resolve_targets": "camkit.explainer",
     "available_methods": "camkit.explainer",
+    "tokens_to_grid": "camkit.explainer",
     "Layout": "camkit.layout",
     "class_activation_map": "camkit.contraction",
     "postprocess": "camkit.contraction",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass, replace
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from camkit.capture import FeatureCapture, capture_features, evaluation_mode, resolve_layer, trace_target_layer
 from camkit.contraction import _check_finite, class_activation_map, postprocess
@@ -124,7 +124,9 @@ class Explainer:
     input's size) or ``output_size`` (``{"H": 224, "W": 224}``), ``reduce`` (reducible axes to
     average, e.g. ``"M"``), ``classifier_weights`` (for CAM on models with an unusual head),
     ``method_options`` (passed to the method), ``eval_mode`` (run in eval mode; the model's own
-    train/eval flags are restored after)."""
+    train/eval flags are restored after), ``feature_transform`` (a re-indexing applied to the
+    captured features and to their gradients before the contraction, e.g. ``tokens_to_grid``
+    for vision transformers; ``layout`` then describes its output)."""
 
     def __init__(
         self,
@@ -142,6 +144,7 @@ class Explainer:
         classifier_weights: Any = None,
         method_options: Mapping[str, Any] | None = None,
         eval_mode: bool = True,
+        feature_transform: Callable[[Any], Any] | None = None,
     ) -> None:
         self.model = model
         if isinstance(method, str):
@@ -158,6 +161,7 @@ class Explainer:
         self.reduce = reduce
         self.classifier = _classifier_finder(model, classifier_weights)
         self.eval_mode = eval_mode
+        self.feature_transform = feature_transform
         self._stack: contextlib.ExitStack | None = None
         self._capture: FeatureCapture | None = None
 
@@ -222,7 +226,8 @@ class Explainer:
             if not isinstance(logits, torch.Tensor) or logits.ndim != 2:
                 raise TypeError(f"the model must return logits of shape (N, classes), got "
                                 f"{getattr(logits, 'shape', type(logits).__name__)}; wrap it to return a tensor")
-            features = capture.features
+            raw_features = capture.features
+            features = self.feature_transform(raw_features) if self.feature_transform else raw_features
             layout = self.layout or layout_for_rank(features.ndim)
             layout.check(features.shape, f"features of layer {layer!r}")
             n_feat = features.shape[layout.batch_axis]
@@ -239,7 +244,8 @@ class Explainer:
                 model=self.model, inputs=inputs, layer=layer, layout=layout, features=features.detach(),
                 logits=logits.detach(), targets=ids, input_size=input_sizes, input_layout=input_layout,
                 classifier=self.classifier, forward=self._plain_forward,
-                _gradient_fn=(lambda: _target_gradients(logits, features, ids, layout, layer)) if needs_grad else None,
+                _gradient_fn=(lambda: _target_gradients(logits, raw_features, ids, layout, layer,
+                                                                 self.feature_transform)) if needs_grad else None,
             )
             with torch.no_grad() if needs_grad else torch.inference_mode():
                 weights = self.method.weights(ctx)
@@ -268,7 +274,8 @@ class Explainer:
         return self.model(inputs)
 
 
-def _target_gradients(logits: Any, features: Any, ids: Any, layout: Layout, layer: str) -> Any:
+def _target_gradients(logits: Any, features: Any, ids: Any, layout: Layout, layer: str,
+                      transform: Callable[[Any], Any] | None = None) -> Any:
     """Gradients of the target logits with respect to the captured features (never ``.backward``)."""
     import torch
 
@@ -286,10 +293,11 @@ def _target_gradients(logits: Any, features: Any, ids: Any, layout: Layout, laye
                                    f"(e.g. ReLU(inplace=True)); choose the layer after that operation") from exc
             raise
 
+    shaped = transform or (lambda g: g)  # gradients follow the features' reshaping
     if ids.ndim == 1:
-        return grad_of(ids, retain=False)
+        return shaped(grad_of(ids, retain=False))
     k = ids.shape[1]
-    grads = [grad_of(ids[:, j], retain=j < k - 1).movedim(layout.batch_axis, 0) for j in range(k)]
+    grads = [shaped(grad_of(ids[:, j], retain=j < k - 1)).movedim(layout.batch_axis, 0) for j in range(k)]
     return torch.stack(grads, dim=1)
 
 
@@ -317,3 +325,17 @@ def available_methods() -> Sequence[str]:
     from camkit.plugin_manager import registry
 
     return list(registry("methods"))
+
+
+def tokens_to_grid(height: int, width: int, prefix_tokens: int = 1) -> Callable[[Any], Any]:
+    """A ``feature_transform`` for token features ``(N, L, C)``: drop the ``prefix_tokens`` (class /
+    register tokens) and fold the rest into a ``(N, height, width, C)`` grid (layout ``NHWC``)."""
+
+    def transform(tokens: Any) -> Any:
+        n, length, channels = tokens.shape
+        if length - prefix_tokens != height * width:
+            raise ValueError(f"{length} tokens minus {prefix_tokens} prefix token(s) do not fill a "
+                             f"{height}x{width} grid")
+        return tokens[:, prefix_tokens:].reshape(n, height, width, channels)
+
+    return transform

@@ -115,14 +115,22 @@ class TorchKernel:
         import torch
 
         flat = maps.reshape(*maps.shape[:sample_dims], -1)
-        lo = flat.amin(dim=-1, keepdim=True)
-        span = flat.amax(dim=-1, keepdim=True) - lo
+        lo, hi = torch.aminmax(flat, dim=-1, keepdim=True)  # one pass instead of amin + amax
+        span = hi - lo
         constant = span <= torch.finfo(span.dtype).tiny
-        if bool(constant.any()):
+        any_constant = bool(constant.any())
+        if any_constant:
             warnings.warn(f"{int(constant.sum())} map(s) are constant and were normalised to zeros",
                           ConstantMapWarning, stacklevel=4)
-        out = torch.where(constant, torch.zeros_like(flat), (flat - lo) / torch.where(constant, torch.ones_like(span), span))
+            span = span.masked_fill(constant, 1.0)
+        out = (flat - lo).div_(span)  # in place: no third full-size temporary
+        if any_constant:
+            out.masked_fill_(constant, 0.0)
         return out.reshape(maps.shape)
+
+    def resample_normalize(self, maps: Any, sizes: Mapping[int, int], sample_dims: int) -> Any:
+        """``normalize(resample(maps, sizes), sample_dims)``; a kernel may fuse the two."""
+        return self.normalize(self.resample(maps, sizes), sample_dims)
 
 
 def _half() -> Any:

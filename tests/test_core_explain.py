@@ -292,3 +292,34 @@ def test_other_layouts_end_to_end(layout):
         grad = explain(net, x, "gradcam", layer="mix", layout="NHWC")
         assert cam.maps.shape == (2, 8, 8)
         torch.testing.assert_close(cam.maps, grad.maps, atol=1e-5, rtol=0)
+
+
+class TinyViT(nn.Module):
+    """Patch tokens + a class token, a token mixer, mean-pooled patch tokens, a linear head."""
+
+    def __init__(self):
+        super().__init__()
+        self.patch = nn.Conv2d(3, 6, 2, stride=2)
+        self.cls = nn.Parameter(torch.randn(1, 1, 6))
+        self.block = nn.Sequential(nn.Linear(6, 6), nn.Tanh())
+        self.head = nn.Linear(6, 3)
+
+    def forward(self, x):
+        tokens = self.patch(x).flatten(2).transpose(1, 2)
+        tokens = torch.cat([self.cls.expand(x.shape[0], -1, -1), tokens], dim=1)
+        tokens = self.block(tokens)
+        return self.head(tokens[:, 1:].mean(1))
+
+
+def test_token_features_with_a_grid_transform():
+    net = TinyViT().eval()
+    x = torch.randn(2, 3, 8, 8)
+    grid = camkit.tokens_to_grid(4, 4, prefix_tokens=1)
+    cam = explain(net, x, "cam", layer="block", layout="NHWC", feature_transform=grid)
+    grad = explain(net, x, "gradcam", layer="block", layout="NHWC", feature_transform=grid)
+    assert cam.maps.shape == (2, 8, 8)
+    torch.testing.assert_close(cam.maps, grad.maps, atol=1e-5, rtol=0)  # mean-pool + linear: same map
+    top = explain(net, x, "layercam", layer="block", layout="NHWC", feature_transform=grid, topk=2)
+    assert top.maps.shape == (2, 2, 8, 8)
+    with pytest.raises(ValueError, match="do not fill a 5x5 grid"):
+        explain(net, x, "cam", layer="block", layout="NHWC", feature_transform=camkit.tokens_to_grid(5, 5))
