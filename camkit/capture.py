@@ -70,14 +70,14 @@ def capture_features(model: Any, layer: Any, grad_from_here: bool = False) -> It
 @contextlib.contextmanager
 def evaluation_mode(model: Any, enabled: bool = True) -> Iterator[None]:
     """Put the model in eval mode for the block and restore every submodule's own flag after."""
-    modes = [(m, m.training) for m in model.modules()]
+    training = [m for m in model.modules() if m.training] if enabled else []
     try:
-        if enabled:
-            model.eval()
+        for module in training:  # only what is in training mode needs switching (and restoring)
+            module.training = False
         yield
     finally:
-        for module, training in modes:
-            module.training = training
+        for module in training:
+            module.training = True
 
 
 def trace_target_layer(model: Any, sample: Any) -> tuple[str, int]:
