@@ -1,0 +1,194 @@
+"""What every metric sees (``EvalBatch``), returns (``MetricValues``) and is (``Metric``), plus
+the site helpers they share. Maps are ``(N, *sites)`` over the map letters (``"NHW"``, ``"NTV"``);
+inputs are in their own layout (``"NCHW"``, ``"NCTVM"``): a site mask is broadcast onto the input
+by letter, never by hand-written indexing.
+
+Per-sample values are the unit of reduction: the suite sums them (and counts the finite ones)
+over the data set and across processes, so a mean over 1 process equals a mean over N. A value
+that is not defined for a sample (empty ground truth, constant map) is NaN and left out of the
+count."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping
+
+from camkit.layout import Layout
+
+
+@dataclass
+class EvalBatch:
+    """One batch of maps to evaluate.
+
+    ``maps``: ``(N, *sites)`` in [0, 1] (normalised, input resolution), axes named by
+    ``map_letters``; ``targets``: the class each map explains; ``indices``: global sample ids
+    (seed per-sample randomness, so results do not depend on batching or sharding);
+    ``explain(model, inputs, targets)`` recomputes maps the same way (used by sanity checks);
+    ``normalization``: ``(mean, std)`` per channel when known (for raw-space masking)."""
+
+    model: Any
+    inputs: Any
+    input_layout: Layout
+    labels: Any
+    targets: Any
+    maps: Any
+    map_letters: str
+    indices: Any
+    explain: Callable[[Any, Any, Any], Any]
+    mask: Any = None
+    box: Any = None
+    normalization: tuple[Any, Any] | None = None
+    chunk_size: int = 256
+    seed: int = 0
+
+    @property
+    def site_shape(self) -> tuple[int, ...]:
+        return tuple(self.maps.shape[1:])
+
+    def flat_maps(self) -> Any:
+        return self.maps.reshape(self.maps.shape[0], -1).float()
+
+    def ground_truth_mask(self) -> Any:
+        """The relevance mask ``(N, *sites)``: the batch's mask, else one drawn from its boxes."""
+        if self.mask is not None:
+            mask = self.mask.to(self.maps.device).bool()
+            if tuple(mask.shape) != tuple(self.maps.shape):
+                raise ValueError(f"ground-truth mask of shape {tuple(mask.shape)} does not match maps of shape "
+                                 f"{tuple(self.maps.shape)} (axes {self.map_letters})")
+            return mask
+        if self.box is not None:
+            return box_masks(self.box, self.maps.shape, self.map_letters).to(self.maps.device)
+        raise ValueError("this metric needs a ground-truth 'mask' or 'box' in the data set items")
+
+    def probabilities(self, inputs: Any) -> Any:
+        """Softmax probability of each sample's target class, in chunks (no autograd)."""
+        return target_probabilities(self.model, inputs, self.targets.to(inputs.device), self.chunk_size)
+
+
+@dataclass
+class MetricValues:
+    """Per-sample values ``name -> (N,)`` or ``(N, S)`` (a curve) and labels for curve points."""
+
+    values: dict[str, Any]
+    labels: dict[str, list[str]] = field(default_factory=dict)
+
+
+class Metric:
+    """Base class: subclasses set the class attributes and implement ``evaluate``.
+
+    ``requires``: batch fields needed (``"ground_truth"``, ``"box"``); ``primary``: the value used to
+    rank methods; ``higher_is_better``: its direction; ``options()``: what a report must record."""
+
+    name: str = ""
+    requires: tuple[str, ...] = ()
+    primary: str = ""
+    higher_is_better: bool = True
+
+    def __init__(self, **options: Any) -> None:
+        if options:
+            raise TypeError(f"metric {self.name!r} takes no options, got {', '.join(options)}")
+
+    def evaluate(self, batch: EvalBatch) -> MetricValues:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def options(self) -> dict[str, Any]:
+        return {}
+
+    def __repr__(self) -> str:
+        opts = ", ".join(f"{k}={v!r}" for k, v in self.options().items())
+        return f"{type(self).__name__}({opts})"
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def target_probabilities(model: Any, inputs: Any, targets: Any, chunk_size: int = 256) -> Any:
+    """``(N,)`` softmax probability of ``targets`` for ``inputs``, forwarded ``chunk_size`` at a time."""
+    import torch
+
+    from camkit.capture import evaluation_mode
+
+    out = []
+    with torch.inference_mode(), evaluation_mode(model):
+        for start in range(0, inputs.shape[0], chunk_size):
+            logits = model(inputs[start:start + chunk_size])
+            probs = logits.float().softmax(dim=1)
+            out.append(probs.gather(1, targets[start:start + chunk_size, None])[:, 0])
+    return torch.cat(out)
+
+
+def to_input_shape(site_tensor: Any, map_letters: str, input_layout: Layout) -> Any:
+    """View a ``(N, *sites)`` tensor so it broadcasts against inputs of ``input_layout``:
+    each map axis moves to its input axis, every other input axis gets size 1."""
+    letters = map_letters
+    missing = [ch for ch in letters if ch not in input_layout.letters]
+    if missing:
+        raise ValueError(f"map axes {''.join(missing)!r} are not in the input layout {input_layout}")
+    order = sorted(range(len(letters)), key=lambda i: input_layout.letters.index(letters[i]))
+    moved = site_tensor.permute(order)
+    shape = [1] * input_layout.rank
+    for i in order:
+        shape[input_layout.letters.index(letters[i])] = site_tensor.shape[i]
+    return moved.reshape(shape)
+
+
+def box_masks(boxes: Any, map_shape: tuple[int, ...], map_letters: str) -> Any:
+    """Boolean ``(N, H, W)`` masks of ``(x0, y0, x1, y1)`` end-exclusive boxes."""
+    import torch
+
+    if map_letters != "NHW":
+        raise ValueError(f"boxes describe image maps (axes NHW), not maps with axes {map_letters!r}")
+    boxes = torch.as_tensor(boxes).long().reshape(-1, 4).cpu()
+    n, h, w = map_shape
+    if boxes.shape[0] != n:
+        raise ValueError(f"got {boxes.shape[0]} boxes for {n} maps")
+    ys = torch.arange(h)[None, :, None]
+    xs = torch.arange(w)[None, None, :]
+    x0, y0, x1, y1 = (boxes[:, i, None, None] for i in range(4))
+    return (xs >= x0) & (xs < x1) & (ys >= y0) & (ys < y1)
+
+
+def saliency_ranks(flat_maps: Any) -> Any:
+    """``(N, S)`` position of each site when sorted by decreasing saliency (ties: lower index first)."""
+    import torch
+
+    order = torch.sort(flat_maps, dim=1, descending=True, stable=True).indices
+    ranks = torch.empty_like(order)
+    ranks.scatter_(1, order, torch.arange(order.shape[1], device=order.device).expand_as(order))
+    return ranks
+
+
+def average_ranks(values: Any) -> Any:
+    """Ranks ``(N, S)`` starting at 1 with ties sharing their average rank (as Spearman needs)."""
+    import torch
+
+    values = values.double()
+    ordered = values.sort(dim=1).values.contiguous()
+    left = torch.searchsorted(ordered, values.contiguous(), right=False)
+    right = torch.searchsorted(ordered, values.contiguous(), right=True)
+    return (left + right + 1).double() / 2.0
+
+
+def spearman(a: Any, b: Any) -> Any:
+    """Per-row Spearman rank correlation of two ``(N, S)`` tensors; NaN where a row is constant."""
+    import torch
+
+    ra, rb = average_ranks(a), average_ranks(b)
+    ra = ra - ra.mean(dim=1, keepdim=True)
+    rb = rb - rb.mean(dim=1, keepdim=True)
+    denom = ra.norm(dim=1) * rb.norm(dim=1)
+    corr = (ra * rb).sum(dim=1) / denom.clamp_min(1e-300)
+    return torch.where(denom > 0, corr, torch.full_like(corr, float("nan")))
+
+
+def curve_auc(curve: Any) -> Any:
+    """Trapezoidal area under ``(N, S+1)`` curves sampled evenly on [0, 1]."""
+    steps = curve.shape[1] - 1
+    if steps < 1:
+        raise ValueError("a curve needs at least two points")
+    return (curve[:, 1:] + curve[:, :-1]).sum(dim=1) / (2.0 * steps)
+
+
+def check_options(name: str, value: Any, allowed: Mapping[str, Any] | tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ValueError(f"{name}={value!r}: choose one of {', '.join(map(str, allowed))}")

@@ -1,0 +1,118 @@
+"""Localization metrics: pointing game, energy-based pointing game, CAM-box protocol."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from camkit_plugins.metrics.base import EvalBatch, Metric, MetricValues
+
+
+class PointingGame(Metric):
+    """Hit (100) when the map's maximum falls inside the ground truth, widened by ``tolerance`` sites
+    (Euclidean, along the continuous axes only: joints are not neighbours by index). The first
+    maximum in raster order is the point; an empty ground truth gives NaN (not counted)."""
+
+    name = "pointing_game"
+    requires = ("ground_truth",)
+    primary = "hit_rate"
+    higher_is_better = True
+
+    def __init__(self, tolerance: float = 0.0) -> None:
+        if tolerance < 0:
+            raise ValueError(f"pointing-game tolerance must be >= 0 sites, got {tolerance}")
+        self.tolerance = float(tolerance)
+
+    def evaluate(self, batch: EvalBatch) -> MetricValues:
+        import torch
+
+        truth = batch.ground_truth_mask()
+        if self.tolerance > 0:
+            truth = dilate(truth, batch.map_letters, self.tolerance)
+        flat = truth.reshape(truth.shape[0], -1)
+        point = batch.flat_maps().argmax(dim=1)
+        hit = flat.gather(1, point[:, None])[:, 0].double() * 100.0
+        defined = flat.any(dim=1)
+        return MetricValues({"hit_rate": torch.where(defined, hit, torch.full_like(hit, float("nan")))})
+
+    def options(self) -> dict[str, Any]:
+        return {"tolerance": self.tolerance}
+
+
+class EnergyPointingGame(Metric):
+    """Share (%) of the positive map's mass inside the ground truth (Score-CAM's energy pointing game).
+    An all-zero map gives NaN (not counted)."""
+
+    name = "energy_pointing_game"
+    requires = ("ground_truth",)
+    primary = "energy"
+    higher_is_better = True
+
+    def evaluate(self, batch: EvalBatch) -> MetricValues:
+        import torch
+
+        truth = batch.ground_truth_mask().reshape(batch.maps.shape[0], -1)
+        mass = batch.flat_maps().double().clamp_min(0)
+        total = mass.sum(dim=1)
+        inside = (mass * truth).sum(dim=1)
+        share = 100.0 * inside / total.clamp_min(1e-300)
+        return MetricValues({"energy": torch.where(total > 0, share, torch.full_like(share, float("nan")))})
+
+
+class BoxLocalization(Metric):
+    """CAM-box protocol (Zhou et al. 2016): threshold the map (``rule="max_fraction"``: sites >= ``value``
+    x max, 0.2 in the paper; ``"percentile"``: the top ``value`` fraction), box the largest connected
+    component, compare with the ground-truth box. ``accuracy`` (%): right class AND IoU >= ``iou``."""
+
+    name = "box_localization"
+    requires = ("box",)
+    primary = "accuracy"
+    higher_is_better = True
+
+    def __init__(self, rule: str = "max_fraction", value: float = 0.2, iou: float = 0.5) -> None:
+        from camkit_plugins.metrics.base import check_options
+
+        check_options("rule", rule, ("max_fraction", "percentile"))
+        if not 0 < value <= 1 or not 0 < iou <= 1:
+            raise ValueError(f"box value and iou threshold must be in (0, 1], got {value} and {iou}")
+        self.rule, self.value, self.iou = rule, float(value), float(iou)
+
+    def evaluate(self, batch: EvalBatch) -> MetricValues:
+        import torch
+
+        from camkit_plugins.image.boxes import box_iou, boxes_from_maps
+
+        if batch.map_letters != "NHW":
+            raise ValueError(f"box localization needs image maps (axes NHW), got axes {batch.map_letters!r}")
+        predicted = boxes_from_maps(batch.maps, rule=self.rule, value=self.value)
+        truth = torch.as_tensor(batch.box).long().reshape(-1, 4).cpu()
+        iou = box_iou(predicted, truth).double()
+        right_class = (batch.targets.cpu() == batch.labels.cpu())
+        accuracy = 100.0 * (right_class & (iou >= self.iou)).double()
+        return MetricValues({"accuracy": accuracy, "iou": iou, "correct_class": 100.0 * right_class.double()})
+
+    def options(self) -> dict[str, Any]:
+        return {"rule": self.rule, "value": self.value, "iou": self.iou}
+
+
+def dilate(mask: Any, map_letters: str, radius: float) -> Any:
+    """Grow a boolean ``(N, *sites)`` mask by ``radius`` sites along the continuous axes (a ball)."""
+    import torch
+    import torch.nn.functional as F
+
+    from camkit.layout import CONTINUOUS, axis_kinds
+
+    kinds = axis_kinds()
+    cont = [i for i, ch in enumerate(map_letters) if ch != "N" and kinds.get(ch) == CONTINUOUS]
+    if not cont:
+        return mask
+    if len(cont) > 3:
+        raise ValueError(f"tolerance works on up to 3 continuous axes, maps have {len(cont)}")
+    last = list(range(-len(cont), 0))
+    moved = mask.movedim(cont, last)
+    spatial = moved.shape[-len(cont):]
+    r = int(radius)
+    grid = torch.stack(torch.meshgrid(*[torch.arange(-r, r + 1.0)] * len(cont), indexing="ij"), 0)
+    ball = ((grid ** 2).sum(0) <= radius ** 2).float()[None, None].to(mask.device)
+    conv = (F.conv1d, F.conv2d, F.conv3d)[len(cont) - 1]
+    grown = conv(moved.reshape(-1, 1, *spatial).float(), ball, padding=r) > 0
+    return grown.reshape(moved.shape).movedim(last, cont)

@@ -1,0 +1,331 @@
+"""Every metric on a case with a known answer, plus batching / layout parity."""
+
+import math
+
+import pytest
+import torch
+import torch.nn as nn
+
+import camkit
+from camkit.layout import Layout
+from camkit_plugins.metrics.base import EvalBatch, average_ranks, saliency_ranks, spearman, to_input_shape
+
+
+def make_batch(model, inputs, maps, layout="NCHW", letters="NHW", targets=None, labels=None, **extra):
+    n = inputs.shape[0]
+    targets = torch.zeros(n, dtype=torch.long) if targets is None else targets
+    return EvalBatch(model=model, inputs=inputs, input_layout=Layout.parse(layout),
+                     labels=targets if labels is None else labels, targets=targets, maps=maps, map_letters=letters,
+                     indices=torch.arange(n), explain=lambda m, x, t: maps, **extra)
+
+
+def metric(name, **options):
+    return camkit.lookup("metrics", name)(**options)
+
+
+class OnePixel(nn.Module):
+    """logit_0 = gain * x[c=0, row, col], logit_1 = 0: only one pixel matters."""
+
+    def __init__(self, row, col, gain=10.0):
+        super().__init__()
+        self.row, self.col, self.gain = row, col, gain
+
+    def forward(self, x):
+        z = self.gain * x[:, 0, self.row, self.col]
+        return torch.stack([z, torch.zeros_like(z)], dim=1)
+
+
+# ---------------------------------------------------------------- localization
+
+
+def test_energy_pointing_game_known_shares():
+    mask = torch.zeros(3, 6, 6, dtype=torch.bool)
+    mask[:, 1:3, 1:4] = True
+    maps = torch.zeros(3, 6, 6)
+    maps[0] = mask[0].float()  # the mask itself: all energy inside
+    maps[1, 1, 1], maps[1, 5, 5] = 3.0, 1.0  # 3 of 4 units inside
+    # maps[2] stays all zero: undefined
+    values = metric("energy_pointing_game").evaluate(make_batch(None, torch.zeros(3, 1, 6, 6), maps, mask=mask)).values
+    energy = values["energy"]
+    assert energy[0].item() == pytest.approx(100.0)
+    assert energy[1].item() == pytest.approx(75.0)
+    assert math.isnan(energy[2].item())
+
+
+def test_pointing_game_hits_misses_and_tolerance():
+    mask = torch.zeros(3, 9, 9, dtype=torch.bool)
+    mask[:, 4, 4] = True
+    maps = torch.zeros(3, 9, 9)
+    maps[0, 4, 4] = 1.0  # hit
+    maps[1, 4, 7] = 1.0  # 3 sites away
+    maps[2, 6, 6] = 1.0  # sqrt(8) ~ 2.83 away
+    batch = make_batch(None, torch.zeros(3, 1, 9, 9), maps, mask=mask)
+    assert metric("pointing_game").evaluate(batch).values["hit_rate"].tolist() == [100.0, 0.0, 0.0]
+    assert metric("pointing_game", tolerance=2.9).evaluate(batch).values["hit_rate"].tolist() == [100.0, 0.0, 100.0]
+    assert metric("pointing_game", tolerance=3).evaluate(batch).values["hit_rate"].tolist() == [100.0, 100.0, 100.0]
+
+
+def test_pointing_game_uses_boxes_when_no_mask_and_empty_truth_is_nan():
+    maps = torch.zeros(2, 8, 8)
+    maps[:, 2, 5] = 1.0  # x=5, y=2
+    boxes = torch.tensor([[4, 1, 7, 3], [0, 0, 0, 0]])
+    values = metric("pointing_game").evaluate(make_batch(None, torch.zeros(2, 1, 8, 8), maps, box=boxes)).values
+    assert values["hit_rate"][0].item() == 100.0 and math.isnan(values["hit_rate"][1].item())
+
+
+def test_skeleton_tolerance_runs_along_time_not_joints():
+    mask = torch.zeros(1, 10, 5, dtype=torch.bool)
+    mask[0, 5, 2] = True
+    near_in_time = torch.zeros(1, 10, 5)
+    near_in_time[0, 7, 2] = 1.0
+    next_joint = torch.zeros(1, 10, 5)
+    next_joint[0, 5, 3] = 1.0
+    pg = metric("pointing_game", tolerance=2)
+    x = torch.zeros(1, 3, 10, 5, 1)
+    assert pg.evaluate(make_batch(None, x, near_in_time, "NCTVM", "NTV", mask=mask)).values["hit_rate"].item() == 100
+    assert pg.evaluate(make_batch(None, x, next_joint, "NCTVM", "NTV", mask=mask)).values["hit_rate"].item() == 0
+
+
+def test_box_localization_boxes_the_largest_component():
+    maps = torch.zeros(2, 12, 12)
+    maps[:, 2:6, 3:8] = 1.0  # 20 sites: the largest component -> box (3, 2, 8, 6)
+    maps[:, 9:11, 9:11] = 0.9  # 4 sites, above 20% of the max but smaller
+    truth = torch.tensor([[3, 2, 8, 6], [3, 2, 8, 7]])  # second: IoU 20/25 = 0.8
+    labels = torch.tensor([0, 1])
+    targets = torch.tensor([0, 0])  # the second sample is the wrong class
+    values = metric("box_localization").evaluate(
+        make_batch(None, torch.zeros(2, 1, 12, 12), maps, targets=targets, labels=labels, box=truth)).values
+    assert values["iou"].tolist() == pytest.approx([1.0, 0.8])
+    assert values["accuracy"].tolist() == [100.0, 0.0]
+    # percentile rule: the top 5% = 7 sites of the 20 equal ones... all tie at 1.0 so all 20 kept
+    pct = metric("box_localization", rule="percentile", value=0.05).evaluate(
+        make_batch(None, torch.zeros(2, 1, 12, 12), maps, targets=targets, labels=labels, box=truth)).values
+    assert pct["iou"][0].item() == pytest.approx(1.0)
+
+
+# ---------------------------------------------------------------- faithfulness
+
+
+def one_pixel_case(first=True, size=4):
+    model = OnePixel(1, 2)
+    x = torch.ones(2, 1, size, size)
+    maps = torch.rand(2, size, size) * 0.5
+    maps[:, 1, 2] = 1.0 if first else -1.0
+    return model, x, maps
+
+
+def test_deletion_on_a_one_pixel_model():
+    model, x, maps = one_pixel_case(first=True)
+    high, half = torch.sigmoid(torch.tensor(10.0)).item(), 0.5
+    deletion = metric("deletion", steps=16)  # one site per step
+    values = deletion.evaluate(make_batch(model, x, maps)).values
+    expected_curve = [high] + [half] * 16
+    assert values["curve"][0].tolist() == pytest.approx(expected_curve)
+    assert values["auc"][0].item() == pytest.approx((high + half) / 2 / 16 + half * 15 / 16)
+    # the pixel ranked last is removed last: the curve stays high until the final step
+    model, x, maps = one_pixel_case(first=False)
+    last = deletion.evaluate(make_batch(model, x, maps)).values["curve"][0]
+    assert last[:-1].tolist() == pytest.approx([high] * 16) and last[-1].item() == pytest.approx(half)
+
+
+def test_insertion_on_a_one_pixel_model_and_chunking_parity():
+    model, x, maps = one_pixel_case(first=True)
+    model.train()
+    high = torch.sigmoid(torch.tensor(10.0)).item()
+    insertion = metric("insertion", steps=16, perturbation="zeros")
+    big = insertion.evaluate(make_batch(model, x, maps)).values
+    assert model.training  # evaluated in eval mode, the caller's mode restored
+    small = insertion.evaluate(make_batch(model, x, maps, chunk_size=3)).values
+    assert big["curve"][0].tolist() == pytest.approx([0.5] + [high] * 16)
+    torch.testing.assert_close(big["curve"], small["curve"])
+
+
+def test_deletion_steps_round_sites():
+    model, x, maps = one_pixel_case(first=True)
+    values = metric("deletion", steps=3).evaluate(make_batch(model, x, maps)).values  # 16 sites: 0, 5, 11, 16
+    assert values["curve"].shape == (2, 4)
+    assert values["curve"][0, 1].item() == pytest.approx(0.5)
+
+
+def test_deletion_on_skeletons_with_mean_pose():
+    """Only joint 3's x at frame 2 matters; removing it replaces it with its mean over frames."""
+
+    class OneJoint(nn.Module):
+        def forward(self, x):  # (N, C, T, V, M)
+            z = 4.0 * x[:, 0, 2, 3, 0]
+            return torch.stack([z, -z], dim=1)
+
+    x = torch.zeros(1, 3, 4, 5, 1)
+    x[0, 0, :, 3, 0] = torch.tensor([0.0, 0.0, 1.0, 0.0])  # mean over frames: 0.25
+    maps = torch.zeros(1, 4, 5)
+    maps[0, 2, 3] = 1.0
+    values = metric("deletion", steps=20, perturbation="mean-pose").evaluate(
+        make_batch(OneJoint(), x, maps, "NCTVM", "NTV")).values
+    curve = values["curve"][0]
+    assert curve[0].item() == pytest.approx(torch.softmax(torch.tensor([4.0, -4.0]), 0)[0].item())
+    assert curve[1].item() == pytest.approx(torch.softmax(torch.tensor([1.0, -1.0]), 0)[0].item())
+
+
+def test_average_drop_by_hand_in_both_spaces():
+    class Mean(nn.Module):
+        def forward(self, x):
+            z = x.mean(dim=(1, 2, 3))
+            return torch.stack([z, torch.zeros_like(z)], dim=1)
+
+    x = torch.full((2, 1, 2, 2), 2.0)
+    maps = torch.full((2, 2, 2), 0.5)
+    maps[1] = 1.0  # the second sample keeps everything: no drop
+    values = metric("average_drop").evaluate(make_batch(Mean(), x, maps)).values
+    y, o = torch.sigmoid(torch.tensor(2.0)), torch.sigmoid(torch.tensor(1.0))
+    assert values["average_drop"][0].item() == pytest.approx(100 * (y - o).item() / y.item())
+    assert values["average_drop"][1].item() == pytest.approx(0.0)
+    assert values["increase_in_confidence"].tolist() == [0.0, 0.0]
+    # raw space: x_raw = 2 * 0.5 + 1 = 2 -> masked 1 -> normalised (1 - 1) / 0.5 = 0
+    raw = metric("average_drop", space="raw", mean=[1.0], std=[0.5]).evaluate(make_batch(Mean(), x, maps)).values
+    o_raw = torch.sigmoid(torch.tensor(0.0))
+    assert raw["average_drop"][0].item() == pytest.approx(100 * (y - o_raw).item() / y.item())
+    with pytest.raises(ValueError, match="mean and std"):
+        metric("average_drop", space="raw").evaluate(make_batch(Mean(), x, maps))
+
+
+def test_increase_in_confidence_when_masking_helps():
+    class Negative(nn.Module):
+        def forward(self, x):
+            z = -x.mean(dim=(1, 2, 3))
+            return torch.stack([z, torch.zeros_like(z)], dim=1)
+
+    values = metric("average_drop").evaluate(
+        make_batch(Negative(), torch.ones(1, 1, 2, 2), torch.full((1, 2, 2), 0.5))).values
+    assert values["increase_in_confidence"].item() == 100.0 and values["average_drop"].item() == 0.0
+
+
+def test_road_imputes_from_neighbours():
+    ramp = torch.arange(8.0).repeat(8, 1)[None, None]  # value = column index
+    removed = torch.zeros(1, 1, 8, 8, dtype=torch.bool)
+    removed[0, 0, 3, 4] = True
+    road = camkit.lookup("perturbations", "road")(noise=0.0)
+    out = road.apply(ramp, removed, Layout.parse("NCHW"), torch.arange(1))
+    assert out[0, 0, 3, 4].item() == pytest.approx(4.0)  # symmetric neighbours of a linear ramp
+    torch.testing.assert_close(out[~removed], ramp[~removed])
+    removed[0, 0, 2:6, 2:6] = True  # a 4x4 hole in a constant image fills with the constant
+    flat = torch.full((1, 1, 8, 8), 3.0)
+    assert torch.allclose(road.apply(flat, removed, Layout.parse("NCHW"), torch.arange(1)), flat)
+    noisy = camkit.lookup("perturbations", "road")(noise=0.1)
+    a = noisy.apply(flat, removed, Layout.parse("NCHW"), torch.tensor([7]))
+    b = noisy.apply(flat, removed, Layout.parse("NCHW"), torch.tensor([7]))
+    torch.testing.assert_close(a, b)  # noise seeded by the sample id
+    assert not torch.allclose(a, flat) and torch.equal(a[~removed], flat[~removed])
+
+
+def test_road_metric_orders_morf_before_lerf():
+    model, _, maps = one_pixel_case(first=True, size=6)
+    x = torch.zeros(2, 1, 6, 6)
+    x[:, 0, 1, 2] = 1.0  # a spike on a flat background: imputation from neighbours erases it
+    values = metric("road", steps=36, noise=0.0).evaluate(make_batch(model, x, maps)).values
+    high = torch.sigmoid(torch.tensor(10.0)).item()
+    assert values["morf_curve"][0].tolist() == pytest.approx([high] + [0.5] * 36)
+    assert values["lerf_curve"][0].tolist() == pytest.approx([high] * 36 + [0.5])
+    assert values["gap"][0].item() == pytest.approx((high - 0.5) * 35 / 36)
+
+
+def test_perturbation_fills():
+    x = torch.arange(24.0).view(1, 2, 3, 4)
+    layout = Layout.parse("NCHW")
+    zeros = camkit.lookup("perturbations", "zeros")().fill(x, layout, None)
+    mean = camkit.lookup("perturbations", "mean")().fill(x, layout, None)
+    blur = camkit.lookup("perturbations", "blur")(sigma=1.0).fill(torch.full((1, 1, 5, 5), 2.0), layout, None)
+    assert torch.equal(zeros, torch.zeros_like(x))
+    assert mean[0, 0].unique().item() == pytest.approx(5.5) and mean[0, 1].unique().item() == pytest.approx(17.5)
+    torch.testing.assert_close(blur, torch.full((1, 1, 5, 5), 2.0))
+    skeleton = torch.randn(2, 3, 6, 5, 2)
+    pose = camkit.lookup("perturbations", "mean-pose")().fill(skeleton, Layout.parse("NCTVM"), None)
+    torch.testing.assert_close(pose[:, :, 4], skeleton.mean(dim=2))
+    with pytest.raises(ValueError, match="time axis"):
+        camkit.lookup("perturbations", "mean-pose")().fill(x, layout, None)
+
+
+# ---------------------------------------------------------------- sanity
+
+
+def test_spearman_matches_scipy_with_ties():
+    from scipy.stats import spearmanr
+
+    a = torch.tensor([[0.0, 0.0, 1.0, 2.0, 2.0, 3.0], [5.0, 1.0, 1.0, 1.0, 0.0, 2.0]])
+    b = torch.tensor([[1.0, 0.0, 0.0, 3.0, 2.0, 2.0], [0.0, 1.0, 2.0, 3.0, 4.0, 5.0]])
+    ours = spearman(a, b)
+    for row in range(2):
+        assert ours[row].item() == pytest.approx(spearmanr(a[row].numpy(), b[row].numpy()).statistic)
+    assert average_ranks(torch.tensor([[3.0, 1.0, 3.0]])).tolist() == [[2.5, 1.0, 2.5]]
+    assert spearman(a[:1], -a[:1]).item() == pytest.approx(-1.0)
+    assert math.isnan(spearman(torch.ones(1, 4), a[:1, :4]).item())
+
+
+def test_randomization_changes_cam_and_leaves_the_model_alone():
+    model = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(),
+                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 3))
+    model.train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    x = torch.randn(4, 1, 10, 10)
+
+    def explain(m, inputs, targets):
+        return camkit.explain(m, inputs, "cam", targets=targets).maps
+
+    with torch.no_grad():
+        targets = model.eval()(x).argmax(1)
+    model.train()
+    maps = explain(model, x, targets)
+    batch = make_batch(model, x, maps, targets=targets)
+    batch.explain = explain
+    result = metric("randomization").evaluate(batch)
+    assert result.labels["spearman"] == ["6", "2", "0"]  # top-down: the classifier first
+    curve = result.values["spearman"]
+    assert curve.shape == (4, 3)
+    assert (curve[:, -1] < 0.9).all()  # fully randomised maps no longer rank like the trained ones
+    assert model.training and all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    # a map that ignores the model survives randomisation: correlation exactly 1
+    batch.explain = lambda m, inputs, t: maps
+    assert torch.allclose(metric("randomization").evaluate(batch).values["spearman"], torch.ones(4, 3, dtype=torch.float64))
+
+
+# ---------------------------------------------------------------- helpers and baselines
+
+
+def test_to_input_shape_moves_axes_by_letter():
+    site = torch.arange(6.0).view(1, 2, 3)  # (N, T, V)
+    shaped = to_input_shape(site, "NTV", Layout.parse("NCTVM"))
+    assert shaped.shape == (1, 1, 2, 3, 1)
+    channels_last = to_input_shape(torch.arange(6.0).view(1, 2, 3), "NHW", Layout.parse("NHWC"))
+    assert channels_last.shape == (1, 2, 3, 1)
+    assert torch.equal((torch.zeros(1, 4, 2, 3, 2) + shaped)[0, 3, 1, 2, 1], torch.tensor(5.0))
+
+
+def test_saliency_ranks_are_stable():
+    ranks = saliency_ranks(torch.tensor([[0.1, 0.9, 0.1, 0.5]]))
+    assert ranks.tolist() == [[2, 0, 3, 1]]
+
+
+def test_baselines_centre_peak_and_seeded_random():
+    from camkit_plugins.metrics.baselines import baseline_maps, center_maps
+
+    centre = center_maps((2, 9, 7), "NHW")
+    assert centre[0].argmax().item() == 4 * 7 + 3 and centre[0].max().item() == pytest.approx(1.0)
+    skeleton = center_maps((1, 9, 5), "NTV")
+    assert torch.allclose(skeleton[0, 4], torch.ones(5))  # constant along joints
+    like = torch.empty(3, 4, 4)
+    a = baseline_maps("random", like, "NHW", torch.tensor([0, 1, 2]))
+    b = baseline_maps("random", like[:1], "NHW", torch.tensor([2]))
+    torch.testing.assert_close(a[2], b[0])  # independent of batching
+    with pytest.raises(KeyError, match="center, random"):
+        baseline_maps("corner", like, "NHW", torch.tensor([0]))
+
+
+def test_registries_and_bad_options():
+    assert {"pointing_game", "energy_pointing_game", "box_localization", "deletion", "insertion", "road",
+            "average_drop", "randomization"} <= set(camkit.registry("metrics"))
+    assert {"zeros", "mean", "blur", "mean-pose", "road"} <= set(camkit.registry("perturbations"))
+    with pytest.raises(KeyError, match="Available: blur"):
+        metric("deletion", perturbation="noise")
+    with pytest.raises(ValueError, match="space="):
+        metric("average_drop", space="logits")
+    with pytest.raises(ValueError, match="shape"):
+        make_batch(None, torch.zeros(1, 1, 4, 4), torch.zeros(1, 4, 4), mask=torch.zeros(1, 3, 3)).ground_truth_mask()
