@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+import weakref
 from typing import Any, Iterator
+
+_capturing: "weakref.WeakSet[Any]" = weakref.WeakSet()  # modules with an active camkit capture hook
 
 
 class FeatureCapture:
@@ -57,12 +60,17 @@ def capture_features(model: Any, layer: Any, grad_from_here: bool = False) -> It
     import torch
 
     name, module = resolve_layer(model, layer)
+    if module in _capturing:  # stacked hooks would hand one capture the other's detached copy
+        raise RuntimeError(f"layer {name!r} already has an active camkit capture (another Explainer is open "
+                           f"on it); close that one first")
     capture = FeatureCapture(name, grad_from_here)
     grad_mode = torch.is_grad_enabled()
     handle = module.register_forward_hook(capture.hook)
+    _capturing.add(module)
     try:
         yield capture
     finally:
+        _capturing.discard(module)
         handle.remove()
         torch.set_grad_enabled(grad_mode)
 

@@ -21,7 +21,14 @@ def _is_numpy(x: Any) -> bool:
 
 
 def _check_finite(array: Any, what: str) -> None:
-    finite = np.isfinite(array).all() if _is_numpy(array) else bool(array.isfinite().all())
+    if _is_numpy(array):
+        finite = bool(np.isfinite(array).all())
+    else:
+        import torch
+
+        # one fp32 reduction (far cheaper than an elementwise mask on a CPU): NaN or inf anywhere makes
+        # the sum non-finite; a sum that merely overflows is rechecked element by element
+        finite = bool(torch.isfinite(array.sum(dtype=torch.float32))) or bool(array.isfinite().all())
     if not finite:
         raise ValueError(f"{what} contain NaN or infinite values")
 
@@ -113,15 +120,18 @@ def postprocess(
     if reduce:
         maps = kernel.reduce_mean(maps, tuple(map_letters.index(ch) for ch in reduce))
         map_letters = "".join(ch for ch in map_letters if ch not in reduce)
-    if relu:
-        maps = kernel.relu(maps)
+    sample_dims = 2 if map_letters.startswith("NK") else 1
     if size:
         bad = [ch for ch in size if ch not in map_letters or layout.kind(ch) != CONTINUOUS]
         if bad:
             raise ValueError(f"cannot resample axes {''.join(bad)!r}: only continuous axes of "
                              f"{map_letters!r} ({layout.continuous_letters!r}) are resampled")
-        maps = kernel.resample(maps, {map_letters.index(ch): int(s) for ch, s in size.items()})
+        sizes = {map_letters.index(ch): int(s) for ch, s in size.items()}
+        if normalize:  # one kernel call: a GPU kernel may fuse ReLU, resampling and normalisation
+            return kernel.resample_normalize(maps, sizes, sample_dims, relu=relu)
+        return kernel.resample(kernel.relu(maps) if relu else maps, sizes)
+    if relu:
+        maps = kernel.relu(maps)
     if normalize:
-        sample_dims = 2 if map_letters.startswith("NK") else 1
         maps = kernel.normalize(maps, sample_dims)
     return maps

@@ -80,6 +80,8 @@ def resolve_targets(targets: Any, logits: Any, topk: int | None = None) -> Any:
         ids = torch.full((n,), targets, dtype=torch.long, device=device)
     else:
         ids = torch.as_tensor(targets, device=device)
+        if ids.is_inference():  # made under inference_mode: a plain copy can take part in autograd
+            ids = ids.clone()
         if ids.is_floating_point() or ids.dtype == torch.bool:
             raise TypeError(f"targets must be integer class ids, got dtype {ids.dtype}")
         ids = ids.long()

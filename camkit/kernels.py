@@ -17,6 +17,11 @@ class ConstantMapWarning(UserWarning):
     """A map had no contrast (all sites equal) and was normalised to zeros."""
 
 
+# A map whose range is within a few rounding errors of its magnitude is constant: resampling a
+# constant map leaves ulp-sized ripples that min-max normalisation would blow up to [0, 1].
+CONSTANT_RELATIVE_SPAN = 4.0
+
+
 def _linear_source(out_size: int, in_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Source indices and weights of linear resampling with half-pixel centres (align_corners=False)."""
     scale = in_size / out_size
@@ -59,13 +64,23 @@ class NumpyKernel:
     def normalize(self, maps: Any, sample_dims: int) -> Any:
         flat = maps.reshape(maps.shape[:sample_dims] + (-1,))
         lo = flat.min(axis=-1, keepdims=True)
-        span = flat.max(axis=-1, keepdims=True) - lo
-        constant = span <= np.finfo(np.float32).tiny
+        hi = flat.max(axis=-1, keepdims=True)
+        span = hi - lo
+        eps = np.finfo(flat.dtype if np.issubdtype(flat.dtype, np.floating) else np.float32).eps
+        threshold = np.maximum(CONSTANT_RELATIVE_SPAN * eps * np.maximum(np.abs(lo), np.abs(hi)),
+                               np.finfo(np.float32).tiny)
+        constant = span <= threshold
         if constant.any():
             warnings.warn(f"{int(constant.sum())} map(s) are constant and were normalised to zeros",
                           ConstantMapWarning, stacklevel=4)
         out = np.where(constant, 0.0, (flat - lo) / np.where(constant, 1.0, span))
         return out.astype(maps.dtype, copy=False).reshape(maps.shape)
+
+    def resample_normalize(self, maps: Any, sizes: Mapping[int, int], sample_dims: int, relu: bool = False) -> Any:
+        """``normalize(resample(relu(maps) if relu else maps, sizes), sample_dims)``."""
+        if relu:
+            maps = self.relu(maps)
+        return self.normalize(self.resample(maps, sizes), sample_dims)
 
 
 class TorchKernel:
@@ -117,7 +132,9 @@ class TorchKernel:
         flat = maps.reshape(*maps.shape[:sample_dims], -1)
         lo, hi = torch.aminmax(flat, dim=-1, keepdim=True)  # one pass instead of amin + amax
         span = hi - lo
-        constant = span <= torch.finfo(span.dtype).tiny
+        finfo = torch.finfo(span.dtype)
+        threshold = torch.maximum(lo.abs(), hi.abs()).mul_(CONSTANT_RELATIVE_SPAN * finfo.eps).clamp_min_(finfo.tiny)
+        constant = span <= threshold
         any_constant = bool(constant.any())
         if any_constant:
             warnings.warn(f"{int(constant.sum())} map(s) are constant and were normalised to zeros",
@@ -128,8 +145,10 @@ class TorchKernel:
             out.masked_fill_(constant, 0.0)
         return out.reshape(maps.shape)
 
-    def resample_normalize(self, maps: Any, sizes: Mapping[int, int], sample_dims: int) -> Any:
-        """``normalize(resample(maps, sizes), sample_dims)``; a kernel may fuse the two."""
+    def resample_normalize(self, maps: Any, sizes: Mapping[int, int], sample_dims: int, relu: bool = False) -> Any:
+        """``normalize(resample(relu(maps) if relu else maps, sizes), sample_dims)``; a kernel may fuse them."""
+        if relu:
+            maps = self.relu(maps)
         return self.normalize(self.resample(maps, sizes), sample_dims)
 
 

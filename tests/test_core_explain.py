@@ -323,3 +323,20 @@ def test_token_features_with_a_grid_transform():
     assert top.maps.shape == (2, 2, 8, 8)
     with pytest.raises(ValueError, match="do not fill a 5x5 grid"):
         explain(net, x, "cam", layer="block", layout="NHWC", feature_transform=camkit.tokens_to_grid(5, 5))
+
+
+def test_targets_made_under_inference_mode_work_with_gradients(model, images):
+    with torch.inference_mode():
+        targets = model(images).argmax(1)
+    res = explain(model, images, "gradcam", targets=targets)
+    torch.testing.assert_close(res.maps, explain(model, images, "gradcam").maps)
+
+
+def test_two_open_explainers_on_one_layer_is_a_clear_error(model, images):
+    with Explainer(model, "gradcam") as first:
+        first(images)
+        with pytest.raises(RuntimeError, match="already has an active camkit capture"):
+            with Explainer(model, "gradcam") as second:
+                second(images)
+        assert len(model.body._forward_hooks) == 1
+    assert not model.body._forward_hooks

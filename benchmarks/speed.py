@@ -1,0 +1,503 @@
+"""Speed of camkit against a plain forward pass and against other CAM toolkits, in one process.
+
+For every case (device x model x batch size x dtype) it times, round-robin so that load from other
+processes hits every runner alike: the plain inference forward, every camkit method, and the same
+work through pytorch-grad-cam, torchcam and captum when they are installed (``pip install -e .[bench]``).
+"The same work" is: maps of one class per image (the fp32 prediction, passed explicitly to every
+toolkit), ReLU, upsampled to the input size and min-max normalised. Each toolkit's maps are compared
+with camkit's (max abs difference after re-normalising both, which removes the harmless difference in
+the order "normalise then resize"), so a ratio is never reported for different work unnoticed.
+
+Writes ``speed.md`` (Markdown table), ``speed.json`` and ``speed.png`` into ``--out``.
+
+    python benchmarks/speed.py --device cpu --quick          # < 2 minutes on 2 CPU cores
+    python benchmarks/speed.py --device cuda                 # the full GPU suite
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any, Callable, ContextManager, Iterator
+
+# before any tqdm import: silences pytorch-grad-cam's per-image bars (ours pass disable=False)
+os.environ.setdefault("TQDM_DISABLE", "1")
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+CAMKIT_METHODS = ("cam", "gradcam", "gradcam++", "xgradcam", "layercam", "hirescam", "scorecam", "eigencam")
+TOOLKITS = ("pytorch-grad-cam", "torchcam", "captum")
+# --quick compares only these (toolkit, method) pairs: the headline ones
+QUICK_PAIRS = frozenset({("pytorch-grad-cam", "gradcam"), ("torchcam", "cam"), ("torchcam", "gradcam"),
+                         ("captum", "gradcam"), ("pytorch-grad-cam", "scorecam")})
+# maps of random-weight models agree to float rounding when the formula is the same
+AGREEMENT_TOLERANCE = 1e-3
+# known formula differences, so a large difference there is reported, not treated as a bug
+KNOWN_DIFFERENCES = {
+    ("pytorch-grad-cam", "scorecam"): "softmax over the channel scores; align_corners=True upsampling of the masks",
+    ("pytorch-grad-cam", "gradcam++"): "adds 1e-7 to the alpha denominator, not small next to the tiny gradients",
+    ("torchcam", "gradcam++"): "alpha stays g^2: `alpha[mask].div_` divides a copy; sums g^3 * f over sites",
+    ("torchcam", "scorecam"): "masks not min-max normalised per channel before the forward",
+    ("pytorch-grad-cam", "eigencam"): "sign of the first principal component left arbitrary",
+}
+
+
+@dataclass
+class Case:
+    device: str
+    model: str
+    batch: int
+    dtype: str
+    size: int = 224
+
+
+@dataclass
+class Row:
+    device: str
+    model: str
+    batch: int
+    dtype: str
+    size: int
+    tool: str
+    method: str
+    seconds: float
+    images_per_s: float
+    throughput_vs_forward: float = float("nan")  # forward time / this time (1.0 = free maps)
+    time_vs_forward: float = float("nan")
+    own_forward_ratio: float | None = None  # camkit, CPU: call time / the forward inside the same call
+    cpu_seconds: float = float("nan")  # process CPU time: steadier than wall time on a shared machine
+    cpu_time_vs_forward: float = float("nan")
+    peak_memory_mb: float | None = None
+    memory_vs_forward: float | None = None
+    max_abs_diff: float | None = None  # vs camkit's maps of the same method
+    agrees: bool | None = None
+    note: str = ""
+    camkit_speedup: dict[str, float] = field(default_factory=dict)  # other tool's time / camkit's time
+
+
+# ---------------------------------------------------------------------------------------------- models
+
+
+def build_model(name: str, device: str, dtype: str) -> torch.nn.Module:
+    """A random-weight torchvision classifier (seeded), wrapped for autocast when dtype is not fp32."""
+    import torchvision
+
+    from camkit_plugins.gpu.accelerate import accelerate
+
+    torch.manual_seed(0)
+    model = getattr(torchvision.models, name)(weights=None).eval().to(device)
+    return accelerate(model, dtype=dtype) if dtype != "fp32" else model
+
+
+def inner(model: torch.nn.Module) -> torch.nn.Module:
+    return getattr(model, "model", model)
+
+
+def minmax(maps: torch.Tensor) -> torch.Tensor:
+    """Per-map min-max normalisation of (N, H, W) maps (for the toolkits that stop before it)."""
+    flat = maps.flatten(1)
+    lo, hi = torch.aminmax(flat, dim=1, keepdim=True)
+    return ((flat - lo) / (hi - lo).clamp_min(1e-12)).view_as(maps)
+
+
+# --------------------------------------------------------------------------------------------- runners
+
+
+Runner = Callable[[], Any]
+RunnerFactory = Callable[[], ContextManager[Runner | None]]
+
+
+@contextlib.contextmanager
+def camkit_runner(model: torch.nn.Module, method: str, x: torch.Tensor, ids: torch.Tensor,
+                  scorecam_chunk: int) -> Iterator[Runner]:
+    import camkit
+
+    options = {"method_options": {"chunk_size": scorecam_chunk}} if method == "scorecam" else {}
+    with camkit.Explainer(model, method, **options) as explainer:
+        yield lambda: explainer(x, ids).maps
+
+
+@contextlib.contextmanager
+def grad_cam_runner(model: torch.nn.Module, method: str, x: torch.Tensor, ids: torch.Tensor) -> Iterator[Runner | None]:
+    import pytorch_grad_cam as pgc
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    classes = {"gradcam": pgc.GradCAM, "gradcam++": pgc.GradCAMPlusPlus, "xgradcam": pgc.XGradCAM,
+               "layercam": pgc.LayerCAM, "hirescam": pgc.HiResCAM, "scorecam": pgc.ScoreCAM, "eigencam": pgc.EigenCAM}
+    if method not in classes:
+        yield None
+        return
+    targets = [ClassifierOutputTarget(int(i)) for i in ids]
+    explainer = classes[method](model=model, target_layers=[inner(model).layer4])
+    try:
+        yield lambda: explainer(input_tensor=x, targets=targets)
+    finally:
+        explainer.activations_and_grads.release()
+
+
+@contextlib.contextmanager
+def torchcam_runner(model: torch.nn.Module, method: str, x: torch.Tensor, ids: torch.Tensor) -> Iterator[Runner | None]:
+    from torchcam import methods as tc
+
+    classes = {"cam": tc.CAM, "gradcam": tc.GradCAM, "gradcam++": tc.GradCAMpp, "xgradcam": tc.XGradCAM,
+               "layercam": tc.LayerCAM, "scorecam": tc.ScoreCAM}
+    if method not in classes:
+        yield None
+        return
+    kwargs = {"fc_layer": inner(model).fc} if method == "cam" else {}
+    explainer = classes[method](model, target_layer=inner(model).layer4, input_shape=tuple(x.shape[1:]), **kwargs)
+    explainer._relu = True  # torchcam's CAM skips the ReLU the other methods (and camkit) apply
+    class_idx = [int(i) for i in ids]
+    grad = method != "cam"
+    size = x.shape[-2:]
+
+    def run() -> torch.Tensor:
+        with torch.set_grad_enabled(grad):
+            scores = model(x)
+        cams = explainer(class_idx=class_idx, scores=scores)[0]
+        # torchcam stops at the feature resolution: upsample and re-normalise, as the others do
+        return minmax(F.interpolate(cams[:, None].float(), size=size, mode="bilinear", align_corners=False)[:, 0])
+
+    try:
+        yield run
+    finally:
+        explainer.remove_hooks()
+
+
+@contextlib.contextmanager
+def captum_runner(model: torch.nn.Module, method: str, x: torch.Tensor, ids: torch.Tensor) -> Iterator[Runner | None]:
+    from captum.attr import LayerAttribution, LayerGradCam
+
+    if method != "gradcam":
+        yield None
+        return
+    explainer = LayerGradCam(model, inner(model).layer4)
+    size = tuple(x.shape[-2:])
+
+    def run() -> torch.Tensor:
+        attributions = explainer.attribute(x, target=ids, relu_attributions=True)
+        return minmax(LayerAttribution.interpolate(attributions, size, interpolate_mode="bilinear")[:, 0].float())
+
+    yield run
+
+
+TOOLKIT_RUNNERS = {"pytorch-grad-cam": grad_cam_runner, "torchcam": torchcam_runner, "captum": captum_runner}
+TOOLKIT_MODULES = {"pytorch-grad-cam": "pytorch_grad_cam", "torchcam": "torchcam", "captum": "captum"}
+
+
+def installed_toolkits(wanted: tuple[str, ...] = TOOLKITS) -> list[str]:
+    """The toolkits in ``wanted`` that import here."""
+    import importlib
+
+    found = []
+    for name in wanted:
+        try:
+            importlib.import_module(TOOLKIT_MODULES[name])
+        except ImportError:
+            continue
+        found.append(name)
+    return found
+
+
+def as_maps(output: Any) -> torch.Tensor:
+    """Any toolkit's output as float32 (N, H, W) on the CPU."""
+    if not isinstance(output, torch.Tensor):
+        output = torch.from_numpy(output)
+    return output.detach().float().cpu()
+
+
+def max_abs_difference(reference: torch.Tensor, other: torch.Tensor) -> float:
+    """Max abs difference of two batches of maps after min-max normalising both (same resolution)."""
+    if reference.shape != other.shape:
+        raise ValueError(f"maps of shape {tuple(other.shape)} cannot be compared with {tuple(reference.shape)}")
+    return float((minmax(reference) - minmax(other)).abs().max())
+
+
+# ------------------------------------------------------------------------------------------- measuring
+
+
+def synchronize(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def time_round_robin(factories: dict[Any, RunnerFactory], repeats: int,
+                     device: str) -> tuple[dict[Any, float], dict[Any, float]]:
+    """Median wall seconds and median process CPU seconds per runner over ``repeats`` rounds; every
+    round visits every runner once, so load from other processes hits them alike. CPU time counts
+    only this process's work, a steadier measure on a shared machine. Only one toolkit's hooks are
+    on the model at a time (entering and leaving a runner are not timed). Call after a warm-up."""
+    wall: dict[Any, list[float]] = {key: [] for key in factories}
+    cpu: dict[Any, list[float]] = {key: [] for key in factories}
+    for _ in range(repeats):
+        for key, factory in factories.items():
+            with factory() as run:
+                synchronize(device)
+                start, start_cpu = time.perf_counter(), time.process_time()
+                run()
+                synchronize(device)
+                wall[key].append(time.perf_counter() - start)
+                cpu[key].append(time.process_time() - start_cpu)
+    return ({key: statistics.median(v) for key, v in wall.items()},
+            {key: statistics.median(v) for key, v in cpu.items()})
+
+
+def own_forward_ratio(model: torch.nn.Module, method: str, x: torch.Tensor, ids: torch.Tensor,
+                      repeats: int) -> float:
+    """Median over calls of (camkit call time) / (time of the model forward inside that call).
+
+    Both are taken in the same call, so load from other processes affects them alike: on a shared
+    CPU this is the steady way to check "a CAM costs about one forward" (CPU only: on CUDA the
+    forward is asynchronous and the wall-time ratios are the measure)."""
+    import camkit
+
+    inside: list[float] = []
+    started: list[float] = []
+    pre = model.register_forward_pre_hook(lambda *_: started.append(time.perf_counter()))
+    post = model.register_forward_hook(lambda *_: inside.append(time.perf_counter() - started[-1]))
+    ratios = []
+    try:
+        with camkit.Explainer(model, method) as explainer:
+            explainer(x, ids)  # warm-up
+            for _ in range(repeats):
+                inside.clear()
+                start = time.perf_counter()
+                explainer(x, ids)
+                ratios.append((time.perf_counter() - start) / inside[0])
+    finally:
+        pre.remove()
+        post.remove()
+    return statistics.median(ratios)
+
+
+def peak_memory_mb(run: Runner, device: str) -> float | None:
+    if not device.startswith("cuda"):
+        return None
+    torch.cuda.synchronize()
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats()
+    run()
+    torch.cuda.synchronize()
+    return torch.cuda.max_memory_allocated() / 2**20
+
+
+def measure_case(case: Case, methods: tuple[str, ...], toolkits: list[str], repeats: int,
+                 scorecam_chunk: int = 256, pairs: frozenset[tuple[str, str]] | None = None,
+                 own_forward_methods: tuple[str, ...] = ("cam", "gradcam")) -> list[Row]:
+    """Every runner of one case, timed in the same rounds; rows relative to the plain forward.
+    ``pairs``: the (toolkit, method) pairs to run besides camkit (default: every one the toolkits have)."""
+    model = build_model(case.model, case.device, case.dtype)
+    generator = torch.Generator().manual_seed(1)
+    x = torch.randn(case.batch, 3, case.size, case.size, generator=generator).to(case.device)
+    with torch.no_grad():  # not inference_mode: ids used in autograd must be normal tensors
+        ids = inner(model)(x).argmax(dim=1)  # the fp32 prediction (the wrapper's autocast is bypassed)
+
+    def forward() -> torch.Tensor:
+        with torch.inference_mode():
+            return model(x)
+
+    @contextlib.contextmanager
+    def plain_forward() -> Iterator[Runner]:
+        yield forward
+
+    factories: dict[tuple[str, str], RunnerFactory] = {("plain forward", "-"): plain_forward}
+    references: dict[tuple[str, str], torch.Tensor] = {}
+    memory: dict[tuple[str, str], float | None] = {}
+    for method in methods:
+        factories[("camkit", method)] = partial(camkit_runner, model, method, x, ids, scorecam_chunk)
+        if case.dtype != "fp32":
+            continue  # the other toolkits turn activations into fp32 numpy or fail on bf16
+        for tool in toolkits:
+            if pairs is not None and (tool, method) not in pairs:
+                continue
+            factories[(tool, method)] = partial(TOOLKIT_RUNNERS[tool], model, method, x, ids)
+    for key, factory in list(factories.items()):
+        with factory() as run:
+            if run is None:  # the toolkit lacks this method
+                del factories[key]
+                continue
+            output = run()  # also the warm-up
+            if key[0] != "plain forward":
+                references[key] = as_maps(output)
+            memory[key] = peak_memory_mb(run, case.device)
+    seconds, cpu_seconds = time_round_robin(factories, repeats, case.device)
+    for p in model.parameters():  # pytorch-grad-cam leaves .grad behind
+        p.grad = None
+    rows: list[Row] = []
+    base = seconds[("plain forward", "-")]
+    base_cpu = cpu_seconds[("plain forward", "-")]
+    base_memory = memory[("plain forward", "-")]
+    for tool, method in factories:
+        t = seconds[(tool, method)]
+        row = Row(**asdict(case), tool=tool, method=method, seconds=t, images_per_s=case.batch / t,
+                  throughput_vs_forward=base / t, time_vs_forward=t / base, peak_memory_mb=memory[(tool, method)],
+                  cpu_seconds=cpu_seconds[(tool, method)], cpu_time_vs_forward=cpu_seconds[(tool, method)] / base_cpu)
+        if row.peak_memory_mb is not None and base_memory:
+            row.memory_vs_forward = row.peak_memory_mb / base_memory
+        if tool == "camkit" and method in own_forward_methods and case.device == "cpu":
+            row.own_forward_ratio = own_forward_ratio(model, method, x, ids, repeats)
+        if tool not in ("camkit", "plain forward"):
+            row.max_abs_diff = max_abs_difference(references[("camkit", method)], references[(tool, method)])
+            row.agrees = row.max_abs_diff <= AGREEMENT_TOLERANCE
+            if not row.agrees:
+                row.note = KNOWN_DIFFERENCES.get((tool, method), "UNEXPECTED DIFFERENCE")
+        rows.append(row)
+    for row in rows:
+        if row.tool == "camkit":
+            row.camkit_speedup = {other.tool: other.seconds / row.seconds for other in rows
+                                  if other.method == row.method and other.tool in TOOLKITS}
+    return rows
+
+
+# -------------------------------------------------------------------------------------------- reports
+
+
+def markdown(rows: list[Row]) -> str:
+    lines = ["| device | model | batch | dtype | size | tool | method | images/s | throughput vs forward | "
+             "time vs forward | CPU time vs forward | time vs own forward | camkit speed-up | peak MiB (vs fwd) | "
+             "max abs diff vs camkit |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        speedup = ", ".join(f"{k} {v:.2f}x" for k, v in r.camkit_speedup.items())
+        memory = f"{r.peak_memory_mb:.0f} ({r.memory_vs_forward:.2f}x)" if r.memory_vs_forward is not None else "-"
+        diff = "-" if r.max_abs_diff is None else f"{r.max_abs_diff:.1e}" + ("" if r.agrees else f" ({r.note})")
+        lines.append(f"| {r.device} | {r.model} | {r.batch} | {r.dtype} | {r.size} | {r.tool} | {r.method} | "
+                     f"{r.images_per_s:.1f} | {r.throughput_vs_forward:.2f} | {r.time_vs_forward:.2f} | "
+                     f"{r.cpu_time_vs_forward:.2f} | "
+                     f"{'-' if r.own_forward_ratio is None else format(r.own_forward_ratio, '.3f')} | "
+                     f"{speedup or '-'} | {memory} | {diff} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(rows: list[Row], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cases = list(dict.fromkeys((r.device, r.model, r.batch, r.dtype, r.size) for r in rows))
+    counts = [sum((r.device, r.model, r.batch, r.dtype, r.size) == case for r in rows) for case in cases]
+    fig, axes = plt.subplots(len(cases), 1, figsize=(9, 0.32 * len(rows) + 1.2 * len(cases)), squeeze=False,
+                             gridspec_kw={"height_ratios": [c + 2 for c in counts]})
+    for ax, case in zip(axes[:, 0], cases):
+        case_rows = [r for r in rows if (r.device, r.model, r.batch, r.dtype, r.size) == case]
+        labels = [f"{r.tool}: {r.method}" if r.tool != "plain forward" else r.tool for r in case_rows]
+        colours = ["grey" if r.tool == "plain forward" else "tab:blue" if r.tool == "camkit" else "tab:orange"
+                   for r in case_rows]
+        ax.barh(labels, [r.throughput_vs_forward for r in case_rows], color=colours)
+        ax.axvline(1.0, color="black", linewidth=0.8)
+        ax.set_xscale("log")
+        ax.invert_yaxis()
+        ax.set_title(f"{case[0]} {case[1]} batch {case[2]} {case[3]} {case[4]}px: throughput vs plain forward",
+                     fontsize=9)
+        ax.tick_params(labelsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+# ----------------------------------------------------------------------------------------------- main
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or all (cuda when available)")
+    parser.add_argument("--quick", action="store_true", help="ResNet-18, batch 8, fp32, a small Score-CAM case")
+    parser.add_argument("--models", default="resnet18,resnet50")
+    parser.add_argument("--batch-sizes", default=None, help="default: 8,32 on cpu, 64,256 on cuda")
+    parser.add_argument("--dtypes", default=None, help="fp32,bf16 (cpu) / fp32,bf16,fp16 (cuda)")
+    parser.add_argument("--methods", default=",".join(CAMKIT_METHODS))
+    parser.add_argument("--toolkits", default=",".join(TOOLKITS))
+    parser.add_argument("--repeats", type=int, default=None, help="timed rounds (median); default 5 quick, 10 full")
+    parser.add_argument("--scorecam-size", type=int, default=None,
+                        help="input size of the CPU Score-CAM case (default 96; 48 with --quick)")
+    parser.add_argument("--scorecam-batch", type=int, default=None, help="its batch (default 2; 1 with --quick)")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    return parser.parse_args(argv)
+
+
+def plan(args: argparse.Namespace) -> list[tuple[Case, tuple[str, ...]]]:
+    """(case, methods) pairs. Score-CAM is costly on a CPU (channels x batch forwards): there it runs
+    in its own small case (``--scorecam-size`` / ``--scorecam-batch``)."""
+    devices = ["cpu", "cuda"] if args.device == "all" else [args.device]
+    devices = [d for d in devices if d != "cuda" or torch.cuda.is_available()]
+    if not devices:
+        raise SystemExit(f"--device {args.device}: no CUDA device here")
+    methods = tuple(m for m in args.methods.split(",") if m)
+    unknown = sorted(set(methods) - set(CAMKIT_METHODS))
+    if unknown:
+        raise SystemExit(f"unknown method(s) {unknown}: choose from {', '.join(CAMKIT_METHODS)}")
+    pairs = []
+    for device in devices:
+        gpu = device.startswith("cuda")
+        models = ["resnet18"] if args.quick else args.models.split(",")
+        batches = [8] if args.quick and not gpu else [int(b) for b in (args.batch_sizes or ("64,256" if gpu else "8,32")).split(",")]
+        dtypes = ["fp32"] if args.quick else (args.dtypes or ("fp32,bf16,fp16" if gpu else "fp32,bf16")).split(",")
+        main_methods = methods if gpu else tuple(m for m in methods if m != "scorecam")
+        for model in models:
+            for batch in batches:
+                for dtype in dtypes:
+                    pairs.append((Case(device, model, batch, dtype), main_methods))
+        if not gpu and "scorecam" in methods:
+            size = args.scorecam_size or (48 if args.quick else 96)  # 48 px: 2 x 2 features
+            batch = args.scorecam_batch or (1 if args.quick else 2)
+            pairs.append((Case(device, "resnet18", batch, "fp32", size), ("scorecam",)))
+    return pairs
+
+
+def main(argv: list[str] | None = None) -> int:
+    from tqdm import tqdm
+
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    repeats = args.repeats or (3 if args.quick else 10)
+    pairs = QUICK_PAIRS if args.quick else None
+    toolkits = installed_toolkits(tuple(t for t in args.toolkits.split(",") if t))
+    missing = sorted(set(args.toolkits.split(",")) - set(toolkits) - {""})
+    if missing:
+        print(f"not installed, skipped: {', '.join(missing)} (pip install -e '.[bench]')", file=sys.stderr)
+    rows: list[Row] = []
+    started = time.perf_counter()
+    for case, methods in tqdm(plan(args), desc="cases", unit="case", disable=False):
+        score_only = args.quick and methods == ("scorecam",)  # seconds per call: fewer rounds
+        rows.extend(measure_case(case, methods, toolkits, 2 if score_only else repeats, pairs=pairs))
+    args.out.mkdir(parents=True, exist_ok=True)
+    meta = {"torch": torch.__version__, "threads": torch.get_num_threads(), "python": platform.python_version(),
+            "cpu": platform.processor() or platform.machine(), "cuda": torch.cuda.get_device_name() if
+            torch.cuda.is_available() else None, "repeats": repeats, "seconds": time.perf_counter() - started,
+            "load_average": os.getloadavg(), "toolkits": {t: _version(t) for t in toolkits}}
+    (args.out / "speed.json").write_text(json.dumps({"meta": meta, "rows": [asdict(r) for r in rows]}, indent=1))
+    table = markdown(rows)
+    (args.out / "speed.md").write_text(f"{json.dumps(meta)}\n\n{table}")
+    plot(rows, args.out / "speed.png")
+    print(table)
+    print(f"wrote {args.out}/speed.md, speed.json, speed.png in {meta['seconds']:.0f} s")
+    unexpected = [r for r in rows if r.agrees is False and r.note == "UNEXPECTED DIFFERENCE"]
+    for r in unexpected:
+        print(f"DISAGREEMENT: {r.tool} {r.method} differs from camkit by {r.max_abs_diff:.3g}", file=sys.stderr)
+    return 1 if unexpected else 0
+
+
+def _version(toolkit: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    distribution = {"pytorch-grad-cam": "grad-cam"}.get(toolkit, toolkit)
+    try:
+        return version(distribution)
+    except PackageNotFoundError:
+        return "?"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
