@@ -1,7 +1,7 @@
 """JET colormap and alpha blending of maps over images, vectorised in torch (any device).
 
-The lookup table reproduces matplotlib's ``jet`` (256 entries, piecewise-linear segments) and its
-indexing rule ``floor(value * 256)`` clipped to 255, so colours match ``matplotlib.colormaps["jet"]``.
+The lookup table is OpenCV's ``COLORMAP_JET`` (256 entries of piecewise-linear ramps, within
+rounding), indexed by ``round(value * 255)``: the same colours as the image plugin's CPU overlay.
 """
 
 from __future__ import annotations
@@ -12,22 +12,12 @@ import numpy as np
 
 LUT_SIZE = 256
 
-# (position, value) breakpoints of matplotlib's jet, per channel
-JET_SEGMENTS = {
-    "red": ((0.0, 0.0), (0.35, 0.0), (0.66, 1.0), (0.89, 1.0), (1.0, 0.5)),
-    "green": ((0.0, 0.0), (0.125, 0.0), (0.375, 1.0), (0.64, 1.0), (0.91, 0.0), (1.0, 0.0)),
-    "blue": ((0.0, 0.5), (0.11, 1.0), (0.34, 1.0), (0.65, 0.0), (1.0, 0.0)),
-}
-
-
 def jet_lut() -> np.ndarray:
-    """The 256 x 3 float32 RGB table of the JET colormap, values in [0, 1]."""
-    x = np.linspace(0.0, 1.0, LUT_SIZE)
-    channels = []
-    for name in ("red", "green", "blue"):
-        points = np.array(JET_SEGMENTS[name])
-        channels.append(np.interp(x, points[:, 0], points[:, 1]))
-    return np.stack(channels, axis=1).astype(np.float32)
+    """The 256 x 3 float32 RGB table of the JET colormap, values in [0, 1]: OpenCV's
+    ``COLORMAP_JET`` ramps (what CAM overlays conventionally use), shared by every overlay path."""
+    v = np.linspace(0.0, 1.0, LUT_SIZE)
+    ramps = [np.clip(1.5 - np.abs(4.0 * v - centre), 0.0, 1.0) for centre in (3.0, 2.0, 1.0)]  # R, G, B
+    return np.stack(ramps, axis=1).astype(np.float32)
 
 
 def check_overlay_inputs(images: Any, maps: Any, alpha: float) -> None:
@@ -51,8 +41,8 @@ def check_overlay_inputs(images: Any, maps: Any, alpha: float) -> None:
 
 
 def lut_index(maps: Any) -> Any:
-    """matplotlib's rule: index ``floor(v * 256)``, with 1.0 in the last bin."""
-    return (maps.float() * LUT_SIZE).long().clamp_(0, LUT_SIZE - 1)
+    """The nearest of the 256 entries: ``round(v * 255)``."""
+    return (maps.float() * (LUT_SIZE - 1) + 0.5).long().clamp_(0, LUT_SIZE - 1)
 
 
 def jet_overlay_torch(images: Any, maps: Any, alpha: float = 0.5) -> Any:

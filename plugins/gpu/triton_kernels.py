@@ -118,7 +118,7 @@ def _jet_overlay_kernel(img_ptr, map_ptr, lut_ptr, out_ptr, pixels, keep, BLOCK:
     idx = block * BLOCK + tl.arange(0, BLOCK)
     valid = idx < pixels
     m = tl.load(map_ptr + sample.to(tl.int64) * pixels + idx, mask=valid, other=0.0).to(tl.float32)
-    bin_ = tl.minimum(tl.maximum((m * 256.0).to(tl.int32), 0), 255)
+    bin_ = tl.minimum(tl.maximum((m * 255.0 + 0.5).to(tl.int32), 0), 255)  # round(v * 255), as lut_index
     img_base = sample.to(tl.int64) * 3 * pixels
     for channel in tl.static_range(3):
         colour = tl.load(lut_ptr + bin_ * 3 + channel, mask=valid, other=0.0)

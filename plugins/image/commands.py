@@ -1,0 +1,168 @@
+"""The image commands: ``camkit train image``, ``camkit explain`` and ``camkit demo``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+EMBEDDED = ("digits", "shapes")
+
+
+def resolve_data(spec: str, seed: int, size: int | None, val_fraction: float) -> tuple[Any, Any]:
+    """``(train, val)`` datasets for ``--data``: ``digits``, ``shapes``, ``mnist:DIR`` or a folder."""
+    from camkit.plugin_manager import lookup
+
+    if spec in EMBEDDED:
+        options = {} if size is None else {"size": size}
+        build = lookup("datasets", spec)
+        return build("train", seed=seed, **options), build("val", seed=seed, **options)
+    if spec.startswith("mnist:"):
+        build = lookup("datasets", "mnist")
+        root = spec.split(":", 1)[1]
+        return (build("train", seed=seed, root=root, val_fraction=val_fraction),
+                build("val", seed=seed, root=root, val_fraction=val_fraction))
+    if Path(spec).is_dir():
+        build = lookup("datasets", "image-folder")
+        options = {"root": spec, "val_fraction": val_fraction, **({} if size is None else {"size": size})}
+        return build("train", seed=seed, **options), build("val", seed=seed, **options)
+    raise ValueError(f"--data {spec!r}: not a directory; use a folder of pictures, mnist:DIR, or one of "
+                     f"{', '.join(EMBEDDED)}")
+
+
+def dataset_input_size(dataset: Any) -> int:
+    if hasattr(dataset, "size"):
+        return int(dataset.size)
+    return int(dataset[0]["input"].shape[-1])
+
+
+def train_and_save(data: str, arch: str, out: str | Path, epochs: int, seed: int = 0, size: int | None = None,
+                   lr: float = 3e-3, batch_size: int = 64, workers: int = 0, weights: str | None = None,
+                   output_stride: int = 32, val_fraction: float = 0.2, flip: bool = False) -> tuple[Any, dict[str, Any]]:
+    """Train ``arch`` on ``data`` and save a checkpoint in ``out``; returns ``(model, config)``."""
+    from camkit.checkpoint import save_checkpoint
+    from camkit.plugin_manager import lookup
+    from camkit_plugins.image.train import seed_everything, train_classifier
+
+    train_set, val_set = resolve_data(data, seed, size, val_fraction)
+    in_channels = int(train_set[0]["input"].shape[0])
+    options: dict[str, Any] = {} if in_channels == (1 if arch == "mnist-gap" else 3) else {"in_channels": in_channels}
+    if arch.startswith("resnet"):
+        if weights:
+            options["weights"] = weights
+        if output_stride != 32:
+            options["output_stride"] = output_stride
+    seed_everything(seed)
+    model = lookup("models", arch)(num_classes=len(train_set.classes), **options)
+    history = train_classifier(model, train_set, val_set, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed,
+                               workers=workers, flip=flip, desc=arch)
+    if weights:  # the checkpoint holds every weight: rebuilding must not look for the cache again
+        options.pop("weights")
+    config = {"model": arch, "model_options": options, "classes": list(train_set.classes), "domain": "image",
+              "arch": arch, "input_size": dataset_input_size(train_set), "in_channels": in_channels,
+              "mean": list(train_set.mean), "std": list(train_set.std), "input_layout": "NCHW", "data": data,
+              "seed": seed, "epochs": epochs, "val_accuracy": history["val_accuracy"],
+              "skipped_files": history["skipped"]}
+    save_checkpoint(out, model, config)
+    if history["skipped"]:
+        print(f"warning: {len(history['skipped'])} unreadable image(s) skipped: {', '.join(history['skipped'])}",
+              file=sys.stderr)
+    return model, config
+
+
+# ---------------------------------------------------------------- train image
+
+
+def _train_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", required=True, help="a folder of pictures, mnist:DIR, digits or shapes")
+    parser.add_argument("--arch", default="resnet18", help="resnet18..resnet152 or mnist-gap")
+    parser.add_argument("--epochs", type=int, default=5)
+    parser.add_argument("--out", required=True, help="checkpoint directory")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--size", type=int, default=None, help="input size (default: the dataset's)")
+    parser.add_argument("--lr", type=float, default=3e-3)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
+    parser.add_argument("--weights", default=None, help="pretrained torchvision weights (DEFAULT), from the local cache")
+    parser.add_argument("--output-stride", type=int, default=32, choices=(8, 16, 32),
+                        help="ResNet output stride: 16 or 8 give 2x or 4x finer maps for more compute")
+    parser.add_argument("--val-fraction", type=float, default=0.2)
+    parser.add_argument("--flip", action="store_true", help="random horizontal flips")
+
+
+def _train_run(args: argparse.Namespace) -> int:
+    _, config = train_and_save(args.data, args.arch, args.out, args.epochs, seed=args.seed, size=args.size,
+                               lr=args.lr, batch_size=args.batch_size, workers=args.workers, weights=args.weights,
+                               output_stride=args.output_stride, val_fraction=args.val_fraction, flip=args.flip)
+    final = config["val_accuracy"][-1] if config["val_accuracy"] else float("nan")
+    print(f"saved {args.out} ({config['arch']}, {len(config['classes'])} classes, val accuracy {100 * final:.2f}%)")
+    return 0
+
+
+# ---------------------------------------------------------------- explain
+
+
+def _explain_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("inputs", nargs="+", help="picture files and/or directories")
+    parser.add_argument("--checkpoint", required=True, help="directory written by camkit train image")
+    parser.add_argument("--out", required=True, help="directory for the overlays")
+    parser.add_argument("--method", default="cam", help="cam, gradcam, gradcam++, ... (camkit list methods)")
+    parser.add_argument("--topk", type=int, default=None, help="also one panel per class for the top k")
+    parser.add_argument("--save-maps", action="store_true", help="write the raw maps as <name>_maps.npy")
+    parser.add_argument("--no-grid", action="store_true", help="do not write grid.png")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--workers", type=int, default=2, help="decoding worker processes")
+    parser.add_argument("--alpha", type=float, default=0.5, help="weight of the heat map in the blend")
+    parser.add_argument("--device", default="cpu")
+
+
+def _explain_run(args: argparse.Namespace) -> int:
+    from camkit.checkpoint import load_checkpoint
+    from camkit_plugins.image.explain_files import collect_image_files, explain_files
+
+    model, config = load_checkpoint(args.checkpoint)
+    if config.get("domain", "image") != "image":
+        raise ValueError(f"{args.checkpoint}: a {config.get('domain')} checkpoint; camkit explain handles images")
+    files = collect_image_files(args.inputs)
+    report = explain_files(model, config, files, args.out, method=args.method, topk=args.topk,
+                           save_maps=args.save_maps, grid=not args.no_grid, batch_size=args.batch_size,
+                           workers=args.workers, alpha=args.alpha, device=args.device)
+    print(f"wrote {len(report.written)} overlay(s) to {args.out} ({report.images_per_second:.1f} images/s)")
+    if report.bad:
+        print(f"error: {len(report.bad)} unreadable file(s):", file=sys.stderr)
+        for line in report.bad:
+            print(f"  {line}", file=sys.stderr)
+        return 1
+    return 0
+
+
+# ---------------------------------------------------------------- demo
+
+
+def _demo_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", default="camkit-demo")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--quick", action="store_true", help="tiny data and one epoch (a smoke test, not the bars)")
+
+
+def _demo_run(args: argparse.Namespace) -> int:
+    from camkit_plugins.image.demo import run_demo
+
+    summary = run_demo(args.out, seed=args.seed, quick=args.quick)
+    if not summary["bars_met"] and not args.quick:  # everything was written; the report says which bar
+        print(f"note: not every quality bar was met; see {args.out}/localization.md", file=sys.stderr)
+    return 0
+
+
+def command_table() -> dict[str, Any]:
+    from camkit.cli import Command
+
+    return {
+        "train image": Command("train an image classifier (ResNet or mnist-gap) and save a checkpoint",
+                               _train_arguments, _train_run),
+        "explain": Command("write CAM overlays of pictures with a trained image checkpoint",
+                           _explain_arguments, _explain_run),
+        "demo": Command("train on the embedded digits and synthetic shapes, write maps and a localisation report",
+                        _demo_arguments, _demo_run),
+    }

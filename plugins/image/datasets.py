@@ -1,0 +1,360 @@
+"""Image datasets: embedded digits, synthetic shapes, MNIST IDX files and folders of pictures.
+
+Every builder is ``build(split="train"|"val"|"test", seed=0, **options)`` and returns a torch
+``Dataset`` whose items are ``{"input": (C, H, W) float tensor, "label": int}`` (the shapes set adds
+``"box"`` and ``"mask"``). Datasets carry ``classes``, ``input_layout`` ("NCHW"), ``domain`` ("image"),
+``mean`` and ``std`` (the normalisation already applied to ``input``).
+"""
+
+from __future__ import annotations
+
+import gzip
+import struct
+import warnings
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+SPLITS = ("train", "val", "test")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class CorruptImageError(ValueError):
+    """An image file could not be read or decoded; ``path`` names it."""
+
+    def __init__(self, path: str | Path, reason: str) -> None:
+        super().__init__(f"{path}: cannot read image: {reason}")
+        self.path = str(path)
+
+
+def _check_split(split: str) -> None:
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; available: {', '.join(SPLITS)}")
+
+
+def _seeded_split(count: int, split: str, seed: int, val_fraction: float, test_fraction: float = 0.0) -> np.ndarray:
+    """Indices of ``split`` in a seeded permutation of ``range(count)``: [test | val | train]."""
+    if not 0.0 <= val_fraction < 1.0 or not 0.0 <= test_fraction < 1.0 or val_fraction + test_fraction >= 1.0:
+        raise ValueError(f"split fractions must leave training data: val={val_fraction}, test={test_fraction}")
+    order = np.random.default_rng(seed).permutation(count)
+    n_test = int(round(count * test_fraction))
+    n_val = int(round(count * val_fraction))
+    parts = {"test": order[:n_test], "val": order[n_test:n_test + n_val], "train": order[n_test + n_val:]}
+    return np.sort(parts[split])
+
+
+class TensorImageDataset:
+    """Images already in memory: ``images`` (N, C, H, W) float, normalised; ``labels`` (N,)."""
+
+    input_layout = "NCHW"
+    domain = "image"
+
+    def __init__(self, images: Any, labels: Any, classes: Sequence[str], mean: Sequence[float], std: Sequence[float],
+                 boxes: Any = None, masks: Any = None) -> None:
+        self.images, self.labels = images, labels
+        self.classes = list(classes)
+        self.mean, self.std = list(mean), list(std)
+        self.boxes, self.masks = boxes, masks
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        item = {"input": self.images[index], "label": int(self.labels[index])}
+        if self.boxes is not None:
+            item["box"] = tuple(int(v) for v in self.boxes[index])
+        if self.masks is not None:
+            item["mask"] = self.masks[index]
+        return item
+
+
+def _normalise(images_01: Any, mean: Sequence[float], std: Sequence[float]) -> Any:
+    import torch
+
+    mean_t = torch.tensor(mean, dtype=images_01.dtype).view(1, -1, 1, 1)
+    std_t = torch.tensor(std, dtype=images_01.dtype).view(1, -1, 1, 1)
+    return (images_01 - mean_t) / std_t
+
+
+# ---------------------------------------------------------------- digits (embedded, scikit-learn)
+
+
+def build_digits(split: str = "train", seed: int = 0, size: int = 28, val_fraction: float = 0.1,
+                 test_fraction: float = 0.2) -> TensorImageDataset:
+    """scikit-learn's 1,797 handwritten digits (8x8, real scans) resized to ``size`` x ``size``, 1 channel.
+
+    The split is a seeded permutation: ``test_fraction`` test, ``val_fraction`` val, the rest train."""
+    import torch
+    import torch.nn.functional as F
+    from sklearn.datasets import load_digits
+
+    _check_split(split)
+    digits = load_digits()
+    index = _seeded_split(len(digits.target), split, seed, val_fraction, test_fraction)
+    pixels = torch.from_numpy(digits.images[index].astype(np.float32) / 16.0)[:, None]
+    pixels = F.interpolate(pixels, size=(size, size), mode="bilinear", align_corners=False).clamp(0, 1)
+    mean, std = [0.5], [0.5]
+    return TensorImageDataset(_normalise(pixels, mean, std), torch.from_numpy(digits.target[index].astype(np.int64)),
+                              [str(d) for d in range(10)], mean, std)
+
+
+# ---------------------------------------------------------------- synthetic shapes with boxes
+
+SHAPE_CLASSES = ("circle", "square", "triangle", "star", "cross")
+_TEXTURES = ("brick", "grass", "gravel", "camera", "moon")
+
+
+def _shape_polygon(kind: str, radius: float, angle: float) -> np.ndarray | None:
+    """Unit-free polygon (K, 2) of (row, col) offsets for ``kind``; ``None`` for the circle."""
+    if kind == "circle":
+        return None
+    if kind == "square":
+        corners = np.deg2rad(np.array([45, 135, 225, 315])) + angle
+        rho = np.full(4, radius)
+    elif kind == "triangle":
+        corners = np.deg2rad(np.array([90, 210, 330])) + angle
+        rho = np.full(3, radius)
+    elif kind == "star":
+        corners = np.deg2rad(np.arange(10) * 36.0 + 90) + angle
+        rho = np.where(np.arange(10) % 2 == 0, radius, radius * 0.45)
+    elif kind == "cross":
+        arm = radius * 0.34
+        pts = np.array([(-arm, -radius), (arm, -radius), (arm, -arm), (radius, -arm), (radius, arm), (arm, arm),
+                        (arm, radius), (-arm, radius), (-arm, arm), (-radius, arm), (-radius, -arm), (-arm, -arm)])
+        c, s = np.cos(angle), np.sin(angle)
+        return pts @ np.array([[c, -s], [s, c]])
+    else:
+        raise ValueError(f"unknown shape {kind!r}; available: {', '.join(SHAPE_CLASSES)}")
+    return np.stack([-rho * np.sin(corners), rho * np.cos(corners)], axis=1)
+
+
+def _load_textures() -> list[np.ndarray]:
+    import skimage.data
+
+    return [getattr(skimage.data, name)().astype(np.float32) / 255.0 for name in _TEXTURES]
+
+
+def render_shape_image(rng: np.random.Generator, label: int, size: int, textures: list[np.ndarray],
+                       scale: tuple[float, float]) -> tuple[np.ndarray, np.ndarray]:
+    """One picture (size, size, 3) float in [0, 1] and its boolean shape mask (size, size)."""
+    from skimage.draw import disk, polygon
+
+    texture = textures[rng.integers(len(textures))]
+    y0, x0 = rng.integers(0, texture.shape[0] - size), rng.integers(0, texture.shape[1] - size)
+    patch = texture[y0:y0 + size, x0:x0 + size]
+    tint = rng.uniform(0.3, 1.0, size=3).astype(np.float32)
+    image = 0.3 + 0.4 * patch[..., None] * tint  # muted clutter, so the shape is the signal
+    radius = rng.uniform(*scale) * size / 2
+    margin = radius + 1
+    centre = rng.uniform(margin, size - margin, size=2)
+    mask = np.zeros((size, size), dtype=bool)
+    points = _shape_polygon(SHAPE_CLASSES[label], radius, rng.uniform(-np.pi / 9, np.pi / 9))
+    if points is None:
+        rr, cc = disk(tuple(centre), radius, shape=mask.shape)
+    else:
+        rr, cc = polygon(points[:, 0] + centre[0], points[:, 1] + centre[1], shape=mask.shape)
+    mask[rr, cc] = True
+    colour = rng.uniform(0.0, 1.0, size=3).astype(np.float32)
+    colour[rng.permutation(3)[:2]] = (0.0, 1.0)  # saturated colours stand out of the muted clutter
+    image[mask] = colour
+    return np.clip(image, 0.0, 1.0), mask
+
+
+def build_shapes(split: str = "train", seed: int = 0, size: int = 64, count: int | None = None,
+                 scale: tuple[float, float] = (0.3, 0.55)) -> TensorImageDataset:
+    """Synthetic localisation set: one of five shapes at a random position, scale and colour on
+    textured clutter (scikit-image textures), with its ground-truth box and mask.
+
+    Deterministic in ``(split, seed)``; ``scale`` is the shape's diameter as a fraction of ``size``."""
+    import torch
+
+    _check_split(split)
+    count = {"train": 2000, "val": 300, "test": 500}[split] if count is None else int(count)
+    rng = np.random.default_rng([seed, SPLITS.index(split)])
+    textures = _load_textures()
+    labels = rng.integers(0, len(SHAPE_CLASSES), size=count)
+    images = np.empty((count, size, size, 3), dtype=np.float32)
+    masks = np.empty((count, size, size), dtype=bool)
+    for i, label in enumerate(labels):
+        images[i], masks[i] = render_shape_image(rng, int(label), size, textures, tuple(scale))
+    boxes = np.zeros((count, 4), dtype=np.int64)
+    for i, mask in enumerate(masks):
+        rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+        boxes[i] = (cols[0], rows[0], cols[-1] + 1, rows[-1] + 1)
+    mean, std = [0.5, 0.5, 0.5], [0.25, 0.25, 0.25]
+    pixels = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()
+    return TensorImageDataset(_normalise(pixels, mean, std), torch.from_numpy(labels), SHAPE_CLASSES, mean, std,
+                              boxes=torch.from_numpy(boxes), masks=torch.from_numpy(masks))
+
+
+# ---------------------------------------------------------------- MNIST IDX files
+
+_IDX_TYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+MNIST_FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+               "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
+
+
+def read_idx(path: str | Path) -> np.ndarray:
+    """An IDX array (the MNIST file format), raw or gzip-compressed; errors name the file."""
+    path = Path(path)
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rb") as handle:
+            data = handle.read()
+    except (OSError, EOFError) as exc:
+        raise ValueError(f"{path}: cannot read IDX file: {exc}") from exc
+    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] not in _IDX_TYPES:
+        raise ValueError(f"{path}: not an IDX file (bad magic number {data[:4].hex() or 'empty'})")
+    ndim = data[3]
+    header = 4 + 4 * ndim
+    if len(data) < header:
+        raise ValueError(f"{path}: IDX header truncated")
+    shape = struct.unpack(f">{ndim}I", data[4:header])
+    dtype = np.dtype(_IDX_TYPES[data[2]])
+    expected = int(np.prod(shape)) * dtype.itemsize
+    if len(data) - header != expected:
+        raise ValueError(f"{path}: IDX body has {len(data) - header} bytes, shape {shape} needs {expected}")
+    return np.frombuffer(data, dtype=dtype, offset=header).reshape(shape)
+
+
+def _find_idx(root: Path, stem: str) -> Path:
+    for candidate in (root / stem, root / f"{stem}.gz", root / stem.replace("-idx", ".idx")):
+        if candidate.is_file():
+            return candidate
+    raise FileNotFoundError(f"{root}: no {stem} or {stem}.gz (MNIST IDX files; get them from the MNIST site or a mirror)")
+
+
+def build_mnist(split: str = "train", seed: int = 0, root: str | Path = "mnist", val_fraction: float = 0.1) -> TensorImageDataset:
+    """MNIST from the original IDX files in ``root`` (raw or .gz). ``val`` is a seeded
+    ``val_fraction`` of the training files; ``test`` is the t10k files."""
+    import torch
+
+    _check_split(split)
+    root = Path(root)
+    images_name, labels_name = MNIST_FILES["test" if split == "test" else "train"]
+    images, labels = read_idx(_find_idx(root, images_name)), read_idx(_find_idx(root, labels_name))
+    if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
+        raise ValueError(f"{root}: MNIST images {images.shape} and labels {labels.shape} do not match")
+    if labels.size and (labels.min() < 0 or labels.max() > 9):
+        raise ValueError(f"{root}: MNIST labels outside 0..9")
+    if split != "test":
+        index = _seeded_split(len(labels), split, seed, val_fraction)
+        images, labels = images[index], labels[index]
+    pixels = torch.from_numpy(images.astype(np.float32) / 255.0)[:, None]
+    mean, std = [0.5], [0.5]
+    return TensorImageDataset(_normalise(pixels, mean, std), torch.from_numpy(labels.astype(np.int64)),
+                              [str(d) for d in range(10)], mean, std)
+
+
+# ---------------------------------------------------------------- folders of pictures
+
+
+def list_image_folder(root: str | Path) -> tuple[list[Path], list[str], list[int]]:
+    """Files, classes and labels of ``root``: either ``root/<class>/<file>`` (ImageFolder) or flat
+    files labelled by the text before their first dot (``cat.123.jpg`` -> ``cat``)."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root}: no such image folder")
+    subdirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if subdirs:
+        files = [(f, d.name) for d in subdirs for f in sorted(d.iterdir()) if f.suffix.lower() in IMAGE_SUFFIXES]
+    else:
+        files = [(f, f.name.split(".", 1)[0]) for f in sorted(root.iterdir()) if f.suffix.lower() in IMAGE_SUFFIXES]
+    if not files:
+        raise ValueError(f"{root}: no images ({', '.join(IMAGE_SUFFIXES)}) found, neither in class folders nor flat")
+    classes = sorted({name for _, name in files})
+    if len(classes) < 2:
+        raise ValueError(f"{root}: found only the class {classes}; a classifier needs at least two")
+    lookup = {name: i for i, name in enumerate(classes)}
+    return [f for f, _ in files], classes, [lookup[name] for _, name in files]
+
+
+def decode_image_file(path: str | Path) -> Any:
+    """``uint8 (3, H, W)`` tensor of an image file (torchvision.io); ``CorruptImageError`` names a bad file."""
+    import torch
+    from torchvision.io import ImageReadMode, decode_image, read_file
+
+    try:
+        data = read_file(str(path))
+        image = decode_image(data, mode=ImageReadMode.RGB)
+    except (RuntimeError, OSError, ValueError) as exc:
+        raise CorruptImageError(path, str(exc).splitlines()[0] if str(exc) else type(exc).__name__) from exc
+    if image.dtype != torch.uint8 or image.ndim != 3 or min(image.shape[1:]) == 0:
+        raise CorruptImageError(path, f"decoded to an unusable tensor {tuple(image.shape)} {image.dtype}")
+    return image
+
+
+def prepare_image(image_uint8: Any, size: int, mean: Sequence[float], std: Sequence[float]) -> Any:
+    """Model input (3, size, size) float from a uint8 (3, H, W) picture: resize, scale, normalise."""
+    import torch.nn.functional as F
+
+    resized = F.interpolate(image_uint8[None].float() / 255.0, size=(size, size), mode="bilinear",
+                            align_corners=False, antialias=True)
+    return _normalise(resized, mean, std)[0]
+
+
+class ImageFolderDataset:
+    """Pictures decoded on access; a bad file raises ``CorruptImageError`` naming it."""
+
+    input_layout = "NCHW"
+    domain = "image"
+
+    def __init__(self, files: Sequence[Path], labels: Sequence[int], classes: Sequence[str], size: int,
+                 mean: Sequence[float], std: Sequence[float]) -> None:
+        self.files, self.labels, self.classes = list(files), list(labels), list(classes)
+        self.size, self.mean, self.std = int(size), list(mean), list(std)
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        image = decode_image_file(self.files[index])
+        return {"input": prepare_image(image, self.size, self.mean, self.std), "label": self.labels[index],
+                "path": str(self.files[index])}
+
+
+def build_image_folder(split: str = "train", seed: int = 0, root: str | Path = ".", size: int = 224,
+                       val_fraction: float = 0.2, mean: Sequence[float] = IMAGENET_MEAN,
+                       std: Sequence[float] = IMAGENET_STD) -> ImageFolderDataset:
+    """A folder of pictures (class folders or ``cat.123.jpg`` names), seeded train/val split.
+
+    ``test`` is the whole folder (point ``root`` at a separate test folder)."""
+    _check_split(split)
+    files, classes, labels = list_image_folder(root)
+    if split != "test":
+        index = _seeded_split(len(files), split, seed, val_fraction)
+        files, labels = [files[i] for i in index], [labels[i] for i in index]
+    return ImageFolderDataset(files, labels, classes, size, mean, std)
+
+
+class SkipCorrupt:
+    """Wraps a dataset for training: an unreadable item becomes ``None`` (dropped by
+    ``collate_skipping``) after a warning naming the file."""
+
+    def __init__(self, dataset: Any) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> Any:
+        try:
+            return self.dataset[index]
+        except CorruptImageError as exc:
+            warnings.warn(f"skipping {exc}", stacklevel=2)
+            return {"skipped": exc.path}
+
+
+def collate_skipping(items: list[dict[str, Any]]) -> dict[str, Any]:
+    """Stack ``input`` and ``label`` of the good items; ``skipped`` lists the bad files."""
+    import torch
+
+    good = [item for item in items if "skipped" not in item]
+    batch: dict[str, Any] = {"skipped": [item["skipped"] for item in items if "skipped" in item]}
+    if good:
+        batch["input"] = torch.stack([item["input"] for item in good])
+        batch["label"] = torch.tensor([int(item["label"]) for item in good], dtype=torch.long)
+    return batch

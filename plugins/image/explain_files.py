@@ -1,0 +1,157 @@
+"""Explaining picture files with a trained checkpoint: decoding in DataLoader workers, CAMs in
+batches, overlays blended in torch and written by a thread pool while the next batch computes."""
+
+from __future__ import annotations
+
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+from camkit_plugins.image.datasets import IMAGE_SUFFIXES, CorruptImageError, decode_image_file, prepare_image
+
+
+def collect_image_files(paths: Sequence[str | Path]) -> list[Path]:
+    """Files named on the command line plus the pictures inside named directories (sorted)."""
+    found: list[Path] = []
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            found += sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        elif path.exists():
+            found.append(path)
+        else:
+            raise FileNotFoundError(f"{path}: no such file or directory")
+    if not found:
+        raise ValueError(f"no pictures ({', '.join(IMAGE_SUFFIXES)}) in {', '.join(map(str, paths))}")
+    return found
+
+
+class PictureFiles:
+    """Decodes one file per item: ``{"path", "picture": uint8 (3, H, W), "input": model input}``, or
+    ``{"path", "error"}`` for a file that cannot be read (so the caller can report it by name)."""
+
+    def __init__(self, files: Sequence[Path], size: int, mean: Sequence[float], std: Sequence[float],
+                 in_channels: int) -> None:
+        self.files, self.size, self.mean, self.std, self.in_channels = list(files), size, mean, std, in_channels
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        path = self.files[index]
+        try:
+            picture = decode_image_file(path)
+        except CorruptImageError as exc:
+            return {"path": str(path), "error": str(exc)}
+        source = picture.float().mean(dim=0, keepdim=True).round().to(picture.dtype) if self.in_channels == 1 else picture
+        return {"path": str(path), "picture": picture, "input": prepare_image(source, self.size, self.mean, self.std)}
+
+
+def _keep_list(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return items
+
+
+@dataclass
+class ExplainReport:
+    """What `explain_files` did: overlays written, unreadable files (with the reason), throughput."""
+
+    written: list[Path] = field(default_factory=list)
+    bad: list[str] = field(default_factory=list)
+    images_per_second: float = 0.0
+
+
+def _group_by_size(pictures: Sequence[Any]) -> dict[tuple[int, int], list[int]]:
+    groups: dict[tuple[int, int], list[int]] = {}
+    for index, picture in enumerate(pictures):
+        groups.setdefault(tuple(picture.shape[1:]), []).append(index)
+    return groups
+
+
+def explain_files(model: Any, config: dict[str, Any], files: Sequence[Path], out: str | Path, method: str = "cam",
+                  topk: int | None = None, save_maps: bool = False, grid: bool = True, batch_size: int = 16,
+                  workers: int = 2, alpha: float = 0.5, device: str = "cpu") -> ExplainReport:
+    """Overlays ``<name>_pred_<label>.jpg`` (and, with ``topk``, ``<name>_top<k>.png`` with one panel per
+    class; with ``save_maps``, ``<name>_maps.npy``) for every readable file; bad files are listed."""
+    import time
+
+    import torch
+    import torch.nn.functional as F
+    from torch.utils.data import DataLoader
+    from tqdm import tqdm
+
+    import camkit
+    from camkit_plugins.image.render import label_text, overlay, overlay_file_name, save_grid, write_overlay
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    classes = list(config["classes"])
+    size = int(config["input_size"])
+    dataset = PictureFiles(files, size, config["mean"], config["std"], int(config.get("in_channels", 3)))
+    loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers, collate_fn=_keep_list)
+    model = model.to(device)
+    report = ExplainReport()
+    pending: list[Future] = []
+    grid_pictures, grid_maps, grid_titles = [], [], []
+    stems: dict[str, int] = {}
+    start = time.perf_counter()
+    with camkit.Explainer(model, method=method) as explainer, ThreadPoolExecutor(max_workers=2) as writer, \
+            tqdm(total=len(dataset), desc="explain", unit="img") as bar:
+        for items in loader:
+            good = [item for item in items if "error" not in item]
+            report.bad += [item["error"] for item in items if "error" in item]
+            if good:
+                inputs = torch.stack([item["input"] for item in good]).to(device)
+                result = explainer(inputs, topk=topk)
+                maps = result.maps if result.maps.ndim == 4 else result.maps[:, None]  # (N, K, H, W)
+                targets = result.targets if result.targets.ndim == 2 else result.targets[:, None]
+                scores = result.scores if result.scores.ndim == 2 else result.scores[:, None]
+                pictures = [item["picture"] for item in good]
+                for (height, width), indices in _group_by_size(pictures).items():
+                    idx = torch.tensor(indices, device=maps.device)
+                    top_maps = F.interpolate(maps[idx, :1], size=(height, width), mode="bilinear",
+                                             align_corners=False)[:, 0].clamp(0, 1)
+                    batch = torch.stack([pictures[i] for i in indices]).to(maps.device)
+                    blended = overlay(batch, top_maps, alpha).cpu()
+                    for row, i in enumerate(indices):
+                        stem = Path(good[i]["path"]).stem
+                        stems[stem] = stems.get(stem, 0) + 1
+                        if stems[stem] > 1:  # two inputs with the same name in different folders
+                            stem = f"{stem}_{stems[stem]}"
+                        good[i]["stem"] = stem
+                        label = classes[int(targets[i, 0])]
+                        target = out / overlay_file_name(stem, label)
+                        pending.append(writer.submit(write_overlay, target, blended[row].permute(1, 2, 0).numpy(),
+                                                     label_text(label, float(scores[i, 0]))))
+                        report.written.append(target)
+                maps_cpu = maps.detach().float().cpu()
+                for i, item in enumerate(good):
+                    if save_maps:
+                        pending.append(writer.submit(_save_npy, out / f"{item['stem']}_maps.npy", maps_cpu[i]))
+                    if topk and topk > 1:
+                        small = F.interpolate(item["picture"][None].float(), size=maps_cpu.shape[-2:], mode="bilinear",
+                                              align_corners=False).round().clamp(0, 255).to(torch.uint8)
+                        titles = [label_text(classes[int(c)], float(s)) for c, s in zip(targets[i], scores[i])]
+                        pending.append(writer.submit(save_grid, out / f"{item['stem']}_top{topk}.png",
+                                                     small.expand(len(titles), -1, -1, -1), maps_cpu[i], titles,
+                                                     min(len(titles), 5)))
+                    if grid and len(grid_pictures) < 9:
+                        grid_pictures.append(F.interpolate(item["picture"][None].float(), size=(size, size),
+                                                           mode="bilinear", align_corners=False)[0])
+                        grid_maps.append(maps_cpu[i, 0])
+                        grid_titles.append(label_text(classes[int(targets[i, 0])], float(scores[i, 0])))
+            bar.update(len(items))
+            bar.set_postfix(bad=len(report.bad))
+        for future in pending:
+            future.result()  # surfaces any write error
+    report.images_per_second = len(report.written) / max(time.perf_counter() - start, 1e-9)
+    if grid and grid_pictures:
+        save_grid(out / "grid.png", torch.stack(grid_pictures).round().clamp(0, 255).to(torch.uint8),
+                  torch.stack(grid_maps), grid_titles, ncols=3)
+    return report
+
+
+def _save_npy(path: Path, maps: Any) -> None:
+    import numpy as np
+
+    np.save(path, maps.numpy())

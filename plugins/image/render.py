@@ -1,0 +1,151 @@
+"""Rendering image CAMs: JET heat maps blended over pictures (in torch, on the maps' device),
+labelled overlay files, and matplotlib grids."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+_JET_CACHE: dict[Any, Any] = {}
+
+
+def jet_lut(device: Any = "cpu") -> Any:
+    """The JET colormap as a ``(256, 3)`` float tensor of RGB values in [0, 255] on ``device``
+    (the piecewise-linear ramps of OpenCV's ``COLORMAP_JET``, within rounding). The GPU plugin's
+    fused overlay uses the same table (``camkit_plugins.gpu.colormap``)."""
+    import torch
+
+    key = str(device)
+    if key not in _JET_CACHE:
+        from camkit_plugins.gpu.colormap import jet_lut as table
+
+        _JET_CACHE[key] = torch.from_numpy(table()).mul_(255.0).to(device)
+    return _JET_CACHE[key]
+
+
+def overlay_torch(images_uint8: Any, maps: Any, alpha: float = 0.5) -> Any:
+    """``uint8 (N, 3, H, W)``: JET(maps) x alpha + images x (1 - alpha), all on the maps' device.
+
+    ``maps`` are ``(N, H, W)`` in [0, 1] (values outside are clipped), the same size as the images."""
+    import torch
+    import torch.nn.functional as F
+
+    _check(images_uint8, maps, alpha)
+    index = (maps.float().clamp(0.0, 1.0) * 255.0 + 0.5).long()
+    heat = F.embedding(index, jet_lut(maps.device)).permute(0, 3, 1, 2)  # table lookup, (N, 3, H, W)
+    blended = heat.mul_(alpha).add_(images_uint8.to(device=maps.device, dtype=torch.float32), alpha=1.0 - alpha)
+    return blended.round_().clamp_(0, 255).to(torch.uint8)
+
+
+def _check(images_uint8: Any, maps: Any, alpha: float) -> None:
+    if images_uint8.ndim != 4 or images_uint8.shape[1] != 3:
+        raise ValueError(f"overlay needs images (N, 3, H, W), got {tuple(images_uint8.shape)}")
+    if maps.shape != (images_uint8.shape[0], *images_uint8.shape[2:]):
+        raise ValueError(f"overlay needs maps (N, H, W) matching the images {tuple(images_uint8.shape)}, "
+                         f"got {tuple(maps.shape)}")
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+
+
+def overlay(images_uint8: Any, maps: Any, alpha: float = 0.5) -> Any:
+    """The selected kernel's fused ``overlay`` when it has one (a GPU plugin), else ``overlay_torch``.
+    Both clip the maps to [0, 1] and use the same JET table, so CPU and GPU overlays agree."""
+    from camkit.kernels import select_kernel
+
+    _check(images_uint8, maps, alpha)
+    fused = getattr(select_kernel(maps), "overlay", None)
+    if fused is None:
+        return overlay_torch(images_uint8, maps, alpha)
+    return fused(images_uint8.to(maps.device), maps.float().nan_to_num(0.0).clamp(0.0, 1.0), alpha)
+
+
+def label_text(class_name: str, probability: float) -> str:
+    """``"dog 97.31%"``."""
+    return f"{class_name} {100.0 * probability:.2f}%"
+
+
+def draw_label(image_rgb: Any, text: str) -> Any:
+    """The picture (H, W, 3) uint8 numpy RGB with ``text`` written at its top-left on a dark band."""
+    import cv2
+
+    height, width = image_rgb.shape[:2]
+    scale = max(0.35, min(height, width) / 400.0)
+    thickness = max(1, int(round(scale * 2)))
+    (text_w, text_h), baseline = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, thickness)
+    if text_w > 0.95 * width:  # small pictures: shrink the text to fit rather than cut it
+        scale *= 0.95 * width / text_w
+        thickness = 1
+        (text_w, text_h), baseline = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, thickness)
+    out = image_rgb.copy()
+    pad = max(2, text_h // 3)
+    cv2.rectangle(out, (0, 0), (min(width - 1, text_w + 2 * pad), text_h + baseline + 2 * pad), (0, 0, 0), -1)
+    cv2.putText(out, text, (pad, pad + text_h), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), thickness,
+                cv2.LINE_AA)
+    return out
+
+
+def write_overlay(path: str | Path, overlay_rgb: Any, text: str | None = None, quality: int = 92) -> Path:
+    """Write one overlay (H, W, 3) uint8 RGB numpy array (or (3, H, W) tensor) as a JPEG/PNG."""
+    import cv2
+    import numpy as np
+
+    if hasattr(overlay_rgb, "detach"):
+        overlay_rgb = overlay_rgb.detach().cpu().permute(1, 2, 0).numpy()
+    image = np.ascontiguousarray(overlay_rgb)
+    if text:
+        image = draw_label(image, text)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    params = [cv2.IMWRITE_JPEG_QUALITY, quality] if path.suffix.lower() in (".jpg", ".jpeg") else []
+    if not cv2.imwrite(str(path), cv2.cvtColor(image, cv2.COLOR_RGB2BGR), params):
+        raise OSError(f"{path}: could not write the overlay")
+    return path
+
+
+def overlay_file_name(stem: str, class_name: str, suffix: str = ".jpg") -> str:
+    """``<name>_pred_<label>.jpg`` (characters unsafe in file names replaced by ``_``)."""
+    safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in class_name)
+    return f"{stem}_pred_{safe}{suffix}"
+
+
+def save_grid(path: str | Path, images: Any, maps: Any, titles: Sequence[str], ncols: int = 3,
+              alpha: float = 0.5, cmap: str = "jet", suptitle: str | None = None) -> Path:
+    """A matplotlib grid: each picture (uint8 (N, C, H, W), C = 1 or 3) with its map (N, H, W)
+    blended on top and its title. Written as PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    images = images.detach().cpu() if hasattr(images, "detach") else images
+    maps = maps.detach().float().cpu() if hasattr(maps, "detach") else maps
+    count = len(images)
+    if count != len(maps) or count != len(titles):
+        raise ValueError(f"save_grid: {count} images, {len(maps)} maps and {len(titles)} titles must match")
+    nrows = max(1, -(-count // ncols))
+    figure, axes = plt.subplots(nrows, ncols, figsize=(2.3 * ncols, 2.5 * nrows), squeeze=False)
+    for index, axis in enumerate(axes.flat):
+        axis.axis("off")
+        if index >= count:
+            continue
+        picture = images[index].permute(1, 2, 0).numpy()
+        axis.imshow(picture[..., 0] if picture.shape[-1] == 1 else picture, cmap="gray")
+        axis.imshow(maps[index].numpy(), cmap=cmap, alpha=alpha, vmin=0.0, vmax=1.0)
+        axis.set_title(titles[index], fontsize=9)
+    if suptitle:
+        figure.suptitle(suptitle, fontsize=10)
+    figure.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=80)
+    plt.close(figure)
+    return path
+
+
+def denormalise_to_uint8(inputs: Any, mean: Sequence[float], std: Sequence[float]) -> Any:
+    """Model inputs (N, C, H, W) normalised with ``mean``/``std`` back to uint8 pictures."""
+    import torch
+
+    mean_t = torch.tensor(mean, dtype=torch.float32, device=inputs.device).view(1, -1, 1, 1)
+    std_t = torch.tensor(std, dtype=torch.float32, device=inputs.device).view(1, -1, 1, 1)
+    return ((inputs.float() * std_t + mean_t).clamp(0, 1) * 255).round().to(torch.uint8)

@@ -1,0 +1,96 @@
+"""Image models and families: ResNets of any head size, output stride 16, the MNIST GAP CNN, CAM
+equal to the hand-written sum, the offline pretrained-weights error, and a torch-free plugin import."""
+
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn as nn
+
+import camkit
+from camkit_plugins.image.models import GapLinearFamily, PretrainedWeightsMissing, TorchvisionResNetFamily
+
+
+def test_registered_models_and_families():
+    assert {"resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "mnist-gap"} <= set(camkit.registry("models"))
+    assert {"torchvision-resnet", "gap-linear"} <= set(camkit.registry("model_families"))
+
+
+def test_resnet_any_head_and_output_stride():
+    build = camkit.lookup("models", "resnet18")
+    model, stride16, stride8 = build(num_classes=3), build(num_classes=3, output_stride=16), build(num_classes=3, output_stride=8)
+    x = torch.randn(2, 3, 32, 32)
+    assert model.eval()(x).shape == (2, 3) and stride8.eval()(x).shape == (2, 3)
+    family = TorchvisionResNetFamily()
+    assert family.matches(model) and family.target_layer(model) == "layer4"
+    assert family.classifier_weights(model) is model.fc.weight
+    assert camkit.explain(model, x, upsample=False, normalize=False).maps.shape == (2, 1, 1)
+    assert camkit.explain(stride16.eval(), x, upsample=False).maps.shape == (2, 2, 2)  # twice the resolution
+    assert camkit.explain(stride8.eval(), x, upsample=False).maps.shape == (2, 4, 4)
+    with pytest.raises(ValueError, match="output_stride must be 8, 16 or 32"):
+        build(num_classes=3, output_stride=4)
+
+
+def test_bottleneck_resnet_output_stride():
+    model = camkit.lookup("models", "resnet50")(num_classes=4, output_stride=16).eval()
+    assert model.layer4[0].conv2.stride == (1, 1) and model.fc.out_features == 4
+    assert camkit.explain(model, torch.randn(1, 3, 64, 64), upsample=False).maps.shape == (1, 4, 4)
+
+
+def test_mnist_gap_architecture_and_cam_oracle():
+    model = camkit.lookup("models", "mnist-gap")(num_classes=10).eval()
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    assert [c.out_channels for c in convs] == [32, 128]
+    assert sum(isinstance(m, nn.MaxPool2d) for m in model.modules()) == 2
+    x = torch.randn(3, 1, 28, 28)
+    result = camkit.explain(model, x, method="cam", relu=False, normalize=False, upsample=False)
+    assert result.layer == "features" and result.maps.shape == (3, 7, 7)
+    with torch.no_grad():
+        features = model.features(x)  # (3, 128, 7, 7)
+        expected = torch.stack([
+            sum(model.classifier.weight[int(c), k] * features[n, k] for k in range(128))
+            for n, c in enumerate(result.targets)])
+    assert torch.allclose(result.maps, expected, atol=1e-4)
+    # CAM's identity: the map's mean plus the bias is the logit
+    logits = result.maps.mean(dim=(1, 2)) + model.classifier.bias[result.targets]
+    assert torch.allclose(logits, result.logits.gather(1, result.targets[:, None])[:, 0], atol=1e-4)
+
+
+def test_gap_family_finds_any_cnn_ending_in_gap_and_linear():
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 16, 3), nn.AdaptiveAvgPool2d(1),
+                          nn.Flatten(), nn.Dropout(0.1), nn.Linear(16, 4))
+    family = GapLinearFamily()
+    assert family.matches(model) and family.target_layer(model) == "2"
+    assert family.classifier_weights(model) is model[6].weight
+    assert not family.matches(nn.Sequential(nn.Conv2d(3, 8, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                                            nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 2)))
+
+
+def test_pretrained_weights_offline_without_cache_is_a_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))  # an empty cache
+    with pytest.raises(PretrainedWeightsMissing, match=r"not in the local torch cache.*resnet18-f37072fd.pth"
+                                                        r".*weights='DEFAULT'"):
+        camkit.lookup("models", "resnet18")(num_classes=2, weights="DEFAULT")
+    with pytest.raises(KeyError, match="unknown weights 'BEST' for resnet18; available: DEFAULT, IMAGENET1K_V1"):
+        camkit.lookup("models", "resnet18")(num_classes=2, weights="BEST")
+    assert not any(tmp_path.rglob("*.pth"))  # nothing was downloaded
+
+
+def test_pretrained_weights_load_from_a_local_cache(tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    reference = camkit.lookup("models", "resnet18")(num_classes=1000)
+    checkpoints = tmp_path / "hub" / "checkpoints"
+    checkpoints.mkdir(parents=True)
+    torch.save(reference.state_dict(), checkpoints / "resnet18-f37072fd.pth")
+    model = camkit.lookup("models", "resnet18")(num_classes=2, weights="DEFAULT")
+    assert torch.equal(model.layer4[1].conv2.weight, reference.layer4[1].conv2.weight)
+    assert model.fc.out_features == 2
+
+
+def test_importing_the_plugin_does_not_import_torch():
+    code = ("import sys, camkit, camkit_plugins.image as p; p.camkit_register_models(); "
+            "p.camkit_register_datasets(); p.camkit_register_commands(); p.camkit_register_renderers(); "
+            "print(sorted(m for m in ('torch', 'torchvision', 'cv2', 'matplotlib') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
