@@ -29,7 +29,10 @@ class FeatureCapture:
                             f"choose a layer whose output is the feature tensor")
         self.calls += 1
         if self.grad_from_here:
-            leaf = output.detach().requires_grad_(True)
+            leaf = output.detach()
+            if leaf.is_inference():  # inputs made under inference_mode: a normal copy can require grad
+                leaf = leaf.clone()
+            leaf.requires_grad_(True)
             torch.set_grad_enabled(True)  # restored by capture_features on exit
             self.features = leaf
             return leaf

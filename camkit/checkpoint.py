@@ -39,7 +39,7 @@ def read_config(directory: str | Path) -> dict[str, Any]:
         raise ValueError(f"{path}: unreadable checkpoint config: {exc}") from exc
 
 
-def load_checkpoint(directory: str | Path, map_location: Any = "cpu", weights_only: bool = True) -> tuple[Any, dict[str, Any]]:
+def load_checkpoint(directory: str | Path, map_location: Any = "cpu") -> tuple[Any, dict[str, Any]]:
     """``(model, config)``: the registered model rebuilt from the config, weights loaded, in eval mode."""
     import torch
 
@@ -50,7 +50,7 @@ def load_checkpoint(directory: str | Path, map_location: Any = "cpu", weights_on
     model = builder(num_classes=len(config["classes"]), **config.get("model_options", {}))
     path = Path(directory) / WEIGHTS_FILE
     try:
-        state = torch.load(path, map_location=map_location, weights_only=weights_only)
+        state = torch.load(path, map_location=map_location, weights_only=True)  # tensors only: no code runs
     except Exception as exc:
         raise ValueError(f"{path}: cannot load checkpoint weights: {exc}") from exc
     model.load_state_dict(state)

@@ -218,13 +218,16 @@ class Explainer:
         with contextlib.ExitStack() as stack:
             stack.enter_context(evaluation_mode(self.model, self.eval_mode))
             capture = self._capture_for_call(stack, layer)
+            if needs_grad:  # a caller's inference_mode would forbid the autograd graph after the layer
+                stack.enter_context(torch.inference_mode(False))
             try:
                 with torch.no_grad() if needs_grad else torch.inference_mode():
                     logits = self.model(inputs)
             finally:
                 torch.set_grad_enabled(grad_mode)
-            if capture.features is None:
-                raise RuntimeError(f"layer {layer!r} was not called during the forward pass")
+            if capture.calls != 1:
+                raise RuntimeError(f"layer {layer!r} was called {capture.calls} times in one forward pass; "
+                                   f"a CAM needs a layer that runs exactly once (not a shared module)")
             if not isinstance(logits, torch.Tensor) or logits.ndim != 2:
                 raise TypeError(f"the model must return logits of shape (N, classes), got "
                                 f"{getattr(logits, 'shape', type(logits).__name__)}; wrap it to return a tensor")

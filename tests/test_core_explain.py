@@ -126,11 +126,11 @@ def test_eigencam_against_numpy_svd(model, images):
     res = explain(model, images, "eigencam", upsample=False)
     f, _, _ = manual_features_and_grads(model, model.body, images, res.targets)
     for n in range(images.shape[0]):
-        a = f[n].flatten(1).T.numpy()  # (sites, C)
-        centred = a - a.mean(0)
-        v = np.linalg.svd(centred, full_matrices=False)[2][0]
-        v = v * (np.sign(v @ a.mean(0)) or 1)
-        raw = torch.from_numpy((a @ v).reshape(8, 8))
+        a = f[n].flatten(1).T.double().numpy()  # (sites, C)
+        u, s, _ = np.linalg.svd(a, full_matrices=False)
+        projection = u[:, 0] * s[0]  # = a @ v: the rank-1 principal projection
+        projection *= np.sign(projection.sum()) or 1
+        raw = torch.from_numpy(projection.reshape(8, 8)).float()
         torch.testing.assert_close(res.maps[n], normalise(raw[None])[0], atol=1e-4, rtol=1e-4)
 
 
@@ -340,3 +340,24 @@ def test_two_open_explainers_on_one_layer_is_a_clear_error(model, images):
                 second(images)
         assert len(model.body._forward_hooks) == 1
     assert not model.body._forward_hooks
+
+
+def test_a_layer_called_twice_is_an_error():
+    class Shared(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 3, 3, padding=1)
+            self.fc = nn.Linear(3, 2)
+
+        def forward(self, x):
+            return self.fc(self.conv(self.conv(x)).mean((2, 3)))
+
+    with pytest.raises(RuntimeError, match="called 2 times"):
+        explain(Shared().eval(), torch.randn(2, 3, 6, 6), "gradcam", layer="conv")
+
+
+def test_gradient_methods_inside_inference_mode(model, images):
+    expected = explain(model, images, "gradcam").maps
+    with torch.inference_mode():
+        inside = explain(model, images.clone(), "gradcam")
+    torch.testing.assert_close(inside.maps, expected)

@@ -1,4 +1,6 @@
-"""Eigen-CAM (Muhammad & Yeasin 2020): project the features on their first principal component.
+"""Eigen-CAM (Muhammad & Yeasin 2020): project the features on their first principal component
+(first right-singular vector of the sites x channels activation matrix, as in the paper; not
+centred, unlike pytorch-grad-cam, whose maps differ by a per-map offset before the ReLU).
 Gradient-free and class-agnostic: every target of a sample gets the same map."""
 
 from typing import Any
@@ -17,11 +19,12 @@ class EigenCam(CamMethod):
         layout = ctx.layout
         f = ctx.features.movedim((layout.batch_axis, layout.channel_axis), (0, -1))
         sites = f.reshape(f.shape[0], -1, f.shape[-1]).float()  # (N, sites, C)
-        mean = sites.mean(dim=1, keepdim=True)
-        _, _, vh = torch.linalg.svd(sites - mean, full_matrices=False)
-        v = vh[:, 0, :]  # (N, C) first principal direction
-        # an eigenvector's sign is arbitrary: orient it along the mean activation
-        sign = torch.sign((v * mean[:, 0]).sum(dim=1, keepdim=True))
+        # the paper's decomposition of the activations themselves (not centred), so the map is
+        # exactly their projection on the first right-singular vector: a contraction
+        _, _, vh = torch.linalg.svd(sites, full_matrices=False)
+        v = vh[:, 0, :]  # (N, C)
+        # a singular vector's sign is arbitrary: orient it so the projection is mostly positive
+        sign = torch.sign(torch.einsum("nsc,nc->n", sites, v))[:, None]
         v = v * torch.where(sign == 0, torch.ones_like(sign), sign)
         v = v.to(ctx.features.dtype)
         if ctx.multi_target:

@@ -4,9 +4,11 @@ when the input is masked by the channel's upsampled, min-max normalised activati
 Batched: every (sample, channel) masked input goes through the model in chunks of
 ``chunk_size`` inputs, which bounds the memory."""
 
+import warnings
 from typing import Any
 
 from camkit.hookspecs import hookimpl
+from camkit.kernels import ConstantMapWarning
 from camkit.methods import CamMethod, WeightContext, Weights
 
 
@@ -34,8 +36,8 @@ class ScoreCam(CamMethod):
         f = ctx.features.movedim((layout.batch_axis, layout.channel_axis), (0, 1))
         letters = "NK" + layout.site_letters
         size = {ch: ctx.input_size[ch] for ch in layout.continuous_letters}
-        with __import__("warnings").catch_warnings():
-            __import__("warnings").simplefilter("ignore")  # dead channels are all-zero masks by design
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConstantMapWarning)  # dead channels are all-zero masks by design
             masks = postprocess(f, letters, layout=layout, relu=False, normalize=True, size=size)
         n, channels = masks.shape[:2]
         flat_masks = masks.reshape(n * channels, *masks.shape[2:])
