@@ -233,3 +233,54 @@ def test_checkpoint_models_and_their_recorded_input_size(toy, tmp_path):
     save_checkpoint(checkpoint, model, {**config, "input_size": 32})
     with pytest.raises(ValueError, match="trained on 32 px"):
         run({**toy, "models": [str(checkpoint)], "metrics": metrics})
+
+
+def test_fewer_items_than_samples_warns_and_keys_the_cache_on_the_actual_count(toy):
+    config = {**toy, "samples": 20, "metrics": ["pointing_game"], "methods": ["cam"], "plots": False}
+    with pytest.warns(UserWarning, match=r"20 samples requested.*'toy-boxes'.*has only 12: evaluating 12"):
+        records = run(config)
+    assert records and all(r["samples"] == 12 and r["key"]["samples"] == 12 for r in records)
+    assert all(r["samples_requested"] == 20 and r["counts"]["hit_rate"] == 12 for r in records)
+    with open(Path(toy["out"]) / "results.csv") as handle:
+        assert {int(row["samples"]) for row in csv.DictReader(handle)} == {12}
+    cells = sorted(Path(toy["out"], "cells").glob("*.json"))
+    assert all(json.loads(p.read_text())["key"]["samples"] == 12 for p in cells)
+    with pytest.warns(UserWarning, match="30 samples requested"):  # the same 12 items: the same cells
+        run({**config, "samples": 30})
+    assert sorted(Path(toy["out"], "cells").glob("*.json")) == cells
+
+
+def test_distributed_cuda_selects_the_local_gpu_and_a_cpu_capable_backend(monkeypatch):
+    import torch.distributed as dist
+
+    from camkit_plugins.bench.runner import Distributed
+
+    calls = {"init": [], "device": []}
+    state = {"initialized": False, "backend": None}
+
+    def init(backend):
+        calls["init"].append(backend)
+        state.update(initialized=True, backend=backend)
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setattr(dist, "is_initialized", lambda: state["initialized"])
+    monkeypatch.setattr(dist, "init_process_group", init)
+    monkeypatch.setattr(dist, "get_backend", lambda group=None: state["backend"])
+    monkeypatch.setattr(dist, "get_rank", lambda group=None: 1)
+    monkeypatch.setattr(dist, "get_world_size", lambda group=None: 2)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda device: calls["device"].append(torch.device(device)))
+
+    place = Distributed.from_environment(torch.device("cuda"))
+    assert calls["init"] == ["cpu:gloo,cuda:nccl"]  # NCCL alone cannot all_reduce the CPU sums
+    assert calls["device"] == [torch.device("cuda", 1)]  # LOCAL_RANK's GPU, not cuda:0 for everyone
+    assert (place.rank, place.world, place.started_here, place.collective_device) == (1, 2, True, "cpu")
+
+    state.update(initialized=False)
+    calls["device"].clear()
+    cpu = Distributed.from_environment(torch.device("cpu"))
+    assert calls["init"][-1] == "gloo" and calls["device"] == [] and cpu.collective_device == "cpu"
+
+    state.update(initialized=True, backend="nccl")  # a group somebody else started with NCCL only
+    joined = Distributed.from_environment(torch.device("cuda"))
+    assert not joined.started_here and joined.collective_device == "cuda:1"

@@ -12,8 +12,8 @@ from torchvision.io import write_png
 
 import camkit
 from camkit_plugins.image.datasets import (CorruptImageError, SkipCorrupt, build_digits, build_image_folder,
-                                           build_mnist, build_shapes, collate_skipping, read_idx)
-from camkit_plugins.image.train import train_classifier
+                                           TensorImageDataset, build_mnist, build_shapes, collate_skipping, read_idx)
+from camkit_plugins.image.train import evaluate_accuracy, train_classifier
 
 
 def test_registered_names():
@@ -145,6 +145,42 @@ def test_empty_or_single_class_folder_is_an_error(tmp_path):
         build_image_folder(root=tmp_path)
 
 
+def test_loose_pictures_next_to_class_folders_are_an_error(tmp_path):
+    _write_prefix_folder(tmp_path, count=2)
+    (tmp_path / "extra").mkdir()
+    write_png(_picture((1, 2, 3)), str(tmp_path / "extra" / "0.png"))
+    with pytest.raises(ValueError, match=r"4 loose picture.*class folder.*extra"):
+        build_image_folder(root=tmp_path)
+
+
+def test_macosx_and_hidden_folders_do_not_hide_loose_pictures(tmp_path):
+    _write_prefix_folder(tmp_path, count=2)
+    for junk in ("__MACOSX", ".thumbnails"):
+        (tmp_path / junk).mkdir()
+        write_png(_picture((1, 2, 3)), str(tmp_path / junk / "._cat.0.png"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nothing worth a warning here
+        data = build_image_folder("test", root=tmp_path, size=8)
+    assert data.classes == ["cat", "dog"] and len(data) == 4
+    assert all(f.parent == tmp_path for f in data.files)
+
+
+def test_files_that_are_not_pictures_and_nested_folders_are_counted_in_a_warning(tmp_path):
+    for name in ("ants", "bees"):
+        (tmp_path / name).mkdir()
+        write_png(_picture((9, 9, 9)), str(tmp_path / name / "0.png"))
+        (tmp_path / name / "notes.txt").write_text("x")
+    (tmp_path / "ants" / "more").mkdir()
+    write_png(_picture((9, 9, 9)), str(tmp_path / "ants" / "more" / "1.png"))
+    (tmp_path / "ants" / "raw.heic").write_bytes(b"x")
+    (tmp_path / "labels.csv").write_text("x")
+    (tmp_path / "ants" / ".DS_Store").write_bytes(b"x")  # hidden: ignored without a word
+    with pytest.warns(UserWarning, match=r"ignored 4 file\(s\) that are not pictures \(suffixes \.csv, \.heic, "
+                                         r"\.txt.*1 folder\(s\) nested.*ants/more"):
+        data = build_image_folder("test", root=tmp_path, size=8)
+    assert data.classes == ["ants", "bees"] and len(data) == 2
+
+
 def test_corrupt_picture_is_named_and_training_skips_it_with_a_count(tmp_path):
     _write_prefix_folder(tmp_path, count=3)
     (tmp_path / "dog.99.jpg").write_bytes(b"\xff\xd8 this is not a jpeg")
@@ -169,3 +205,19 @@ def test_unknown_split_and_dataset_names():
         build_digits("dev")
     with pytest.raises(KeyError, match="digits"):
         camkit.lookup("datasets", "no-such-set")
+
+
+def test_evaluate_accuracy_restores_each_submodules_own_mode():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 4), torch.nn.BatchNorm1d(4),
+                                torch.nn.Dropout(0.5), torch.nn.Linear(4, 2))
+    model.train()
+    model[2].eval()  # a deliberately frozen BatchNorm in a training model
+    seen = []
+    model.register_forward_pre_hook(lambda module, args: seen.append([m.training for m in model.modules()]))
+    data = TensorImageDataset(torch.randn(6, 1, 2, 2), torch.tensor([0, 1] * 3), ["a", "b"], [0.0], [1.0])
+    accuracy = evaluate_accuracy(model, data, batch_size=3)
+    assert 0.0 <= accuracy <= 1.0
+    assert seen and not any(any(flags) for flags in seen)  # all in eval mode while evaluating
+    assert model.training and model[3].training and model[1].training
+    assert not model[2].training  # still frozen afterwards

@@ -38,6 +38,56 @@ def test_bottleneck_resnet_output_stride():
     assert camkit.explain(model, torch.randn(1, 3, 64, 64), upsample=False).maps.shape == (1, 4, 4)
 
 
+def _features(model, x):
+    m = model
+    out = m.maxpool(m.relu(m.bn1(m.conv1(x))))
+    return m.layer4(m.layer3(m.layer2(m.layer1(out))))
+
+
+def test_output_stride_8_gives_8x8_features_at_64x64_and_dilates_after_removed_strides():
+    torch.manual_seed(0)
+    x = torch.randn(1, 3, 64, 64)
+    resnet50 = camkit.lookup("models", "resnet50")(num_classes=2, output_stride=8).eval()
+    resnet18 = camkit.lookup("models", "resnet18")(num_classes=2, output_stride=8, dilate=True).eval()
+    demo = camkit.lookup("models", "resnet18")(num_classes=2, output_stride=8).eval()  # the shapes demo's model
+    with torch.no_grad():
+        for model in (resnet50, resnet18, demo):
+            assert _features(model, x).shape[-2:] == (8, 8)
+    # Bottleneck: each removed stride of 2 becomes a dilation of 2 of the 3x3 convs after it
+    assert resnet50.layer3[0].conv2.stride == (1, 1) and resnet50.layer3[0].conv2.dilation == (1, 1)
+    assert all(block.conv2.dilation == (2, 2) == block.conv2.padding for block in resnet50.layer3[1:])
+    assert resnet50.layer4[0].conv2.stride == (1, 1) and resnet50.layer4[0].conv2.dilation == (2, 2)
+    assert all(block.conv2.dilation == (4, 4) == block.conv2.padding for block in resnet50.layer4[1:])
+    # BasicBlock with dilate=True: the same rule, by hand
+    assert resnet18.layer3[0].conv1.stride == (1, 1) and resnet18.layer3[0].conv1.dilation == (1, 1)
+    assert resnet18.layer3[0].conv2.dilation == (2, 2) == resnet18.layer3[1].conv1.dilation
+    assert resnet18.layer4[0].conv1.dilation == (2, 2) and resnet18.layer4[0].conv2.dilation == (4, 4)
+    assert resnet18.layer4[1].conv2.dilation == (4, 4) == resnet18.layer4[1].conv2.padding
+    # the default resnet18 (the trained demo's) keeps its undilated convolutions
+    assert all(conv.dilation == (1, 1) for conv in demo.modules() if isinstance(conv, nn.Conv2d))
+    undilated = camkit.lookup("models", "resnet50")(num_classes=2, output_stride=16, dilate=False)
+    assert undilated.layer4[1].conv2.dilation == (1, 1) and undilated.layer4[0].conv2.stride == (1, 1)
+
+
+def test_output_stride_16_dilation_keeps_the_receptive_field():
+    # dilating after the removed stride makes the stride-16 features equal the stock features where they overlap
+    torch.manual_seed(0)
+    stock = camkit.lookup("models", "resnet50")(num_classes=2).eval()
+    dilated = camkit.lookup("models", "resnet50")(num_classes=2, output_stride=16)
+    dilated.load_state_dict(stock.state_dict())
+    x = torch.randn(1, 3, 128, 128)
+    with torch.no_grad():
+        a = stock.layer3(stock.layer2(stock.layer1(stock.maxpool(stock.relu(stock.bn1(stock.conv1(x)))))))
+        coarse = stock.layer4(a)
+        fine = dilated.eval().layer4(a)
+        undilated = camkit.lookup("models", "resnet50")(num_classes=2, output_stride=16, dilate=False)
+        undilated.load_state_dict(stock.state_dict())
+        shrunk = undilated.eval().layer4(a)
+    # the central coarse cell equals the fine cell at twice its position (same taps, away from the border)
+    assert torch.allclose(fine[..., 2, 2], coarse[..., 1, 1], rtol=1e-4, atol=1e-4)
+    assert not torch.allclose(shrunk[..., 2, 2], coarse[..., 1, 1], rtol=1e-2)  # the old stride-only way
+
+
 def test_mnist_gap_architecture_and_cam_oracle():
     model = camkit.lookup("models", "mnist-gap")(num_classes=10).eval()
     convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
@@ -86,6 +136,11 @@ def test_pretrained_weights_load_from_a_local_cache(tmp_path, monkeypatch):
     model = camkit.lookup("models", "resnet18")(num_classes=2, weights="DEFAULT")
     assert torch.equal(model.layer4[1].conv2.weight, reference.layer4[1].conv2.weight)
     assert model.fc.out_features == 2
+    with pytest.warns(UserWarning, match="without dilation.*dilate=True"):
+        camkit.lookup("models", "resnet18")(num_classes=2, weights="DEFAULT", output_stride=8)
+    dilated = camkit.lookup("models", "resnet18")(num_classes=2, weights="DEFAULT", output_stride=8, dilate=True)
+    assert dilated.layer4[1].conv1.dilation == (4, 4)
+    assert torch.equal(dilated.layer4[1].conv2.weight, reference.layer4[1].conv2.weight)
 
 
 def test_importing_the_plugin_does_not_import_torch():

@@ -329,3 +329,45 @@ def test_registries_and_bad_options():
         metric("average_drop", space="logits")
     with pytest.raises(ValueError, match="shape"):
         make_batch(None, torch.zeros(1, 1, 4, 4), torch.zeros(1, 4, 4), mask=torch.zeros(1, 3, 3)).ground_truth_mask()
+
+
+def test_saliency_ties_are_broken_randomly_but_reproducibly():
+    # one salient site, then a tied region of zeros: its order must not be raster order
+    flat = torch.zeros(2, 64)
+    flat[:, 5] = 1.0
+    ranks = saliency_ranks(flat, torch.tensor([3, 4]), seed=0)
+    assert ranks[:, 5].tolist() == [0, 0]  # the salient site still comes first
+    for row in ranks:
+        assert sorted(row.tolist()) == list(range(64))
+        tied = [site for site in row.argsort().tolist() if site != 5]  # removal order within the tie
+        assert tied != sorted(tied)
+    assert not torch.equal(ranks[0], ranks[1])  # each sample has its own order
+    again = saliency_ranks(flat, torch.tensor([3, 4]), seed=0)
+    assert torch.equal(ranks, again)
+    # the order depends on the sample id, not on its position in the batch
+    alone = saliency_ranks(flat[1:], torch.tensor([4]), seed=0)
+    assert torch.equal(alone[0], ranks[1])
+    assert not torch.equal(saliency_ranks(flat, torch.tensor([3, 4]), seed=1), ranks)
+
+
+def test_deletion_removes_tied_sites_in_a_seeded_random_order():
+    from camkit.layout import Layout
+    from camkit_plugins.metrics.faithfulness import perturbation_curve
+
+    class TopLeft(torch.nn.Module):  # "probability" of class 0 grows with the top-left row's mean
+        def forward(self, x):
+            score = x[:, 0, 0, :].mean(dim=1)
+            return torch.stack([score * 10, torch.zeros_like(score)], dim=1)
+
+    x = torch.ones(1, 1, 8, 8)
+    maps = torch.zeros(1, 8, 8)  # all tied: raster order would empty the top row in the first step
+    batch = EvalBatch(model=TopLeft(), inputs=x, input_layout=Layout.parse("NCHW"), labels=torch.tensor([0]),
+                      targets=torch.tensor([0]), maps=maps, map_letters="NHW", indices=torch.tensor([0]),
+                      explain=None, seed=0)
+    perturbation = camkit.lookup("perturbations", "zeros")()
+    curve = perturbation_curve(batch, perturbation, steps=8, insert=False)
+    again = perturbation_curve(batch, perturbation, steps=8, insert=False)
+    assert torch.equal(curve, again)
+    full, after_one_row = torch.softmax(torch.tensor([10.0, 0.0]), 0)[0], 0.5
+    assert curve[0, 1].item() > after_one_row + 0.1  # not the whole top row gone after 8 of 64 sites
+    assert curve[0, 0].item() == pytest.approx(full.item())

@@ -24,6 +24,7 @@ def scalar_rows(records: list[Mapping[str, Any]]) -> list[dict[str, Any]]:
                 continue
             rows.append({"model": r["model"], "dataset": r["dataset"], "method": r["method"], "metric": r["metric"],
                          "value": name, "mean": value, "count": r["counts"][name],
+                         "samples": r.get("samples"),
                          "primary": name == r["primary"], "higher_is_better": r["higher_is_better"],
                          "options": json.dumps(r["options"], sort_keys=True)})
     return rows
@@ -113,7 +114,7 @@ def _fmt(value: Any) -> str:
 def write_report(records: list[Mapping[str, Any]], config: Mapping[str, Any], out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     rows = scalar_rows(records)
-    fields = ["model", "dataset", "method", "metric", "value", "mean", "count", "primary", "higher_is_better", "options"]
+    fields = ["model", "dataset", "method", "metric", "value", "mean", "count", "samples", "primary", "higher_is_better", "options"]
     with open(out / "results.csv", "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=fields)
         writer.writeheader()

@@ -26,24 +26,45 @@ CACHE_VERSION = 1
 
 @dataclass
 class Distributed:
-    """This process's place in a ``torchrun`` job (world 1 without one)."""
+    """This process's place in a ``torchrun`` job (world 1 without one).
+
+    ``collective_device``: where ``sum`` puts its tensors for ``all_reduce``: ``cpu`` when the process
+    group has a CPU backend (gloo; the group this class starts always has one), else the process's
+    GPU (a group somebody else started with plain ``nccl``, which cannot reduce CPU tensors)."""
 
     rank: int = 0
     world: int = 1
     started_here: bool = False
+    collective_device: str = "cpu"
 
     @classmethod
-    def from_environment(cls, device_type: str) -> "Distributed":
+    def from_environment(cls, device: Any) -> "Distributed":
+        """Join (or start) the ``torchrun`` process group for work on ``device`` (a torch device or type).
+
+        On CUDA each process first selects its own GPU (``device``'s index, else ``LOCAL_RANK``), so NCCL
+        and ``broadcast_object_list`` do not all land on cuda:0; the group is started with backend
+        ``cpu:gloo,cuda:nccl``: CPU tensors (the metric sums, pickled objects) go through gloo, CUDA
+        tensors through NCCL. Without CUDA: ``gloo``."""
+        import torch
         import torch.distributed as dist
 
         world = int(os.environ.get("WORLD_SIZE", "1"))
         if world <= 1:
             return cls()
+        device = torch.device(device)
+        cuda = device.type == "cuda"
+        if cuda:
+            index = device.index if device.index is not None else int(os.environ.get("LOCAL_RANK", "0"))
+            device = torch.device("cuda", index)
+            torch.cuda.set_device(device)
         started = False
         if not dist.is_initialized():
-            dist.init_process_group(backend="nccl" if device_type == "cuda" else "gloo")
+            dist.init_process_group(backend="cpu:gloo,cuda:nccl" if cuda else "gloo")
             started = True
-        return cls(dist.get_rank(), dist.get_world_size(), started)
+        backend = str(dist.get_backend()).lower()
+        supports_cpu = any(name in backend for name in ("gloo", "mpi", "cpu:"))
+        collective = "cpu" if supports_cpu or not cuda else str(device)
+        return cls(dist.get_rank(), dist.get_world_size(), started, collective)
 
     def shard(self, count: int) -> list[int]:
         """This rank's sample positions: ``DistributedSampler`` order without its padding duplicates."""
@@ -58,10 +79,13 @@ class Distributed:
         return [index for i, index in enumerate(sampler) if self.rank + i * self.world < count]
 
     def sum(self, tensor: Any) -> Any:
+        """``tensor`` summed over the processes (on ``collective_device``, returned on ``tensor``'s device)."""
         if self.world > 1:
             import torch.distributed as dist
 
-            dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+            moved = tensor.to(self.collective_device)
+            dist.all_reduce(moved, op=dist.ReduceOp.SUM)
+            return moved.to(tensor.device)
         return tensor
 
     def broadcast(self, value: Any) -> Any:
@@ -175,12 +199,14 @@ def _normalization(config: Mapping[str, Any]) -> Any:
 
 
 def _cell_key(config: Mapping[str, Any], model_id: Mapping[str, Any], dataset: Mapping[str, Any],
-              method: str, metric: Mapping[str, Any]) -> dict[str, Any]:
+              method: str, metric: Mapping[str, Any], samples: int) -> dict[str, Any]:
+    """What determines a cell; ``samples`` is the number actually evaluated (the data set may have
+    fewer items than the config asks for, and may grow later)."""
     return {
         "version": CACHE_VERSION,
         "model": {k: v for k, v in model_id.items() if k != "normalization"},
         "dataset": {"name": dataset["name"], "options": dataset["options"], "split": config["split"]},
-        "samples": config["samples"], "seed": config["seed"], "targets": config["targets"],
+        "samples": int(samples), "seed": config["seed"], "targets": config["targets"],
         "method": method, "method_options": config["method_options"].get(method, {}),
         "metric": {"name": metric["name"], "options": metric["options"]},
     }
@@ -237,7 +263,7 @@ def run_suite(raw_config: Mapping[str, Any], progress: bool = True) -> list[dict
     _load_plugins(config["plugins"])
     validate_names(config)
     device = _device(config["device"])
-    dist = Distributed.from_environment(device.type)
+    dist = Distributed.from_environment(device)
     out = Path(config["out"])
     try:
         records = []
@@ -288,12 +314,16 @@ def _run_pair(config: Mapping[str, Any], model_entry: Mapping[str, Any], dataset
         if not hasattr(dataset, attribute):
             raise ValueError(f"data set {dataset_entry['name']!r} has no {attribute!r} attribute (dataset contract)")
     model, model_id = _load_model(model_entry, len(dataset.classes), config["seed"])
+    count = min(config["samples"], len(dataset))
+    if count < config["samples"] and dist.rank == 0:
+        warnings.warn(f"{config['samples']} samples requested but data set {dataset_entry['label']!r} (split "
+                      f"{config['split']!r}) has only {len(dataset)}: evaluating {count}", stacklevel=2)
     methods = [*config["methods"], *BASELINE_METHODS]
     todo: dict[str, list[tuple[dict[str, Any], dict[str, Any], Path]]] = {}
     records = []
     for method in methods:
         for metric in config["metrics"]:
-            key = _cell_key(config, model_id, dataset_entry, method, metric)
+            key = _cell_key(config, model_id, dataset_entry, method, metric, count)
             path = _cell_path(out, model_entry, dataset_entry, method, metric, key)
             cached = _read_cell(path, key) if dist.rank == 0 else None
             cached = dist.broadcast(cached)  # every rank agrees on what to compute
@@ -303,7 +333,6 @@ def _run_pair(config: Mapping[str, Any], model_entry: Mapping[str, Any], dataset
                 todo.setdefault(method, []).append((metric, key, path))
     if not todo:
         return records
-    count = min(config["samples"], len(dataset))
     positions = dist.shard(count)
     input_layout = Layout.parse(dataset.input_layout)
     sample = dataset[0]
@@ -370,7 +399,7 @@ def _run_method(config: Mapping[str, Any], model: Any, dataset: Any, count: int,
             "key": key, "model": model_entry["label"], "dataset": dataset_entry["label"], "method": method,
             "metric": metric["label"], "metric_name": metric["name"], "options": instance.options(),
             "primary": instance.primary, "higher_is_better": instance.higher_is_better,
-            "samples": count,
+            "samples": count, "samples_requested": config["samples"],
         }
         if missing:
             record.update(skipped=f"the data set has no {' or '.join(missing)}", values={}, counts={}, labels={})

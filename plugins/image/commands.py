@@ -53,6 +53,8 @@ def train_and_save(data: str, arch: str, out: str | Path, epochs: int, seed: int
             options["weights"] = weights
         if output_stride != 32:
             options["output_stride"] = output_stride
+            if weights:  # dilate after the removed strides: the pretrained layers keep their receptive field
+                options["dilate"] = True
     seed_everything(seed)
     model = lookup("models", arch)(num_classes=len(train_set.classes), **options)
     history = train_classifier(model, train_set, val_set, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed,

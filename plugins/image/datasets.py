@@ -252,17 +252,58 @@ def build_mnist(split: str = "train", seed: int = 0, root: str | Path = "mnist",
 # ---------------------------------------------------------------- folders of pictures
 
 
+IGNORED_FOLDERS = ("__MACOSX",)  # archive debris; hidden folders (``.git``, ``.ipynb_checkpoints``) too
+
+
+def _ignored(path: Path) -> bool:
+    return path.name.startswith(".") or path.name in IGNORED_FOLDERS
+
+
 def list_image_folder(root: str | Path) -> tuple[list[Path], list[str], list[int]]:
     """Files, classes and labels of ``root``: either ``root/<class>/<file>`` (ImageFolder) or flat
-    files labelled by the text before their first dot (``cat.123.jpg`` -> ``cat``)."""
+    files labelled by the text before their first dot (``cat.123.jpg`` -> ``cat``).
+
+    Hidden entries and ``__MACOSX`` folders are ignored. Loose pictures next to class folders are an
+    error (which label would they get?); other files (other suffixes, folders nested in class
+    folders) are left out with one warning counting them."""
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"{root}: no such image folder")
-    subdirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    entries = sorted(p for p in root.iterdir() if not _ignored(p))
+    subdirs = [p for p in entries if p.is_dir()]
+    loose = [p for p in entries if p.is_file()]
+    loose_images = [p for p in loose if p.suffix.lower() in IMAGE_SUFFIXES]
+    other_files: list[Path] = [p for p in loose if p.suffix.lower() not in IMAGE_SUFFIXES]
+    nested: list[Path] = []
+    if subdirs and loose_images:
+        raise ValueError(
+            f"{root}: has both {len(loose_images)} loose picture(s) (e.g. {loose_images[0].name}) and class "
+            f"folder(s) ({', '.join(d.name for d in subdirs[:5])}): use one layout, either move the pictures "
+            f"into class folders or the folders' pictures up as <class>.<n>.<suffix> (hidden and "
+            f"{', '.join(IGNORED_FOLDERS)} folders are ignored)")
+    files: list[tuple[Path, str]] = []
     if subdirs:
-        files = [(f, d.name) for d in subdirs for f in sorted(d.iterdir()) if f.suffix.lower() in IMAGE_SUFFIXES]
+        for folder in subdirs:
+            for f in sorted(p for p in folder.iterdir() if not _ignored(p)):
+                if f.is_dir():
+                    nested.append(f)
+                elif f.suffix.lower() in IMAGE_SUFFIXES:
+                    files.append((f, folder.name))
+                else:
+                    other_files.append(f)
     else:
-        files = [(f, f.name.split(".", 1)[0]) for f in sorted(root.iterdir()) if f.suffix.lower() in IMAGE_SUFFIXES]
+        files = [(f, f.name.split(".", 1)[0]) for f in loose_images]
+    if other_files or nested:
+        parts = []
+        if other_files:
+            suffixes = sorted({f.suffix.lower() or "(none)" for f in other_files})
+            parts.append(f"{len(other_files)} file(s) that are not pictures (suffixes {', '.join(suffixes)}; "
+                         f"e.g. {other_files[0].relative_to(root)})")
+        if nested:
+            parts.append(f"{len(nested)} folder(s) nested in class folders (e.g. {nested[0].relative_to(root)}; "
+                         f"only files directly in a class folder are read)")
+        warnings.warn(f"{root}: ignored {' and '.join(parts)}; picture suffixes: {', '.join(IMAGE_SUFFIXES)}",
+                      stacklevel=2)
     if not files:
         raise ValueError(f"{root}: no images ({', '.join(IMAGE_SUFFIXES)}) found, neither in class folders nor flat")
     classes = sorted({name for _, name in files})

@@ -3,6 +3,7 @@ batches, overlays blended in torch and written by a thread pool while the next b
 
 from __future__ import annotations
 
+from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -61,6 +62,39 @@ class ExplainReport:
     images_per_second: float = 0.0
 
 
+class OverlayWriteError(RuntimeError):
+    """Some output files could not be written: ``failures`` lists ``(path, exception)`` for every one
+    (the first exception is also the ``__cause__``); ``report`` is what was done otherwise."""
+
+    def __init__(self, failures: list[tuple[Path, BaseException]], report: "ExplainReport") -> None:
+        self.failures, self.report = failures, report
+        lines = "\n".join(f"  {path}: {type(exc).__name__}: {exc}" for path, exc in failures)
+        super().__init__(f"could not write {len(failures)} file(s):\n{lines}")
+
+
+MAX_PENDING_WRITES = 32  # writes in flight at once: each holds an overlay, so memory stays bounded
+
+
+def _settle(pending: deque[tuple[Path, Future]], failures: list[tuple[Path, BaseException]], limit: int) -> None:
+    """Forget finished writes (recording failures by file name), then wait for the oldest until at most
+    ``limit`` are pending: the futures, and the overlays they hold, do not pile up with the file count."""
+    for _ in range(len(pending)):
+        path, future = pending.popleft()
+        if future.done():
+            _record(path, future, failures)
+        else:
+            pending.append((path, future))
+    while len(pending) > limit:
+        path, future = pending.popleft()
+        _record(path, future, failures)
+
+
+def _record(path: Path, future: Future, failures: list[tuple[Path, BaseException]]) -> None:
+    error = future.exception()  # waits for it to finish
+    if error is not None:
+        failures.append((path, error))
+
+
 def _group_by_size(pictures: Sequence[Any]) -> dict[tuple[int, int], list[int]]:
     groups: dict[tuple[int, int], list[int]] = {}
     for index, picture in enumerate(pictures):
@@ -72,7 +106,11 @@ def explain_files(model: Any, config: dict[str, Any], files: Sequence[Path], out
                   topk: int | None = None, save_maps: bool = False, grid: bool = True, batch_size: int = 16,
                   workers: int = 2, alpha: float = 0.5, device: str = "cpu") -> ExplainReport:
     """Overlays ``<name>_pred_<label>.jpg`` (and, with ``topk``, ``<name>_top<k>.png`` with one panel per
-    class; with ``save_maps``, ``<name>_maps.npy``) for every readable file; bad files are listed."""
+    class; with ``save_maps``, ``<name>_maps.npy``) for every readable file; bad files are listed.
+
+    Files are written by a thread pool while the next batch computes, at most ``MAX_PENDING_WRITES``
+    at a time; a file that cannot be written does not stop the others, and at the end
+    ``OverlayWriteError`` names every one that failed."""
     import time
 
     import torch
@@ -91,7 +129,12 @@ def explain_files(model: Any, config: dict[str, Any], files: Sequence[Path], out
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers, collate_fn=_keep_list)
     model = model.to(device)
     report = ExplainReport()
-    pending: list[Future] = []
+    pending: deque[tuple[Path, Future]] = deque()
+    failures: list[tuple[Path, BaseException]] = []
+
+    def submit(path: Path, function: Any, *args: Any) -> None:
+        pending.append((path, writer.submit(function, path, *args)))
+        _settle(pending, failures, MAX_PENDING_WRITES)
     grid_pictures, grid_maps, grid_titles = [], [], []
     stems: dict[str, int] = {}
     start = time.perf_counter()
@@ -121,20 +164,19 @@ def explain_files(model: Any, config: dict[str, Any], files: Sequence[Path], out
                         good[i]["stem"] = stem
                         label = classes[int(targets[i, 0])]
                         target = out / overlay_file_name(stem, label)
-                        pending.append(writer.submit(write_overlay, target, blended[row].permute(1, 2, 0).numpy(),
-                                                     label_text(label, float(scores[i, 0]))))
+                        submit(target, write_overlay, blended[row].permute(1, 2, 0).numpy(),
+                               label_text(label, float(scores[i, 0])))
                         report.written.append(target)
                 maps_cpu = maps.detach().float().cpu()
                 for i, item in enumerate(good):
                     if save_maps:
-                        pending.append(writer.submit(_save_npy, out / f"{item['stem']}_maps.npy", maps_cpu[i]))
+                        submit(out / f"{item['stem']}_maps.npy", _save_npy, maps_cpu[i])
                     if topk and topk > 1:
                         small = F.interpolate(item["picture"][None].float(), size=maps_cpu.shape[-2:], mode="bilinear",
                                               align_corners=False).round().clamp(0, 255).to(torch.uint8)
                         titles = [label_text(classes[int(c)], float(s)) for c, s in zip(targets[i], scores[i])]
-                        pending.append(writer.submit(save_grid, out / f"{item['stem']}_top{topk}.png",
-                                                     small.expand(len(titles), -1, -1, -1), maps_cpu[i], titles,
-                                                     min(len(titles), 5)))
+                        submit(out / f"{item['stem']}_top{topk}.png", save_grid,
+                               small.expand(len(titles), -1, -1, -1), maps_cpu[i], titles, min(len(titles), 5))
                     if grid and len(grid_pictures) < 9:
                         grid_pictures.append(F.interpolate(item["picture"][None].float(), size=(size, size),
                                                            mode="bilinear", align_corners=False)[0])
@@ -142,12 +184,16 @@ def explain_files(model: Any, config: dict[str, Any], files: Sequence[Path], out
                         grid_titles.append(label_text(classes[int(targets[i, 0])], float(scores[i, 0])))
             bar.update(len(items))
             bar.set_postfix(bad=len(report.bad))
-        for future in pending:
-            future.result()  # surfaces any write error
+        _settle(pending, failures, 0)  # waits for the last writes
+    if failures:
+        failed = {path for path, _ in failures}
+        report.written = [path for path in report.written if path not in failed]
     report.images_per_second = len(report.written) / max(time.perf_counter() - start, 1e-9)
     if grid and grid_pictures:
         save_grid(out / "grid.png", torch.stack(grid_pictures).round().clamp(0, 255).to(torch.uint8),
                   torch.stack(grid_maps), grid_titles, ncols=3)
+    if failures:
+        raise OverlayWriteError(failures, report) from failures[0][1]
     return report
 
 

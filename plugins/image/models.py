@@ -22,14 +22,27 @@ def _cached_weights_file(weights: Any) -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(weights.url)
 
 
+BASIC_BLOCK_RESNETS = ("resnet18", "resnet34")  # torchvision's BasicBlock refuses dilation > 1
+
+
 def build_resnet(arch: str, num_classes: int, weights: str | None = None, output_stride: int = 32,
-                 in_channels: int = 3) -> Any:
+                 in_channels: int = 3, dilate: bool | None = None) -> Any:
     """A torchvision ResNet with a ``num_classes`` head.
 
     ``weights="DEFAULT"`` (or a torchvision weight name) loads ImageNet weights from the local torch
     cache only (never the network); the head is replaced when ``num_classes != 1000``.
     ``output_stride=16`` keeps layer4 at stride 1 and ``8`` also layer3, doubling / quadrupling the
-    CAM's resolution (a 64x64 input gives a 4x4 / 8x8 map instead of 2x2) for more computation."""
+    CAM's resolution (a 64x64 input gives a 4x4 / 8x8 map instead of 2x2) for more computation.
+
+    ``dilate``: whether the 3x3 convolutions after a removed stride are dilated by it (DeepLab's
+    atrous trick: every layer keeps the receptive field the pretrained weights were trained with).
+    Default: yes for the Bottleneck ResNets (50/101/152, torchvision's ``replace_stride_with_dilation``);
+    no for resnet18/34, whose torchvision BasicBlock does not support dilation: the stride is only
+    removed, so later layers see a smaller receptive field (fine when training from scratch, as the
+    shapes demo does; with pretrained weights pass ``dilate=True``, which dilates the BasicBlock
+    convolutions here, the same way torchvision does for Bottleneck)."""
+    import warnings
+
     import torch
     import torch.nn as nn
     import torchvision
@@ -38,7 +51,16 @@ def build_resnet(arch: str, num_classes: int, weights: str | None = None, output
         raise KeyError(f"unknown ResNet {arch!r}; available: {', '.join(RESNETS)}")
     if output_stride not in (8, 16, 32):
         raise ValueError(f"output_stride must be 8, 16 or 32, got {output_stride}")
-    model = torchvision.models.get_model(arch, weights=None, num_classes=1000 if weights else num_classes)
+    basic = arch in BASIC_BLOCK_RESNETS
+    if dilate is None:
+        dilate = not basic
+        if basic and weights and output_stride != 32:
+            warnings.warn(f"{arch} with output_stride={output_stride} and pretrained weights: the strides are removed "
+                          f"without dilation (the default for BasicBlock ResNets), so the pretrained layers see a "
+                          f"smaller receptive field; pass dilate=True to dilate them", stacklevel=2)
+    removed = {32: [False, False, False], 16: [False, False, True], 8: [False, True, True]}[output_stride]
+    extra = {"replace_stride_with_dilation": removed} if dilate and not basic else {}
+    model = torchvision.models.get_model(arch, weights=None, num_classes=1000 if weights else num_classes, **extra)
     if weights:
         enum = torchvision.models.get_model_weights(arch)
         try:
@@ -58,12 +80,32 @@ def build_resnet(arch: str, num_classes: int, weights: str | None = None, output
             model.fc = nn.Linear(model.fc.in_features, num_classes)
     if in_channels != 3:
         model.conv1 = nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
-    for layer in (model.layer4, model.layer3)[: {32: 0, 16: 1, 8: 2}[output_stride]]:
+    if not extra:  # remove the strides by hand (BasicBlock, or dilate=False)
+        _remove_strides(model, removed[1:], dilate)
+    return model
+
+
+def _remove_strides(model: Any, removed: list[bool], dilate: bool) -> None:
+    """Stride 1 in the first block of layer3 / layer4 where ``removed``; with ``dilate``, every 3x3
+    convolution after a removed stride is dilated (and padded) by the product of the strides removed
+    before it, as torchvision's ``replace_stride_with_dilation`` does (for BasicBlock too)."""
+    dilation = 1
+    for layer, remove in zip((model.layer3, model.layer4), removed):
+        if not remove:
+            continue
         block = layer[0]
         strided = block.conv2 if hasattr(block, "conv3") else block.conv1  # Bottleneck strides conv2
         strided.stride = (1, 1)
         block.downsample[0].stride = (1, 1)
-    return model
+        if not dilate:
+            continue
+        previous, dilation = dilation, dilation * 2
+        for index, block in enumerate(layer):
+            convs = [block.conv2] if hasattr(block, "conv3") else [block.conv1, block.conv2]
+            for position, conv in enumerate(convs):
+                # the formerly strided conv of the first block works at the previous spacing; the rest after it
+                d = previous if index == 0 and position == 0 else dilation
+                conv.dilation, conv.padding = (d, d), (d, d)
 
 
 def build_mnist_gap(num_classes: int = 10, in_channels: int = 1) -> Any:
@@ -91,7 +133,7 @@ def model_builders() -> dict[str, Any]:
 
     builders: dict[str, Any] = {name: functools.partial(build_resnet, name) for name in RESNETS}
     for name, builder in builders.items():
-        builder.__doc__ = f"torchvision {name}: build(num_classes, weights=None|'DEFAULT', output_stride=32|16)"
+        builder.__doc__ = f"torchvision {name}: build(num_classes, weights=None|'DEFAULT', output_stride=32|16|8, dilate=None|True|False)"
     builders["mnist-gap"] = build_mnist_gap
     return builders
 

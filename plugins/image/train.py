@@ -34,20 +34,19 @@ def evaluate_accuracy(model: Any, dataset: Any, batch_size: int = 256, workers: 
     """Top-1 accuracy of ``model`` on ``dataset`` (unreadable files are skipped and added to ``skipped``)."""
     import torch
 
-    was_training = model.training
-    model.eval()
+    from camkit.capture import evaluation_mode
+
     correct = total = 0
-    try:
-        with torch.no_grad():
-            for batch in _loader(dataset, batch_size, False, 0, workers):
-                if skipped is not None:
-                    skipped.update(batch["skipped"])
-                if "input" not in batch:
-                    continue
-                correct += int((model(batch["input"]).argmax(1) == batch["label"]).sum())
-                total += len(batch["label"])
-    finally:
-        model.train(was_training)
+    # switches only the submodules in training mode to eval and restores exactly those (a frozen
+    # BatchNorm stays frozen; model.train(flag) would set every submodule to the same flag)
+    with evaluation_mode(model), torch.no_grad():
+        for batch in _loader(dataset, batch_size, False, 0, workers):
+            if skipped is not None:
+                skipped.update(batch["skipped"])
+            if "input" not in batch:
+                continue
+            correct += int((model(batch["input"]).argmax(1) == batch["label"]).sum())
+            total += len(batch["label"])
     return correct / total if total else float("nan")
 
 

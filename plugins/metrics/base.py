@@ -148,13 +148,43 @@ def box_masks(boxes: Any, map_shape: tuple[int, ...], map_letters: str) -> Any:
     return (xs >= x0) & (xs < x1) & (ys >= y0) & (ys < y1)
 
 
-def saliency_ranks(flat_maps: Any) -> Any:
-    """``(N, S)`` position of each site when sorted by decreasing saliency (ties: lower index first)."""
+TIE_SEED_OFFSET = 7_919  # keeps the tie-breaking streams apart from the random baseline's and the noise's
+
+
+def tie_breaking_permutations(indices: Any, sites: int, seed: int = 0, device: Any = "cpu") -> Any:
+    """``(N, S)`` random permutations of the sites, row i seeded by ``(seed, indices[i])``: the same
+    sample gets the same permutation whatever the batch, shard or call."""
     import torch
 
-    order = torch.sort(flat_maps, dim=1, descending=True, stable=True).indices
+    rows = []
+    for index in torch.as_tensor(indices).reshape(-1).tolist():
+        generator = torch.Generator().manual_seed(seed * 1_000_003 + int(index) + TIE_SEED_OFFSET)
+        rows.append(torch.randperm(sites, generator=generator))
+    if not rows:
+        return torch.empty(0, sites, dtype=torch.long, device=device)
+    return torch.stack(rows).to(device)
+
+
+def saliency_ranks(flat_maps: Any, indices: Any = None, seed: int = 0) -> Any:
+    """``(N, S)`` position of each site when sorted by decreasing saliency.
+
+    Ties: with ``indices`` (the samples' global ids), sites of equal saliency are ordered by a random
+    permutation seeded per sample by ``(seed, indices[i])`` (reproducible, independent of batching);
+    without, by increasing index (raster order, which biases removal towards the top-left)."""
+    import torch
+
+    n, sites = flat_maps.shape
+    if indices is None:
+        order = torch.sort(flat_maps, dim=1, descending=True, stable=True).indices
+    else:
+        if torch.as_tensor(indices).numel() != n:
+            raise ValueError(f"got {torch.as_tensor(indices).numel()} indices for {n} maps")
+        shuffle = tie_breaking_permutations(indices, sites, seed, flat_maps.device)
+        # a stable sort of the shuffled sites orders every tie by its (random) shuffled position
+        shuffled_order = torch.sort(flat_maps.gather(1, shuffle), dim=1, descending=True, stable=True).indices
+        order = shuffle.gather(1, shuffled_order)
     ranks = torch.empty_like(order)
-    ranks.scatter_(1, order, torch.arange(order.shape[1], device=order.device).expand_as(order))
+    ranks.scatter_(1, order, torch.arange(sites, device=order.device).expand_as(order))
     return ranks
 
 

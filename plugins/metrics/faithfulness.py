@@ -20,7 +20,8 @@ def _perturbation(name: str, options: dict[str, Any] | None) -> Any:
 def perturbation_curve(batch: EvalBatch, perturbation: Any, steps: int, insert: bool,
                        least_relevant_first: bool = False) -> Any:
     """``(N, steps + 1)`` target probability after removing (or, with ``insert``, restoring onto the
-    perturbed input) the ``round(k * S / steps)`` most salient sites, k = 0..steps."""
+    perturbed input) the ``round(k * S / steps)`` most salient sites, k = 0..steps. Sites of equal
+    saliency are taken in a random order seeded by ``(batch.seed, batch.indices[i])``."""
     import torch
 
     from camkit.capture import evaluation_mode
@@ -28,7 +29,8 @@ def perturbation_curve(batch: EvalBatch, perturbation: Any, steps: int, insert: 
 
     x, layout = batch.inputs, batch.input_layout
     flat = batch.flat_maps()
-    ranks = saliency_ranks(-flat if least_relevant_first else flat)
+    # ties (large all-zero areas of normalised maps) in a random order seeded per sample, not raster order
+    ranks = saliency_ranks(-flat if least_relevant_first else flat, batch.indices, batch.seed)
     n, sites = flat.shape
     counts = torch.round(torch.linspace(0, sites, steps + 1, device=flat.device, dtype=torch.float64)).long()
     fill = perturbation.fill(x, layout, batch.indices) if perturbation.precomputable else None
