@@ -262,6 +262,42 @@ def test_mask_rules_zero_exactly_the_selected_cells_per_sample():
         MaskRule("topk", 0.5)
 
 
+def test_absent_joints_take_the_budget_of_the_count_rules_first():
+    cam = torch.tensor([[[4.0, 3.0, 2.0, 1.0], [4.0, 3.0, 2.0, 1.0]]])  # (N=1, T'=2, V=4)
+    absent = torch.tensor([[False, False, False, True]])  # joint 3 is missing from the input
+    joints = MaskRule("joints", 2, absent_counts=True).select(cam, absent)
+    assert joints[0, 0].tolist() == [True, False, False, True]  # absent joint 3, then the best joint 0
+    assert MaskRule("joints", 2).select(cam, absent)[0, 0].tolist() == [True, True, False, False]
+    topk = MaskRule("topk", 3, absent_counts=True).select(cam, absent)
+    assert topk[0].tolist() == [[True, False, False, True], [False, False, False, True]]
+    # more absent joints than the budget: only absent joints are hidden, nothing from the map
+    every = torch.tensor([[True, True, True, False]])
+    assert MaskRule("joints", 2, absent_counts=True).select(cam, every)[0, 0].sum() == 2
+    assert not MaskRule("joints", 2, absent_counts=True).select(cam, every)[0, :, 3].any()
+    # threshold rules ignore it
+    assert torch.equal(MaskRule("threshold", 0.5, absent_counts=True).select(cam, absent),
+                       MaskRule("threshold", 0.5).select(cam, absent))
+
+
+def test_ragcn_absent_counts_spares_the_visible_joints_under_occlusion():
+    torch.manual_seed(2)
+    model = RAGCN(4, streams=2, config="tiny", persons=1, mask_rule="joints", mask_amount=6,
+                  absent_counts=False).eval()
+    x = torch.randn(3, 3, 16, 25, 1)
+    x[:, :, :, [4, 5, 6, 7, 21, 22]] = 0  # left arm occluded
+    _, plain = model.stream_masks(x)
+    model.set_mask_options(absent_counts=True)
+    _, spared = model.stream_masks(x)
+    for i in range(3):
+        hidden = set((spared[1, i] == 0).all(0).nonzero().flatten().tolist())
+        assert hidden == {4, 5, 6, 7, 21, 22}  # the budget of 6 is spent on the missing arm
+    visible = torch.ones(25, dtype=torch.bool)
+    visible[[4, 5, 6, 7, 21, 22]] = False
+    assert ((plain[1] == 0).all(1) & visible).any()  # without it the CAM hides joints still in view
+    with pytest.raises(ValueError, match="unknown mask option"):
+        model.set_mask_options(mask_size=3)
+
+
 def test_frames_from_cells_covers_time_blocks():
     mask = torch.tensor([[[1.0], [0.0], [1.0]]])  # T' = 3
     assert frames_from_cells(mask, 6)[0, :, 0].tolist() == [1, 1, 0, 0, 1, 1]
@@ -302,6 +338,30 @@ def test_ragcn_masks_are_per_sample_cumulative_and_from_the_stream_cams():
         cells = set(cam_true[i].flatten().topk(6).indices.tolist())
         assert {t // 4 * 25 + v for t, v in (seen_train[1, i] == 0).nonzero().tolist()} == cells
     assert not any("mask" in key for key in model.state_dict())
+
+
+def test_part_occlusion_augmentation_hides_one_whole_part_set_or_nothing():
+    from camkit_plugins.skeleton.commands import occlude_random_parts
+    from camkit_plugins.skeleton.graph import NTU25_PARTS
+
+    x = torch.rand(64, 3, 8, 25, 1) + 0.5
+    out = occlude_random_parts(x, 0.5, torch.Generator().manual_seed(0))
+    hidden = (out == 0).all(1).all(1).all(-1)  # (N, V)
+    assert ((out == 0) == hidden[:, None, None, :, None]).all()  # whole joints, every frame and channel
+    sets = [set(joints) for joints in NTU25_PARTS.values()]
+    rows = [set(row.nonzero().flatten().tolist()) for row in hidden]
+    assert all(row == set() or row in sets for row in rows)
+    assert 16 < sum(row != set() for row in rows) < 48  # about half the clips
+    assert (occlude_random_parts(x, 1.0, torch.Generator().manual_seed(1)) == 0).any(1).any(1).any(-1).any(1).all()
+
+
+def test_summarise_runs_reports_mean_and_sample_std():
+    from camkit_plugins.skeleton.evaluation import markdown_table, summarise_runs
+
+    means, spread = summarise_runs({"a": [{"accuracy": 0.5}, {"accuracy": 0.7}, {"accuracy": 0.9}], "b": [{"accuracy": 1.0}]})
+    assert means["a"]["accuracy"] == pytest.approx(0.7) and spread["a"]["accuracy"] == pytest.approx(0.2)
+    assert spread["b"] == {}
+    assert markdown_table(means, spread).splitlines()[2] == "| accuracy | 70.0 ± 20.0 | 100.0 |"
 
 
 def test_ragcn_training_step_reaches_every_stream_and_mode_is_kept():

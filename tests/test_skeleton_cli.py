@@ -20,7 +20,7 @@ DATA = ["-d", "size=24", "-d", "frames=16"]
 def test_train_explain_eval_through_the_cli(tmp_path, capsys):
     one, two = tmp_path / "one", tmp_path / "two"
     for out, streams in ((one, 1), (two, 2)):
-        code = main(["train", "skeleton", *DATA, "--streams", str(streams), "-m", "config=tiny",
+        code = main(["train", "skeleton", *DATA, "--streams", str(streams), "-m", "config=tiny", "--occlude-parts", "0.5",
                      "-m", "mask_rule=topk", "-m", "mask_amount=8", "--epochs", "1", "--out", str(out)])
         assert code == 0
     model, config = load_checkpoint(two)
@@ -53,6 +53,14 @@ def test_train_explain_eval_through_the_cli(tmp_path, capsys):
     table = (evaluated / "results.md").read_text()
     assert "| pointing game |" in table and table.count("\n") == 2 + len(results["one (1 stream)"])
     assert (evaluated / "robustness.png").stat().st_size > 5000
+
+    # checkpoints sharing a label are summarised as mean ± std; mask options can be overridden
+    grouped = tmp_path / "grouped"
+    assert main(["eval", "skeleton", "--checkpoints", str(two), str(two), "--label", "twice", "--label", "twice",
+                 "-m", "absent_counts=false", "--out", str(grouped)]) == 0
+    summary = json.loads((grouped / "results.json").read_text())["twice"]
+    assert summary["checkpoints"] == 2 and summary["std"]["accuracy"] == 0
+    assert "± 0.0" in (grouped / "results.md").read_text()
 
 
 @pytest.mark.slow

@@ -48,6 +48,9 @@ def _train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=32, help="per process")
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--weight-decay", type=float, default=1e-4)
+    parser.add_argument("--occlude-parts", type=float, default=0.0, metavar="P",
+                        help="augmentation: with probability P per training clip, zero one random body-part set "
+                             "of the NTU-25 graph (left arm, right arm, two hands, two legs, trunk) in every frame")
     parser.add_argument("--out", required=True, help="checkpoint directory")
 
 
@@ -95,6 +98,7 @@ def _train_run(args: argparse.Namespace) -> int:
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, max(args.epochs * len(loader), 1))
     multi_stream = args.model == "ragcn"
+    occluder = torch.Generator().manual_seed(args.seed + 7919)
     accuracy = None
     for epoch in range(args.epochs):
         if sampler is not None:
@@ -103,6 +107,8 @@ def _train_run(args: argparse.Namespace) -> int:
         bar = tqdm(loader, desc=f"epoch {epoch + 1}/{args.epochs}", disable=rank != 0, leave=False)
         for batch in bar:
             x, y = batch["input"].to(device), batch["label"].to(device)
+            if args.occlude_parts > 0:
+                x = occlude_random_parts(x, args.occlude_parts, occluder)
             if multi_stream:
                 loss = ra_gcn_loss(model(x, labels=y, per_stream=True), y)
             else:
@@ -120,13 +126,32 @@ def _train_run(args: argparse.Namespace) -> int:
                   "domain": "skeleton", "input_layout": "NCTVM", "input_shape": list(train_set.sample_shape),
                   "graph": model_options.get("graph", "ntu25"), "dataset": dataset_name,
                   "dataset_options": data_options, "seed": args.seed, "epochs": args.epochs,
-                  "val_accuracy": accuracy, "world_size": world}
+                  "val_accuracy": accuracy, "world_size": world, "occlude_parts": args.occlude_parts}
         save_checkpoint(args.out, unwrap(model), config)
         print(f"checkpoint written to {args.out}")
     if world > 1:
         dist.barrier()
         dist.destroy_process_group()
     return 0
+
+
+def occlude_random_parts(x: Any, probability: float, generator: Any) -> Any:
+    """Training augmentation: each clip, with ``probability``, gets one body-part set of
+    ``NTU25_PARTS`` (chosen uniformly) zeroed in every frame. Needs the NTU-25 joints."""
+    import torch
+
+    from camkit_plugins.skeleton.graph import NTU25_PARTS
+
+    if x.shape[3] != 25:
+        raise ValueError(f"--occlude-parts needs NTU-25 joints, got V={x.shape[3]}")
+    parts = torch.zeros(len(NTU25_PARTS), 25, dtype=torch.bool)
+    for i, joints in enumerate(NTU25_PARTS.values()):
+        parts[i, list(joints)] = True
+    n = x.shape[0]
+    which = torch.randint(len(NTU25_PARTS), (n,), generator=generator)
+    hit = torch.rand(n, generator=generator) < probability
+    hidden = parts[which] & hit[:, None]
+    return x * (~hidden).to(x.dtype)[:, None, None, :, None].to(x.device)
 
 
 def _accuracy(model: Any, dataset: Any, device: Any, batch_size: int = 128) -> float:
@@ -223,28 +248,43 @@ def _eval_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--split", default="test")
     parser.add_argument("--hidden-frames", type=int, default=None, help="frames zeroed in the random-frame test "
                         "(default: a third of the clip)")
+    parser.add_argument("--mask-option", "-m", action="append", metavar="KEY=VALUE",
+                        help="override an RA-GCN mask option of every checkpoint (masks are no weights), "
+                             "e.g. -m absent_counts=true")
+    parser.add_argument("--label", action="append", default=None,
+                        help="column name per checkpoint, one per checkpoint (default: folder name and stream "
+                             "count); checkpoints sharing a label (e.g. seeds) are reported as mean ± std")
     parser.add_argument("--out", required=True, help="folder for results.md, results.json, robustness.png")
 
 
 def _eval_run(args: argparse.Namespace) -> int:
     from camkit.checkpoint import load_checkpoint
-    from camkit_plugins.skeleton.evaluation import evaluate, markdown_table, plot_results
+    from camkit_plugins.skeleton.evaluation import evaluate, markdown_table, plot_results, summarise_runs
 
-    results: dict[str, dict[str, float]] = {}
+    runs: dict[str, list[dict[str, float]]] = {}
     dataset = None
-    for path in args.checkpoints:
+    overrides = _key_values(args.mask_option)
+    if args.label is not None and len(args.label) != len(args.checkpoints):
+        raise SystemExit(f"{len(args.label)} --label for {len(args.checkpoints)} checkpoints")
+    for i, path in enumerate(args.checkpoints):
         model, config = load_checkpoint(path)
+        if overrides and hasattr(model, "set_mask_options"):
+            model.set_mask_options(**overrides)
         if dataset is None:
             dataset = _load_data(args, config, args.split)
         streams = config["model_options"].get("streams", 1)
-        label = f"{Path(path).name} ({streams} stream{'s' if streams > 1 else ''})"
-        results[label] = evaluate(model, dataset, frames_hidden=args.hidden_frames, seed=args.seed)
+        label = args.label[i] if args.label else f"{Path(path).name} ({streams} stream{'s' if streams > 1 else ''})"
+        runs.setdefault(label, []).append(evaluate(model, dataset, frames_hidden=args.hidden_frames, seed=args.seed))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    table = markdown_table(results)
+    results, spread = summarise_runs(runs)
+    table = markdown_table(results, spread)
     (out / "results.md").write_text(table)
-    (out / "results.json").write_text(json.dumps(results, indent=2))
-    plot_results(results, str(out / "robustness.png"))
+    report = {label: results[label] if len(runs[label]) == 1 else
+              {"mean": results[label], "std": spread[label], "runs": runs[label], "checkpoints": len(runs[label])}
+              for label in runs}
+    (out / "results.json").write_text(json.dumps(report, indent=2))
+    plot_results(results, str(out / "robustness.png"), spread)
     print(table)
     return 0
 

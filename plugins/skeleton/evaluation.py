@@ -110,18 +110,37 @@ def evaluate(model: Any, dataset: Any, batch_size: int = 64, frames_hidden: int 
     return out
 
 
-def markdown_table(results: Mapping[str, Mapping[str, float]]) -> str:
-    """Rows = metrics, one column per model (values in %)."""
+def summarise_runs(runs: Mapping[str, list[Mapping[str, float]]]) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, float]]]:
+    """``(mean, std)`` per label over its runs (sample std, ddof=1; empty for a single run)."""
+    means, spreads = {}, {}
+    for label, group in runs.items():
+        metrics = list(group[0])
+        values = {m: np.array([run[m] for run in group], dtype=float) for m in metrics}
+        means[label] = {m: float(v.mean()) for m, v in values.items()}
+        spreads[label] = {m: float(v.std(ddof=1)) for m, v in values.items()} if len(group) > 1 else {}
+    return means, spreads
+
+
+def markdown_table(results: Mapping[str, Mapping[str, float]],
+                   spread: Mapping[str, Mapping[str, float]] | None = None) -> str:
+    """Rows = metrics, one column per model (values in %; ``mean ± std`` where ``spread`` has the metric)."""
     models = list(results)
     metrics = list(next(iter(results.values())))
+    spread = spread or {}
+
+    def cell(model: str, metric: str) -> str:
+        std = spread.get(model, {}).get(metric)
+        return f"{100 * results[model][metric]:.1f}" + (f" ± {100 * std:.1f}" if std is not None else "")
+
     lines = ["| metric | " + " | ".join(models) + " |", "|---|" + "---:|" * len(models)]
     for metric in metrics:
-        lines.append(f"| {metric} | " + " | ".join(f"{100 * results[m][metric]:.1f}" for m in models) + " |")
+        lines.append(f"| {metric} | " + " | ".join(cell(m, metric) for m in models) + " |")
     return "\n".join(lines) + "\n"
 
 
-def plot_results(results: Mapping[str, Mapping[str, float]], path: str) -> None:
-    """Grouped bars of accuracy under every condition, one colour per model."""
+def plot_results(results: Mapping[str, Mapping[str, float]], path: str,
+                 spread: Mapping[str, Mapping[str, float]] | None = None) -> None:
+    """Grouped bars of accuracy under every condition, one colour per model (error bars: ``spread``)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -132,7 +151,9 @@ def plot_results(results: Mapping[str, Mapping[str, float]], path: str) -> None:
     width = 0.8 / len(models)
     fig, ax = plt.subplots(figsize=(1.0 * len(conditions) + 2, 3.2))
     for i, model in enumerate(models):
-        ax.bar(np.arange(len(conditions)) + i * width, [100 * results[model][c] for c in conditions], width, label=model)
+        errors = [100 * (spread or {}).get(model, {}).get(c, 0.0) for c in conditions]
+        ax.bar(np.arange(len(conditions)) + i * width, [100 * results[model][c] for c in conditions], width, label=model,
+               yerr=errors if any(errors) else None, capsize=2, error_kw={"elinewidth": 0.8})
     ax.set_xticks(np.arange(len(conditions)) + width * (len(models) - 1) / 2,
                   [c.replace("accuracy", "").strip() or "clean" for c in conditions], rotation=30, ha="right", fontsize=8)
     ax.set_ylabel("accuracy (%)")

@@ -4,6 +4,12 @@ A mask is computed per sample from one stream's class activation map (ReLU, max-
 rule that selects cells; by default the selected (most activated) cells are zeroed, with
 ``direction="keep"`` only they are kept. Masks are never parameters or buffers: they are recomputed
 on every forward pass.
+
+With ``absent_counts=True`` the count rules (``topk``, ``joints``) spend their budget on absent joints
+first (joints whose input is zero in every frame: occluded or untracked): they carry nothing, so
+hiding them costs nothing, and only the rest of the budget is taken from the map. Without it, a clip
+whose best cue is occluded gets its *remaining* cue masked by the CAM (which then points at it), and
+later streams see neither cue.
 """
 
 from __future__ import annotations
@@ -20,11 +26,14 @@ class MaskRule:
     """``rule``: ``threshold`` (cells whose normalised map >= amount), ``topk`` (the ``amount``
     highest cells), ``quantile`` (cells at or above the per-sample ``amount`` quantile) or ``joints``
     (the ``amount`` joints with the highest summed map, over all frames). Cells with a map of zero
-    are never selected. ``direction``: ``mask`` zeroes the selected cells, ``keep`` everything else."""
+    are never selected. ``direction``: ``mask`` zeroes the selected cells, ``keep`` everything else.
+    ``absent_counts``: absent joints (given to ``select``) are selected first by ``topk`` / ``joints``
+    and count toward ``amount``; the threshold rules ignore it."""
 
     rule: str = "threshold"
     amount: float = 0.5
     direction: str = "mask"
+    absent_counts: bool = False
 
     def __post_init__(self) -> None:
         if self.rule not in RULES:
@@ -36,14 +45,30 @@ class MaskRule:
         if self.rule in ("topk", "joints") and (self.amount < 1 or int(self.amount) != self.amount):
             raise ValueError(f"mask rule {self.rule!r} needs a whole count >= 1 as amount, got {self.amount}")
 
-    def select(self, cam: Any) -> Any:
-        """Boolean ``(N, T', V)``: the cells this rule picks in each sample's map ``cam`` (N, T', V)."""
+    def select(self, cam: Any, absent: Any = None) -> Any:
+        """Boolean ``(N, T', V)``: the cells this rule picks in each sample's map ``cam`` (N, T', V).
+        ``absent``: optional bool ``(N, V)``, joints missing from the input (used when ``absent_counts``)."""
         import torch
 
         if cam.ndim != 3:
             raise ValueError(f"a mask is computed from (N, T', V) maps, got shape {tuple(cam.shape)}")
         cam = max_normalise(cam)
         positive = cam > 0
+        n, t, v = cam.shape
+        if self.absent_counts and absent is not None and self.rule in ("topk", "joints"):
+            # absent joints rank above every map value (normalised to <= 1), so they take the budget first
+            gone = absent.to(device=cam.device, dtype=torch.bool)[:, None, :].expand(n, t, v)
+            ranked = cam.masked_fill(gone, 2.0 if self.rule == "topk" else 2.0 * t)
+            chosen = MaskRule(self.rule, self.amount, self.direction).select_ranked(ranked)
+            return chosen & (positive | gone) if self.rule == "topk" else \
+                chosen & (positive.any(dim=1, keepdim=True) | gone)
+        chosen = self.select_ranked(cam)
+        return chosen & positive if self.rule != "joints" else chosen & positive.any(dim=1, keepdim=True)
+
+    def select_ranked(self, cam: Any) -> Any:
+        """The rule applied to an already normalised map (no ReLU / positivity filter)."""
+        import torch
+
         n, t, v = cam.shape
         if self.rule == "threshold":
             chosen = cam >= self.amount
@@ -59,11 +84,11 @@ class MaskRule:
             idx = cam.sum(dim=1).topk(k, dim=1).indices
             joints = torch.zeros(n, v, dtype=torch.bool, device=cam.device).scatter_(1, idx, True)
             chosen = joints[:, None, :].expand(n, t, v)
-        return chosen & positive if self.rule != "joints" else chosen & positive.any(dim=1, keepdim=True)
+        return chosen
 
-    def cell_mask(self, cam: Any) -> Any:
+    def cell_mask(self, cam: Any, absent: Any = None) -> Any:
         """Float ``(N, T', V)``: 1 where the next stream sees the input, 0 where it is hidden."""
-        chosen = self.select(cam)
+        chosen = self.select(cam, absent)
         visible = ~chosen if self.direction == "mask" else chosen
         return visible.to(cam.dtype)
 

@@ -144,13 +144,25 @@ class RAGCN(nn.Module):
     the sum is one contraction with the concatenated classifiers."""
 
     def __init__(self, num_classes: int, streams: int = 3, mask_rule: str = "threshold", mask_amount: float = 0.5,
-                 mask_direction: str = "mask", **stgcn_options: Any) -> None:
+                 mask_direction: str = "mask", absent_counts: bool = True, **stgcn_options: Any) -> None:
         super().__init__()
         if not 1 <= int(streams) <= 4:
             raise ValueError(f"RA-GCN takes 1 to 4 streams, got {streams}")
         self.streams = nn.ModuleList(STGCN(num_classes, **stgcn_options) for _ in range(int(streams)))
-        self.mask_rule = MaskRule(mask_rule, mask_amount, mask_direction)
+        self.mask_rule = MaskRule(mask_rule, mask_amount, mask_direction, bool(absent_counts))
         self.features = nn.Identity()
+
+    def set_mask_options(self, **options: Any) -> None:
+        """Change ``mask_rule`` / ``mask_amount`` / ``mask_direction`` / ``absent_counts`` of a built
+        (e.g. loaded) model: masks are no weights, so this needs no retraining to take effect."""
+        import dataclasses
+
+        names = {"mask_rule": "rule", "mask_amount": "amount", "mask_direction": "direction",
+                 "absent_counts": "absent_counts"}
+        unknown = sorted(set(options) - set(names))
+        if unknown:
+            raise ValueError(f"unknown mask option(s) {', '.join(unknown)}; choose from {', '.join(names)}")
+        self.mask_rule = dataclasses.replace(self.mask_rule, **{names[k]: v for k, v in options.items()})
 
     def stream_masks(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> tuple[list[torch.Tensor], torch.Tensor]:
         """Per-stream features and the cumulative frame masks ``(S, N, T, V)`` each stream saw."""
@@ -158,6 +170,8 @@ class RAGCN(nn.Module):
 
         n, _, t, v, _ = x.shape
         visible = torch.ones(n, t, v, dtype=x.dtype, device=x.device)
+        counts_absent = self.mask_rule.absent_counts and self.mask_rule.rule in ("topk", "joints")
+        absent = (x == 0).all(dim=1).all(dim=1).all(dim=-1) if counts_absent else None  # (N, V): zero in every frame
         features, seen = [], []
         for s, stream in enumerate(self.streams):
             seen.append(visible)
@@ -173,7 +187,7 @@ class RAGCN(nn.Module):
                     target = stream.head(f).argmax(dim=1)
                 weights = stream.fc.weight.detach()[target]
                 cam = camkit.class_activation_map(f, "NCTVM", channel_weights=weights).mean(dim=-1)
-                visible = visible * frames_from_cells(self.mask_rule.cell_mask(cam), t)
+                visible = visible * frames_from_cells(self.mask_rule.cell_mask(cam, absent), t)
         return features, torch.stack(seen)
 
     def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None, per_stream: bool = False) -> torch.Tensor:
@@ -196,7 +210,7 @@ def build_stgcn(num_classes: int, **options: Any) -> STGCN:
 
 def build_ragcn(num_classes: int, **options: Any) -> RAGCN:
     """Registered as model ``ragcn``: ``streams`` (1-4), ``mask_rule``, ``mask_amount``,
-    ``mask_direction`` and the ST-GCN options of every stream."""
+    ``mask_direction``, ``absent_counts`` and the ST-GCN options of every stream."""
     return RAGCN(num_classes, **options)
 
 
