@@ -76,7 +76,8 @@ def test_read_skeleton_file_pads_and_keeps_the_most_active_bodies(tmp_path):
     frames = [[("72057594037931101", still), ("72057594037931102", moving[t])] for t in range(3)]
     path = tmp_path / "S001C002P003R001A013.skeleton"
     write_skeleton(path, frames)
-    out = read_skeleton_file(path, frames=5, bodies=1)
+    with pytest.warns(RuntimeWarning, match="2 bodies tracked, kept the 1 most active"):
+        out = read_skeleton_file(path, frames=5, bodies=1)
     assert out.shape == (3, 5, 25, 1) and out.dtype == np.float32
     np.testing.assert_allclose(out[:, :3, :, 0], np.stack(moving).transpose(2, 0, 1), atol=1e-4)
     assert not out[:, 3:].any()

@@ -158,15 +158,12 @@ def _accuracy(model: Any, dataset: Any, device: Any, batch_size: int = 128) -> f
     import torch
     from torch.utils.data import DataLoader
 
-    was_training = model.training
-    model.eval()
+    from camkit.capture import evaluation_mode
+
     correct = 0
-    try:
-        with torch.no_grad():
-            for batch in DataLoader(dataset, batch_size=batch_size):
-                correct += int((model(batch["input"].to(device)).argmax(1).cpu() == batch["label"]).sum())
-    finally:
-        model.train(was_training)
+    with evaluation_mode(model), torch.no_grad():  # restores each submodule's own flag
+        for batch in DataLoader(dataset, batch_size=batch_size):
+            correct += int((model(batch["input"].to(device)).argmax(1).cpu() == batch["label"]).sum())
     return correct / max(len(dataset), 1)
 
 

@@ -7,6 +7,8 @@ Every dataset yields ``{"input": float tensor (C, T, V, M), "label": int}`` (plu
 
 from __future__ import annotations
 
+import warnings
+
 import re
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -125,6 +127,9 @@ def read_skeleton_file(path: str | Path, frames: int = 300, bodies: int = 2, joi
     activity = {body: float(track[np.abs(track).sum(axis=(1, 2)) > 0].var(axis=0).sum()) if track.any() else 0.0
                 for body, track in tracks.items()}
     chosen = sorted(tracks, key=lambda body: -activity[body])[:bodies]
+    if len(tracks) > bodies:
+        warnings.warn(f"{path}: {len(tracks)} bodies tracked, kept the {bodies} most active "
+                      f"(raise bodies= to keep more)", RuntimeWarning, stacklevel=2)
     out = np.zeros((3, frames, joints, bodies), dtype=np.float32)
     for slot, body in enumerate(chosen):
         out[..., slot] = tracks[body].transpose(2, 0, 1)

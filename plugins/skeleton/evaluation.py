@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 from typing import Any, Iterable, Mapping
 
 import numpy as np
@@ -62,8 +64,13 @@ def _batches(dataset: Any, batch_size: int) -> Iterable[dict[str, torch.Tensor]]
 def occlusion_conditions(dataset: Any, frames_hidden: int) -> dict[str, Any]:
     """Named input corruptions: clean, each body-part set, the class's own cues (generated data), frames."""
     conditions: dict[str, Any] = {"clean": lambda x, y, g: x}
-    for part, joints in NTU25_PARTS.items():
-        conditions[part] = (lambda js: lambda x, y, g: occlude_joints(x, js))(joints)
+    joint_count = dataset.sample_shape[2]
+    if joint_count == 25:  # the body-part sets are NTU-25 joint indices
+        for part, joints in NTU25_PARTS.items():
+            conditions[part] = (lambda js: lambda x, y, g: occlude_joints(x, js))(joints)
+    else:
+        warnings.warn(f"body-part occlusions are defined for the NTU-25 skeleton; this data has {joint_count} "
+                      f"joints, so only cue and frame occlusions are evaluated", RuntimeWarning, stacklevel=2)
     cue_joints = getattr(dataset, "cue_joints", None)
     if cue_joints is not None:
         for which, label in ((0, "class cue 1"), (1, "class cue 2")):
@@ -87,9 +94,9 @@ def evaluate(model: Any, dataset: Any, batch_size: int = 64, frames_hidden: int 
     correct = {name: 0 for name in conditions}
     hits, energy, counted = 0.0, 0.0, 0
     generator = torch.Generator().manual_seed(seed)
-    was_training = model.training
-    model.eval()
-    try:
+    from camkit.capture import evaluation_mode
+
+    with evaluation_mode(model):  # restores each submodule's own train/eval flag
         for batch in tqdm(_batches(dataset, batch_size), desc="evaluate", disable=not progress, leave=False):
             x, y = batch["input"], batch["label"]
             with torch.no_grad():
@@ -100,8 +107,6 @@ def evaluate(model: Any, dataset: Any, batch_size: int = 64, frames_hidden: int 
                 hits += float(pointing_hits(result.maps, batch["mask"]).sum())
                 energy += float(energy_share(result.maps, batch["mask"]).sum())
                 counted += len(y)
-    finally:
-        model.train(was_training)
     n = len(dataset)
     out = {f"accuracy {name}" if name != "clean" else "accuracy": correct[name] / n for name in conditions}
     if counted:
