@@ -27,6 +27,17 @@ def available() -> bool:
 
 
 @triton.jit
+def _row_range(lo, hi, tiny, rel_eps):
+    """Row minimum, whether the row is constant, and the span to divide by (1 where constant)."""
+    row_lo = tl.min(lo, axis=0)
+    row_hi = tl.max(hi, axis=0)
+    span = row_hi - row_lo
+    # same rule as TorchKernel.normalize: a span within rounding error of the magnitude is constant
+    constant = span <= tl.maximum(tl.maximum(tl.abs(row_lo), tl.abs(row_hi)) * rel_eps, tiny)
+    return row_lo, constant, tl.where(constant, 1.0, span)
+
+
+@triton.jit
 def _normalize_rows_kernel(x_ptr, out_ptr, flag_ptr, row_len, tiny, rel_eps, BLOCK: tl.constexpr):
     row = tl.program_id(0)
     base = row.to(tl.int64) * row_len
@@ -39,13 +50,8 @@ def _normalize_rows_kernel(x_ptr, out_ptr, flag_ptr, row_len, tiny, rel_eps, BLO
         v = tl.load(x_ptr + base + idx, mask=valid, other=0.0).to(tl.float32)
         lo = tl.minimum(lo, tl.where(valid, v, float("inf")))
         hi = tl.maximum(hi, tl.where(valid, v, float("-inf")))
-    row_lo = tl.min(lo, axis=0)
-    row_hi = tl.max(hi, axis=0)
-    span = row_hi - row_lo
-    # same rule as TorchKernel.normalize: a span within rounding error of the magnitude is constant
-    constant = span <= tl.maximum(tl.maximum(tl.abs(row_lo), tl.abs(row_hi)) * rel_eps, tiny)
+    row_lo, constant, safe = _row_range(lo, hi, tiny, rel_eps)
     tl.store(flag_ptr + row, constant.to(tl.int8))
-    safe = tl.where(constant, 1.0, span)
     for start in range(0, row_len, BLOCK):
         idx = start + offsets
         valid = idx < row_len
@@ -95,13 +101,8 @@ def _resample_normalize_kernel(src_ptr, out_ptr, flag_ptr, in_h, in_w, out_h, ou
         v = _bilinear(src_ptr, src_base, safe_idx, in_h, in_w, out_w, scale_h, scale_w, relu)
         lo = tl.minimum(lo, tl.where(valid, v, float("inf")))
         hi = tl.maximum(hi, tl.where(valid, v, float("-inf")))
-    row_lo = tl.min(lo, axis=0)
-    row_hi = tl.max(hi, axis=0)
-    span = row_hi - row_lo
-    # same rule as TorchKernel.normalize: a span within rounding error of the magnitude is constant
-    constant = span <= tl.maximum(tl.maximum(tl.abs(row_lo), tl.abs(row_hi)) * rel_eps, tiny)
+    row_lo, constant, safe = _row_range(lo, hi, tiny, rel_eps)
     tl.store(flag_ptr + row, constant.to(tl.int8))
-    safe = tl.where(constant, 1.0, span)
     for start in range(0, out_len, BLOCK):
         idx = start + offsets
         valid = idx < out_len
