@@ -68,6 +68,7 @@ class PluginManager:
     failed: dict[str, str] = field(default_factory=dict)  # entry-point name -> error text
     blocked: set[str] = field(default_factory=set)
     distributions: dict[str, str] = field(default_factory=dict)  # plugin name -> "dist version"
+    _cache: dict[Any, tuple[list[Any], dict[str, Any]]] = field(default_factory=dict, repr=False)
 
     @property
     def hook(self) -> Any:
@@ -76,9 +77,19 @@ class PluginManager:
     def registry(self, kind: str) -> dict[str, Any]:
         """Merge every plugin's answer to ``camkit_register_<kind>`` into one dict.
 
-        A name registered twice is a ``PluginError`` naming both plugins."""
+        A name registered twice is a ``PluginError`` naming both plugins. Cached until the set of
+        registered plugins changes (``temporary_plugin`` included)."""
         if kind not in REGISTRY_HOOKS:
             raise KeyError(f"unknown registry {kind!r}; known: {', '.join(sorted(REGISTRY_HOOKS))}")
+        plugins = list(self.pm.get_plugins())
+        key = (kind, frozenset(map(id, plugins)))
+        if key not in self._cache:
+            self._cache = {k: v for k, v in self._cache.items() if k[1] == key[1]}  # drop stale plugin sets
+            # the cached entry holds the plugins themselves, so their ids cannot be reused meanwhile
+            self._cache[key] = (plugins, self._merge(kind))
+        return dict(self._cache[key][1])
+
+    def _merge(self, kind: str) -> dict[str, Any]:
         caller = getattr(self.pm.hook, REGISTRY_HOOKS[kind])
         merged: dict[str, Any] = {}
         owner: dict[str, str] = {}

@@ -189,3 +189,20 @@ def test_every_hook_is_documented():
     assert len(hooks) >= 13
     missing = [h for h in hooks if f"### `{h}" not in doc]
     assert not missing, f"undocumented hooks in docs/plugins.md: {missing}"
+
+
+def test_registry_cache_follows_registration():
+    class Extra:
+        @hookimpl
+        def camkit_register_layouts(self):
+            return {"extra-layout": "NCL"}
+
+    before = camkit.registry("layouts")
+    assert "extra-layout" not in before
+    for _ in range(2):  # register, unregister, register a new object again: never a stale answer
+        with temporary_plugin(Extra(), name="extra"):
+            assert camkit.registry("layouts")["extra-layout"] == "NCL"
+        assert camkit.registry("layouts") == before
+    mutated = camkit.registry("layouts")
+    mutated["sneaky"] = "NCL"  # callers get a copy
+    assert "sneaky" not in camkit.registry("layouts")
