@@ -253,7 +253,7 @@ def test_fewer_items_than_samples_warns_and_keys_the_cache_on_the_actual_count(t
 def test_distributed_cuda_selects_the_local_gpu_and_a_cpu_capable_backend(monkeypatch):
     import torch.distributed as dist
 
-    from camkit_plugins.bench.runner import Distributed
+    from camkit.distributed import Distributed
 
     calls = {"init": [], "device": []}
     state = {"initialized": False, "backend": None}

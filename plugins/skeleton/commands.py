@@ -54,17 +54,6 @@ def _train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="checkpoint directory")
 
 
-def _distributed() -> tuple[int, int]:
-    """``(rank, world_size)``; starts the process group when launched by torchrun."""
-    import torch
-    import torch.distributed as dist
-
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    return (dist.get_rank(), world) if world > 1 else (0, 1)
-
-
 def _train_run(args: argparse.Namespace) -> int:
     import torch
     import torch.distributed as dist
@@ -76,7 +65,12 @@ def _train_run(args: argparse.Namespace) -> int:
     from camkit.checkpoint import save_checkpoint
     from camkit_plugins.skeleton.models import ra_gcn_loss, unwrap
 
-    rank, world = _distributed()
+    from camkit.distributed import Distributed
+
+    cuda = torch.cuda.is_available()
+    device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if cuda else torch.device("cpu")
+    job = Distributed.from_environment(device)  # selects this rank's GPU; gloo on CPU
+    rank, world = job.rank, job.world
     torch.manual_seed(args.seed)
     dataset_name = args.dataset or "skeleton-synthetic"
     data_options = _key_values(args.data_option)
@@ -88,7 +82,6 @@ def _train_run(args: argparse.Namespace) -> int:
     if args.model == "ragcn":
         model_options.setdefault("streams", args.streams)
     model = camkit.lookup("models", args.model)(num_classes=len(train_set.classes), **model_options)
-    device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if torch.cuda.is_available() else torch.device("cpu")
     model.to(device)
     if world > 1:
         model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
@@ -131,7 +124,7 @@ def _train_run(args: argparse.Namespace) -> int:
         print(f"checkpoint written to {args.out}")
     if world > 1:
         dist.barrier()
-        dist.destroy_process_group()
+    job.close()
     return 0
 
 

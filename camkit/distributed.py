@@ -1,0 +1,91 @@
+"""torch.distributed for camkit's commands: one place that joins (or starts) a ``torchrun`` job.
+
+Used by ``camkit bench`` (sharded evaluation) and ``camkit train skeleton`` (DDP). Outside
+``torchrun`` everything degrades to a world of one process.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass
+class Distributed:
+    """This process's place in a ``torchrun`` job (world 1 without one).
+
+    ``collective_device``: where ``sum`` puts its tensors for ``all_reduce``: ``cpu`` when the process
+    group has a CPU backend (gloo; the group this class starts always has one), else the process's
+    GPU (a group somebody else started with plain ``nccl``, which cannot reduce CPU tensors)."""
+
+    rank: int = 0
+    world: int = 1
+    started_here: bool = False
+    collective_device: str = "cpu"
+
+    @classmethod
+    def from_environment(cls, device: Any) -> "Distributed":
+        """Join (or start) the ``torchrun`` process group for work on ``device`` (a torch device or type).
+
+        On CUDA each process first selects its own GPU (``device``'s index, else ``LOCAL_RANK``), so NCCL
+        and ``broadcast_object_list`` do not all land on cuda:0; the group is started with backend
+        ``cpu:gloo,cuda:nccl``: CPU tensors (the metric sums, pickled objects) go through gloo, CUDA
+        tensors through NCCL. Without CUDA: ``gloo``."""
+        import torch
+        import torch.distributed as dist
+
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        if world <= 1:
+            return cls()
+        device = torch.device(device)
+        cuda = device.type == "cuda"
+        if cuda:
+            index = device.index if device.index is not None else int(os.environ.get("LOCAL_RANK", "0"))
+            device = torch.device("cuda", index)
+            torch.cuda.set_device(device)
+        started = False
+        if not dist.is_initialized():
+            dist.init_process_group(backend="cpu:gloo,cuda:nccl" if cuda else "gloo")
+            started = True
+        backend = str(dist.get_backend()).lower()
+        supports_cpu = any(name in backend for name in ("gloo", "mpi", "cpu:"))
+        collective = "cpu" if supports_cpu or not cuda else str(device)
+        return cls(dist.get_rank(), dist.get_world_size(), started, collective)
+
+    def shard(self, count: int) -> list[int]:
+        """This rank's sample positions: ``DistributedSampler`` order without its padding duplicates."""
+        if self.world == 1:
+            return list(range(count))
+        from torch.utils.data import DistributedSampler
+
+        if count < self.world:
+            raise ValueError(f"{count} samples cannot be shared by {self.world} processes")
+        sampler = DistributedSampler(range(count), num_replicas=self.world, rank=self.rank, shuffle=False)
+        # position i of this rank is global position rank + i * world; >= count means padding
+        return [index for i, index in enumerate(sampler) if self.rank + i * self.world < count]
+
+    def sum(self, tensor: Any) -> Any:
+        """``tensor`` summed over the processes (on ``collective_device``, returned on ``tensor``'s device)."""
+        if self.world > 1:
+            import torch.distributed as dist
+
+            moved = tensor.to(self.collective_device)
+            dist.all_reduce(moved, op=dist.ReduceOp.SUM)
+            return moved.to(tensor.device)
+        return tensor
+
+    def broadcast(self, value: Any) -> Any:
+        if self.world == 1:
+            return value
+        import torch.distributed as dist
+
+        box = [value]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def close(self) -> None:
+        if self.started_here:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
