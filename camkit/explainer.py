@@ -254,10 +254,10 @@ class Explainer:
             )
             with torch.no_grad() if needs_grad else torch.inference_mode():
                 weights = self.method.weights(ctx)
-                maps = class_activation_map(ctx.features, layout, **{f"{weights.kind}_weights": weights.tensor})
                 multi = ids.ndim == 2
                 if weights.kind == "class" and not (multi and weights.tensor.shape[0] == ids.shape[1]):
                     raise ValueError("class weights (K, C) are for K targets shared by every sample")
+                maps = class_activation_map(ctx.features, layout, **{f"{weights.kind}_weights": weights.tensor})
                 letters = ("NK" if multi else "N") + layout.site_letters
                 size = self._size(letters, layout, input_sizes)
                 maps = postprocess(maps, letters, layout=layout, relu=self.relu, normalize=self.normalize,

@@ -102,6 +102,7 @@ class TorchKernel:
 
     def resample(self, maps: Any, sizes: Mapping[int, int]) -> Any:
         """Linear / bilinear / trilinear interpolation along the axes in ``sizes`` only."""
+        import torch
         import torch.nn.functional as F
 
         sizes = {a: s for a, s in sizes.items() if maps.shape[a] != s}
@@ -117,7 +118,7 @@ class TorchKernel:
         flat = moved.reshape(-1, 1, *moved.shape[len(others):])
         mode = {1: "linear", 2: "bilinear", 3: "trilinear"}[len(axes)]
         src_dtype = flat.dtype
-        if flat.device.type == "cpu" and src_dtype in (_half(), _bf16()):
+        if flat.device.type == "cpu" and src_dtype in (torch.float16, torch.bfloat16):
             flat = flat.float()  # half-precision interpolation is patchy on CPU
         out = F.interpolate(flat, size=[sizes[a] for a in axes], mode=mode, align_corners=False)
         out = out.to(src_dtype).reshape(*lead, *out.shape[2:])
@@ -150,18 +151,6 @@ class TorchKernel:
         if relu:
             maps = self.relu(maps)
         return self.normalize(self.resample(maps, sizes), sample_dims)
-
-
-def _half() -> Any:
-    import torch
-
-    return torch.float16
-
-
-def _bf16() -> Any:
-    import torch
-
-    return torch.bfloat16
 
 
 def select_kernel(array: Any) -> Any:
