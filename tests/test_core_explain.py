@@ -361,3 +361,18 @@ def test_gradient_methods_inside_inference_mode(model, images):
     with torch.inference_mode():
         inside = explain(model, images.clone(), "gradcam")
     torch.testing.assert_close(inside.maps, expected)
+
+
+def test_class_weights_need_shared_targets(model, images):
+    from camkit.methods import CamMethod, Weights
+
+    class ClassMatrix(CamMethod):
+        name = "class-matrix"
+
+        def weights(self, ctx):
+            return Weights.per_class(ctx.classifier(6)[:2])
+
+    with pytest.raises(ValueError, match="K targets shared by every sample"):
+        explain(model, images, ClassMatrix())  # one target per sample: a class matrix does not apply
+    res = explain(model, images, ClassMatrix(), targets=torch.tensor([[0, 1]] * 3))
+    torch.testing.assert_close(res.maps, explain(model, images, "cam", targets=torch.tensor([[0, 1]] * 3)).maps)
