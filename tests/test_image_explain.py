@@ -67,3 +67,105 @@ def test_every_write_error_is_named_and_the_others_are_written(tmp_path, monkeyp
     assert "p01_pred_" in str(error) and "p04_pred_" in str(error) and "disk full" in str(error)
     assert isinstance(error.__cause__, OSError)
     assert len(error.report.written) == 4 and all(path.is_file() for path in error.report.written)
+
+
+def _jpeg_folder(tmp_path):
+    """Six pictures of two sizes: JPEGs (one named .png), a PNG, and a JPEG cut short after its header."""
+    from torchvision.io import encode_jpeg
+
+    folder = tmp_path / "jpeg-in"
+    folder.mkdir()
+    generator = torch.Generator().manual_seed(1)
+    for i, (height, width) in enumerate([(20, 24), (20, 24), (16, 16), (20, 24)]):
+        picture = torch.randint(0, 255, (3, height, width), dtype=torch.uint8, generator=generator)
+        (folder / f"j{i}.jpg").write_bytes(encode_jpeg(picture, quality=90).numpy().tobytes())
+    misnamed = torch.randint(0, 255, (3, 18, 18), dtype=torch.uint8, generator=generator)
+    (folder / "misnamed.png").write_bytes(encode_jpeg(misnamed).numpy().tobytes())
+    write_png(torch.randint(0, 255, (3, 16, 16), dtype=torch.uint8, generator=generator), str(folder / "plain.png"))
+    good = (folder / "j0.jpg").read_bytes()
+    (folder / "truncated.jpg").write_bytes(good[:40])
+    return sorted(folder.iterdir())
+
+
+def test_reading_jpegs_for_the_device_and_decoding_them_in_one_batch(tmp_path):
+    from camkit_plugins.image.datasets import decode_image_file
+    from camkit_plugins.image.explain_files import PictureFiles, decode_jpeg_items
+
+    files = _jpeg_folder(tmp_path)
+    readers = PictureFiles(files, 12, [0.5] * 3, [0.5] * 3, 3, jpeg_bytes=True)
+    items = [readers[i] for i in range(len(readers))]
+    kinds = {file.name: sorted(item) for file, item in zip(files, items)}
+    assert kinds["misnamed.png"] == ["jpeg", "path"]  # found by its bytes, not its name
+    assert kinds["plain.png"] == ["input", "path", "picture"]  # decoded in the worker
+    assert kinds["truncated.jpg"] == ["jpeg", "path"]
+
+    decoded = decode_jpeg_items(items, readers, "cpu")
+    assert [item["path"] for item in decoded] == [str(f) for f in files]  # order kept
+    bad = [item for item in decoded if "error" in item]
+    assert len(bad) == 1 and "truncated.jpg: cannot read image" in bad[0]["error"]
+    workers = PictureFiles(files, 12, [0.5] * 3, [0.5] * 3, 3)
+    for index, item in enumerate(decoded):
+        if "error" in item:
+            continue
+        expected = workers[index]
+        assert torch.equal(item["picture"], decode_image_file(files[index]))
+        assert torch.equal(item["picture"], expected["picture"])
+        torch.testing.assert_close(item["input"], expected["input"], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("channels", [3, 1])
+def test_device_decode_writes_the_same_files_as_worker_decode(tmp_path, channels):
+    import numpy as np
+
+    files = _jpeg_folder(tmp_path)
+    model = camkit.lookup("models", "mnist-gap")(num_classes=2, in_channels=channels).eval()
+    config = {"classes": ["a", "b"], "input_size": 12, "mean": [0.5] * channels, "std": [0.5] * channels,
+              "in_channels": channels}
+    reports = {}
+    for decode in ("workers", "device"):
+        reports[decode] = explain_files(model, config, files, tmp_path / decode, batch_size=3, workers=0,
+                                        save_maps=True, topk=2, decode=decode)
+    names = {decode: sorted(p.name for p in (tmp_path / decode).iterdir()) for decode in reports}
+    assert names["workers"] == names["device"] and len(reports["device"].written) == 6
+    assert reports["workers"].bad == reports["device"].bad and len(reports["device"].bad) == 1
+    for name in names["device"]:
+        first, second = tmp_path / "workers" / name, tmp_path / "device" / name
+        if name.endswith(".npy"):
+            np.testing.assert_array_equal(np.load(first), np.load(second))
+        elif name.endswith(".jpg"):
+            assert first.read_bytes() == second.read_bytes(), name
+
+
+def test_decode_mode_is_checked(tmp_path):
+    from camkit_plugins.image.explain_files import use_device_decode
+
+    assert use_device_decode("auto", "cpu") is False and use_device_decode("device", "cpu") is True
+    assert use_device_decode("workers", "cpu") is False
+    with pytest.raises(ValueError, match="decode='gpu': choose one of auto, workers, device"):
+        use_device_decode("gpu", "cpu")
+
+
+@pytest.mark.gpu
+def test_nvjpeg_batch_decode_matches_the_cpu_decoder(tmp_path):
+    from camkit_plugins.image.explain_files import PictureFiles, decode_jpeg_items
+
+    files = [f for f in _jpeg_folder(tmp_path) if f.name != "truncated.jpg"]
+    readers = PictureFiles(files, 12, [0.5] * 3, [0.5] * 3, 3, jpeg_bytes=True)
+    items = [readers[i] for i in range(len(readers))]
+    on_gpu = decode_jpeg_items(items, readers, "cuda")
+    on_cpu = decode_jpeg_items(items, readers, "cpu")
+    for item, gpu_item, cpu_item in zip(items, on_gpu, on_cpu):
+        assert gpu_item["picture"].device.type == ("cuda" if "jpeg" in item else "cpu")
+        difference = (gpu_item["picture"].cpu().float() - cpu_item["picture"].float()).abs()
+        assert difference.mean() < 2.0 and difference.max() <= 40  # nvjpeg's IDCT differs slightly from libjpeg's
+
+
+@pytest.mark.gpu
+def test_explain_on_cuda_mixes_device_decoded_jpegs_and_worker_decoded_pngs(tmp_path):
+    files = _jpeg_folder(tmp_path)
+    model = camkit.lookup("models", "mnist-gap")(num_classes=2, in_channels=3).eval()
+    config = {"classes": ["a", "b"], "input_size": 12, "mean": [0.5] * 3, "std": [0.5] * 3, "in_channels": 3}
+    report = explain_files(model, config, files, tmp_path / "cuda", batch_size=8, workers=0, device="cuda")
+    reference = explain_files(model, config, files, tmp_path / "cpu", batch_size=8, workers=0, device="cpu")
+    assert len(report.written) == 6 and len(report.bad) == 1 and "truncated.jpg" in report.bad[0]
+    assert sorted(p.name for p in report.written) == sorted(p.name for p in reference.written)

@@ -117,6 +117,9 @@ def _explain_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", type=int, default=2, help="decoding worker processes")
     parser.add_argument("--alpha", type=float, default=0.5, help="weight of the heat map in the blend")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--decode", default="auto", choices=("auto", "workers", "device"),
+                        help="where JPEGs are decoded: in the workers, or in batches on --device "
+                             "(nvjpeg on a GPU); auto = device on CUDA, workers elsewhere")
 
 
 def _explain_run(args: argparse.Namespace) -> int:
@@ -129,7 +132,8 @@ def _explain_run(args: argparse.Namespace) -> int:
     files = collect_image_files(args.inputs)
     report = explain_files(model, config, files, args.out, method=args.method, topk=args.topk,
                            save_maps=args.save_maps, grid=not args.no_grid, batch_size=args.batch_size,
-                           workers=args.workers, alpha=args.alpha, device=args.device)
+                           workers=args.workers, alpha=args.alpha, device=args.device,
+                           decode=args.decode)
     print(f"wrote {len(report.written)} overlay(s) to {args.out} ({report.images_per_second:.1f} images/s)")
     if report.bad:
         print(f"error: {len(report.bad)} unreadable file(s):", file=sys.stderr)

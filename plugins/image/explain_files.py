@@ -1,5 +1,6 @@
-"""Explaining picture files with a trained checkpoint: decoding in DataLoader workers, CAMs in
-batches, overlays blended in torch and written by a thread pool while the next batch computes."""
+"""Explaining picture files with a trained checkpoint: files read (and, on the CPU, decoded) in
+DataLoader workers, JPEGs decoded in batches on the device (nvjpeg on a GPU), CAMs in batches,
+overlays blended in torch and written by a thread pool while the next batch computes."""
 
 from __future__ import annotations
 
@@ -28,25 +29,85 @@ def collect_image_files(paths: Sequence[str | Path]) -> list[Path]:
     return found
 
 
+JPEG_MAGIC = b"\xff\xd8\xff"
+DECODE_MODES = ("auto", "workers", "device")
+
+
 class PictureFiles:
-    """Decodes one file per item: ``{"path", "picture": uint8 (3, H, W), "input": model input}``, or
-    ``{"path", "error"}`` for a file that cannot be read (so the caller can report it by name)."""
+    """One file per item: ``{"path", "picture": uint8 (3, H, W), "input": model input}``, or
+    ``{"path", "error"}`` for a file that cannot be read (so the caller can report it by name).
+
+    With ``jpeg_bytes=True`` a JPEG (found by its magic bytes, not its suffix) is only read:
+    ``{"path", "jpeg": uint8 bytes}``, for `decode_jpeg_items` to decode a whole batch on the device."""
 
     def __init__(self, files: Sequence[Path], size: int, mean: Sequence[float], std: Sequence[float],
-                 in_channels: int) -> None:
+                 in_channels: int, jpeg_bytes: bool = False) -> None:
         self.files, self.size, self.mean, self.std, self.in_channels = list(files), size, mean, std, in_channels
+        self.jpeg_bytes = jpeg_bytes
 
     def __len__(self) -> int:
         return len(self.files)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         path = self.files[index]
+        if self.jpeg_bytes:
+            try:
+                data = Path(path).read_bytes()
+            except OSError as exc:
+                return {"path": str(path), "error": str(CorruptImageError(path, f"{type(exc).__name__}: {exc}"))}
+            if data.startswith(JPEG_MAGIC):
+                import torch
+
+                return {"path": str(path), "jpeg": torch.frombuffer(bytearray(data), dtype=torch.uint8)}
         try:
             picture = decode_image_file(path)
         except CorruptImageError as exc:
             return {"path": str(path), "error": str(exc)}
+        return self.prepared(str(path), picture)
+
+    def prepared(self, path: str, picture: Any) -> dict[str, Any]:
+        """The item of a decoded picture (on any device): the picture and the model input."""
         source = picture.float().mean(dim=0, keepdim=True).round().to(picture.dtype) if self.in_channels == 1 else picture
-        return {"path": str(path), "picture": picture, "input": prepare_image(source, self.size, self.mean, self.std)}
+        return {"path": path, "picture": picture, "input": prepare_image(source, self.size, self.mean, self.std)}
+
+
+def decode_jpeg_items(items: list[dict[str, Any]], files: PictureFiles, device: Any) -> list[dict[str, Any]]:
+    """Items with ``"jpeg"`` bytes decoded in one batched call on ``device`` (nvjpeg on a GPU) and
+    prepared there; the others are returned as they are. A batch with a bad file fails as a whole
+    (torchvision returns no partial result), so it is decoded again file by file to name the bad ones."""
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    encoded = [index for index, item in enumerate(items) if "jpeg" in item]
+    if not encoded:
+        return items
+    decoded: list[Any] = []
+    try:
+        decoded = decode_jpeg([items[i]["jpeg"] for i in encoded], mode=ImageReadMode.RGB, device=device)
+    except RuntimeError:
+        decoded = []
+    out = list(items)
+    for position, index in enumerate(encoded):
+        path = items[index]["path"]
+        if decoded:
+            out[index] = files.prepared(path, decoded[position])
+            continue
+        try:
+            picture = decode_jpeg(items[index]["jpeg"], mode=ImageReadMode.RGB, device=device)
+        except RuntimeError as exc:
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            out[index] = {"path": path, "error": str(CorruptImageError(path, reason))}
+        else:
+            out[index] = files.prepared(path, picture)
+    return out
+
+
+def use_device_decode(decode: str, device: Any) -> bool:
+    """Whether JPEGs are decoded on ``device`` in batches: "auto" does it on CUDA devices only."""
+    import torch
+
+    if decode not in DECODE_MODES:
+        raise ValueError(f"decode={decode!r}: choose one of {', '.join(DECODE_MODES)}")
+    return decode == "device" or (decode == "auto" and torch.device(device).type == "cuda")
 
 
 def _keep_list(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -104,9 +165,13 @@ def _group_by_size(pictures: Sequence[Any]) -> dict[tuple[int, int], list[int]]:
 
 def explain_files(model: Any, config: dict[str, Any], files: Sequence[Path], out: str | Path, method: str = "cam",
                   topk: int | None = None, save_maps: bool = False, grid: bool = True, batch_size: int = 16,
-                  workers: int = 2, alpha: float = 0.5, device: str = "cpu") -> ExplainReport:
+                  workers: int = 2, alpha: float = 0.5, device: str = "cpu", decode: str = "auto") -> ExplainReport:
     """Overlays ``<name>_pred_<label>.jpg`` (and, with ``topk``, ``<name>_top<k>.png`` with one panel per
     class; with ``save_maps``, ``<name>_maps.npy``) for every readable file; bad files are listed.
+
+    ``decode``: "workers" decodes every file in the DataLoader workers; "device" has the workers only
+    read JPEGs and decodes each batch of them on ``device`` (other formats still decode in the workers);
+    "auto" is "device" on a CUDA device and "workers" elsewhere.
 
     Files are written by a thread pool while the next batch computes, at most ``MAX_PENDING_WRITES``
     at a time; a file that cannot be written does not stop the others, and at the end
@@ -125,7 +190,8 @@ def explain_files(model: Any, config: dict[str, Any], files: Sequence[Path], out
     out.mkdir(parents=True, exist_ok=True)
     classes = list(config["classes"])
     size = int(config["input_size"])
-    dataset = PictureFiles(files, size, config["mean"], config["std"], int(config.get("in_channels", 3)))
+    dataset = PictureFiles(files, size, config["mean"], config["std"], int(config.get("in_channels", 3)),
+                           jpeg_bytes=use_device_decode(decode, device))
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers, collate_fn=_keep_list)
     model = model.to(device)
     report = ExplainReport()
@@ -141,10 +207,12 @@ def explain_files(model: Any, config: dict[str, Any], files: Sequence[Path], out
     with camkit.Explainer(model, method=method) as explainer, ThreadPoolExecutor(max_workers=2) as writer, \
             tqdm(total=len(dataset), desc="explain", unit="img") as bar:
         for items in loader:
+            items = decode_jpeg_items(items, dataset, device)
             good = [item for item in items if "error" not in item]
             report.bad += [item["error"] for item in items if "error" in item]
             if good:
-                inputs = torch.stack([item["input"] for item in good]).to(device)
+                # device-decoded JPEGs and worker-decoded other formats may sit on different devices
+                inputs = torch.stack([item["input"].to(device) for item in good])
                 result = explainer(inputs, topk=topk)
                 maps = result.maps if result.maps.ndim == 4 else result.maps[:, None]  # (N, K, H, W)
                 targets = result.targets if result.targets.ndim == 2 else result.targets[:, None]
@@ -154,7 +222,7 @@ def explain_files(model: Any, config: dict[str, Any], files: Sequence[Path], out
                     idx = torch.tensor(indices, device=maps.device)
                     top_maps = F.interpolate(maps[idx, :1], size=(height, width), mode="bilinear",
                                              align_corners=False)[:, 0].clamp(0, 1)
-                    batch = torch.stack([pictures[i] for i in indices]).to(maps.device)
+                    batch = torch.stack([pictures[i].to(maps.device) for i in indices])
                     blended = overlay(batch, top_maps, alpha).cpu()
                     for row, i in enumerate(indices):
                         stem = Path(good[i]["path"]).stem
@@ -172,13 +240,13 @@ def explain_files(model: Any, config: dict[str, Any], files: Sequence[Path], out
                     if save_maps:
                         submit(out / f"{item['stem']}_maps.npy", _save_npy, maps_cpu[i])
                     if topk and topk > 1:
-                        small = F.interpolate(item["picture"][None].float(), size=maps_cpu.shape[-2:], mode="bilinear",
+                        small = F.interpolate(item["picture"][None].cpu().float(), size=maps_cpu.shape[-2:], mode="bilinear",
                                               align_corners=False).round().clamp(0, 255).to(torch.uint8)
                         titles = [label_text(classes[int(c)], float(s)) for c, s in zip(targets[i], scores[i])]
                         submit(out / f"{item['stem']}_top{topk}.png", save_grid,
                                small.expand(len(titles), -1, -1, -1), maps_cpu[i], titles, min(len(titles), 5))
                     if grid and len(grid_pictures) < 9:
-                        grid_pictures.append(F.interpolate(item["picture"][None].float(), size=(size, size),
+                        grid_pictures.append(F.interpolate(item["picture"][None].cpu().float(), size=(size, size),
                                                            mode="bilinear", align_corners=False)[0])
                         grid_maps.append(maps_cpu[i, 0])
                         grid_titles.append(label_text(classes[int(targets[i, 0])], float(scores[i, 0])))
