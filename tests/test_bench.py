@@ -230,9 +230,14 @@ def test_checkpoint_models_and_their_recorded_input_size(toy, tmp_path):
     raw = next(r for r in records if r["method"] == "cam" and r["metric"] == "drop_raw")
     plain = next(r for r in records if r["method"] == "cam" and r["metric"] == "average_drop")
     assert raw["options"] == {"space": "raw"} and raw["values"]["average_drop"] != plain["values"]["average_drop"]
+    assert all(r["key"]["dataset"]["options"] == {"size": 16} for r in records)  # made at the trained size
     save_checkpoint(checkpoint, model, {**config, "input_size": 32})
-    with pytest.raises(ValueError, match="trained on 32 px"):
-        run({**toy, "models": [str(checkpoint)], "metrics": metrics})
+    records = run({**toy, "models": [str(checkpoint)], "metrics": ["pointing_game"], "methods": ["cam"]})
+    assert {tuple(r["key"]["dataset"]["options"].items()) for r in records} == {(("size", 32),)}
+    assert {r["counts"]["hit_rate"] for r in records} == {9}
+    explicit = [{"name": "toy-boxes", "options": {"size": 16}}]
+    with pytest.raises(ValueError, match="trained on 32 px inputs but the data set's items are 16x16"):
+        run({**toy, "models": [str(checkpoint)], "metrics": metrics, "datasets": explicit})
 
 
 def test_fewer_items_than_samples_warns_and_keys_the_cache_on_the_actual_count(toy):

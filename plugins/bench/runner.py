@@ -228,6 +228,7 @@ def _run_pair(config: Mapping[str, Any], model_entry: Mapping[str, Any], dataset
     from camkit.layout import Layout
     from camkit.plugin_manager import lookup
 
+    dataset_entry = _at_checkpoint_size(model_entry, dataset_entry)
     dataset = lookup("datasets", dataset_entry["name"])(split=config["split"], seed=config["seed"],
                                                           **dataset_entry["options"])
     for attribute in ("classes", "input_layout"):
@@ -331,6 +332,22 @@ def _run_method(config: Mapping[str, Any], model: Any, dataset: Any, count: int,
             path.write_text(json.dumps(record, indent=1, default=float))
         records.append(json.loads(json.dumps(record, default=float)))
     return records
+
+
+def _at_checkpoint_size(model_entry: Mapping[str, Any], dataset_entry: Mapping[str, Any]) -> Mapping[str, Any]:
+    """A data set that takes a ``size`` option and was given none is made at the size the checkpoint
+    was trained on (a size given explicitly is kept, and checked by `_check_input_size`)."""
+    import inspect
+
+    from camkit.checkpoint import read_config
+    from camkit.plugin_manager import lookup
+
+    if "size" in dataset_entry["options"] or not is_checkpoint(model_entry["name"]):
+        return dataset_entry
+    trained = read_config(model_entry["name"]).get("input_size")
+    if trained is None or "size" not in inspect.signature(lookup("datasets", dataset_entry["name"])).parameters:
+        return dataset_entry
+    return {**dataset_entry, "options": {**dataset_entry["options"], "size": int(trained)}}
 
 
 def _check_input_size(entry: Mapping[str, Any], trained: Any, item: Any, input_layout: Any) -> None:
