@@ -73,6 +73,64 @@ def test_pointing_game_uses_boxes_when_no_mask_and_empty_truth_is_nan():
     assert values["hit_rate"][0].item() == 100.0 and math.isnan(values["hit_rate"][1].item())
 
 
+def empty_policy_batch():
+    """Six (T=2, V=3) maps with hand-known answers; two are all zero, one is all negative."""
+    maps = torch.zeros(6, 2, 3)
+    truth = torch.zeros(6, 2, 3, dtype=torch.bool)
+    maps[0, 0, 1], maps[0, 1, 0] = 3.0, 1.0  # max inside; 3 of 4 units inside
+    truth[0, 0, 1] = True
+    truth[1, 0, 0] = True  # maps[1] all zero (points nowhere); its argmax, site 0, is in the truth
+    truth[2, 1, 2] = True  # maps[2] all zero; site 0 is not in the truth
+    maps[3, 0, 0], maps[3, 0, 2], maps[3, 1, 1] = -5.0, 1.0, 2.0  # truth[3] stays empty
+    maps[4] = -1.0
+    maps[4, 1, 0] = -0.5  # no positive site; the maximum is inside the truth
+    truth[4, 1, 0] = True
+    maps[5, 0, 0], maps[5, 1, 1] = 1e-20, 3e-20  # tiny mass keeps its true share: 3 of 4 inside
+    truth[5, 1, 1] = True
+    return maps, truth
+
+
+NAN = float("nan")
+EMPTY_POLICY_ORACLE = {  # per sample, worked out by hand from empty_policy_batch
+    "nan": {"hits": [1, NAN, NAN, NAN, NAN, 1], "energy": [0.75, NAN, NAN, 0, NAN, 0.75]},
+    "miss": {"hits": [1, 0, 0, 0, 0, 1], "energy": [0.75, 0, 0, 0, 0, 0.75]},
+}
+
+
+@pytest.mark.parametrize("empty", ["nan", "miss"])
+def test_localization_empty_map_policies(empty):
+    from camkit_plugins.metrics.localization import energy_share, pointing_hits
+
+    maps, truth = empty_policy_batch()
+    oracle = EMPTY_POLICY_ORACLE[empty]
+    hits, energy = pointing_hits(maps, truth, empty=empty), energy_share(maps, truth, empty=empty)
+    assert hits.dtype == torch.float64 and energy.dtype == torch.float32
+    torch.testing.assert_close(hits, torch.tensor(oracle["hits"], dtype=torch.float64), equal_nan=True)
+    torch.testing.assert_close(energy, torch.tensor(oracle["energy"]), equal_nan=True)
+    # "nan" leaves the undefined samples out of the mean, "miss" counts them as 0
+    expected_means = {"nan": (2 / 2, 1.5 / 3), "miss": (2 / 6, 1.5 / 6)}[empty]
+    assert (hits.nanmean().item(), energy.nanmean().item()) == pytest.approx(expected_means)
+    if empty == "miss":  # the skeleton evaluation's public helpers keep its rule
+        from camkit_plugins.skeleton import evaluation
+
+        assert evaluation.pointing_hits(maps, truth).tolist() == [bool(h) for h in oracle["hits"]]
+        torch.testing.assert_close(evaluation.energy_share(maps, truth), torch.tensor(oracle["energy"]))
+
+
+def test_localization_metrics_use_the_nan_policy_and_reject_unknown_ones():
+    from camkit_plugins.metrics.localization import pointing_hits
+
+    maps, truth = empty_policy_batch()
+    batch = make_batch(None, torch.zeros(6, 3, 2, 3, 1), maps, "NCTVM", "NTV", mask=truth)
+    oracle = EMPTY_POLICY_ORACLE["nan"]
+    torch.testing.assert_close(metric("pointing_game").evaluate(batch).values["hit_rate"],
+                               100.0 * torch.tensor(oracle["hits"], dtype=torch.float64), equal_nan=True)
+    torch.testing.assert_close(metric("energy_pointing_game").evaluate(batch).values["energy"],
+                               100.0 * torch.tensor(oracle["energy"], dtype=torch.float64), equal_nan=True)
+    with pytest.raises(ValueError, match="empty='zero'"):
+        pointing_hits(maps, truth, empty="zero")
+
+
 def test_skeleton_tolerance_runs_along_time_not_joints():
     mask = torch.zeros(1, 10, 5, dtype=torch.bool)
     mask[0, 5, 2] = True

@@ -31,22 +31,18 @@ def _loader(dataset: Any, batch_size: int, shuffle: bool, seed: int, workers: in
 
 def evaluate_accuracy(model: Any, dataset: Any, batch_size: int = 256, workers: int = 0,
                       skipped: set[str] | None = None) -> float:
-    """Top-1 accuracy of ``model`` on ``dataset`` (unreadable files are skipped and added to ``skipped``)."""
-    import torch
+    """Top-1 accuracy of ``model`` on ``dataset`` (unreadable files are skipped and added to ``skipped``;
+    NaN when no file could be read). Each submodule keeps its own train/eval flag afterwards."""
+    from camkit.evaluation import count_correct
 
-    from camkit.capture import evaluation_mode
-
-    correct = total = 0
-    # switches only the submodules in training mode to eval and restores exactly those (a frozen
-    # BatchNorm stays frozen; model.train(flag) would set every submodule to the same flag)
-    with evaluation_mode(model), torch.no_grad():
+    def readable() -> Any:
         for batch in _loader(dataset, batch_size, False, 0, workers):
             if skipped is not None:
                 skipped.update(batch["skipped"])
-            if "input" not in batch:
-                continue
-            correct += int((model(batch["input"]).argmax(1) == batch["label"]).sum())
-            total += len(batch["label"])
+            if "input" in batch:  # a batch of only unreadable files has none
+                yield batch
+
+    correct, total = count_correct(model, readable())
     return correct / total if total else float("nan")
 
 

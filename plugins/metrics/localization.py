@@ -4,7 +4,41 @@ from __future__ import annotations
 
 from typing import Any
 
-from camkit_plugins.metrics.base import EvalBatch, Metric, MetricValues
+from camkit_plugins.metrics.base import EvalBatch, Metric, MetricValues, check_options
+
+EMPTY_POLICIES = ("nan", "miss")
+"""What a sample the localization scores cannot judge counts as: ``"nan"``, left out of the mean (the
+metrics' rule); ``"miss"``, a score of 0 (the skeleton evaluation's rule). See ``pointing_hits``."""
+
+
+def pointing_hits(maps: Any, truth: Any, empty: str = "nan") -> Any:
+    """``(N,)`` float64: 1 where the first maximum (raster order) of each ``(N, *sites)`` map lies in
+    the boolean ground truth ``truth`` (same shape), else 0.
+
+    ``empty="nan"``: an empty ground truth or a map with no positive site (it points nowhere; its
+    argmax would be site 0 by convention) gives NaN. ``empty="miss"``: both are misses (0)."""
+    import torch
+
+    check_options("empty", empty, EMPTY_POLICIES)
+    flat_maps = maps.reshape(maps.shape[0], -1)
+    flat_truth = truth.reshape(truth.shape[0], -1)
+    hit = flat_truth.gather(1, flat_maps.argmax(dim=1)[:, None])[:, 0].double()
+    judged = (flat_maps.amax(dim=1) > 0) & flat_truth.any(dim=1)
+    return torch.where(judged, hit, torch.full_like(hit, float("nan") if empty == "nan" else 0.0))
+
+
+def energy_share(maps: Any, truth: Any, empty: str = "nan") -> Any:
+    """``(N,)`` share (0..1, in the maps' dtype) of each ``(N, *sites)`` map's positive mass that lies
+    in the boolean ground truth ``truth``. A map with no positive mass gives NaN (``empty="nan"``) or
+    0 (``empty="miss"``); an empty ground truth gives 0 under both."""
+    import torch
+
+    check_options("empty", empty, EMPTY_POLICIES)
+    mass = maps.reshape(maps.shape[0], -1).clamp_min(0)
+    total = mass.sum(dim=1)
+    inside = (mass * truth.reshape(truth.shape[0], -1)).sum(dim=1)
+    share = inside / torch.where(total > 0, total, torch.ones_like(total))
+    return torch.where(total > 0, share, torch.full_like(share, float("nan") if empty == "nan" else 0.0))
 
 
 class PointingGame(Metric):
@@ -23,16 +57,10 @@ class PointingGame(Metric):
         self.tolerance = float(tolerance)
 
     def evaluate(self, batch: EvalBatch) -> MetricValues:
-        import torch
-
         truth = batch.ground_truth_mask()
         if self.tolerance > 0:
             truth = dilate(truth, batch.map_letters, self.tolerance)
-        flat = truth.reshape(truth.shape[0], -1)
-        point = batch.flat_maps().argmax(dim=1)
-        hit = flat.gather(1, point[:, None])[:, 0].double() * 100.0
-        defined = flat.any(dim=1)
-        return MetricValues({"hit_rate": torch.where(defined, hit, torch.full_like(hit, float("nan")))})
+        return MetricValues({"hit_rate": 100.0 * pointing_hits(batch.flat_maps(), truth, empty="nan")})
 
     def options(self) -> dict[str, Any]:
         return {"tolerance": self.tolerance}
@@ -48,14 +76,8 @@ class EnergyPointingGame(Metric):
     higher_is_better = True
 
     def evaluate(self, batch: EvalBatch) -> MetricValues:
-        import torch
-
-        truth = batch.ground_truth_mask().reshape(batch.maps.shape[0], -1)
-        mass = batch.flat_maps().double().clamp_min(0)
-        total = mass.sum(dim=1)
-        inside = (mass * truth).sum(dim=1)
-        share = 100.0 * inside / total.clamp_min(1e-300)
-        return MetricValues({"energy": torch.where(total > 0, share, torch.full_like(share, float("nan")))})
+        share = energy_share(batch.flat_maps().double(), batch.ground_truth_mask(), empty="nan")
+        return MetricValues({"energy": 100.0 * share})
 
 
 class BoxLocalization(Metric):
@@ -69,8 +91,6 @@ class BoxLocalization(Metric):
     higher_is_better = True
 
     def __init__(self, rule: str = "max_fraction", value: float = 0.2, iou: float = 0.5) -> None:
-        from camkit_plugins.metrics.base import check_options
-
         check_options("rule", rule, ("max_fraction", "percentile"))
         if not 0 < value <= 1 or not 0 < iou <= 1:
             raise ValueError(f"box value and iou threshold must be in (0, 1], got {value} and {iou}")

@@ -148,15 +148,12 @@ def occlude_random_parts(x: Any, probability: float, generator: Any) -> Any:
 
 
 def _accuracy(model: Any, dataset: Any, device: Any, batch_size: int = 128) -> float:
-    import torch
+    """Top-1 accuracy on ``dataset`` (0.0 for an empty one); restores each submodule's own flag."""
     from torch.utils.data import DataLoader
 
-    from camkit.capture import evaluation_mode
+    from camkit.evaluation import count_correct
 
-    correct = 0
-    with evaluation_mode(model), torch.no_grad():  # restores each submodule's own flag
-        for batch in DataLoader(dataset, batch_size=batch_size):
-            correct += int((model(batch["input"].to(device)).argmax(1).cpu() == batch["label"]).sum())
+    correct, _ = count_correct(model, DataLoader(dataset, batch_size=batch_size), device)
     return correct / max(len(dataset), 1)
 
 

@@ -9,6 +9,7 @@ from typing import Any, Iterable, Mapping
 import numpy as np
 import torch
 
+from camkit_plugins.metrics import localization
 from camkit_plugins.skeleton.graph import NTU25_PARTS
 
 
@@ -26,15 +27,14 @@ def frame_importance(cam: torch.Tensor) -> torch.Tensor:
 
 def pointing_hits(cam: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
     """``(N,)`` bool: the map's maximum cell (t, v) lies inside the ground-truth mask (a map with no
-    positive cell is a miss)."""
-    flat = cam.flatten(1)
-    return truth.flatten(1).gather(1, flat.argmax(dim=1)[:, None])[:, 0] & (flat.amax(dim=1) > 0)
+    positive cell, or an empty mask, is a miss): the metrics' pointing game with ``empty="miss"``."""
+    return localization.pointing_hits(cam, truth, empty="miss").bool()
 
 
 def energy_share(cam: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
-    """``(N,)`` share of the positive map's mass inside the ground-truth mask."""
-    positive = cam.clamp_min(0).flatten(1)
-    return (positive * truth.flatten(1)).sum(1) / positive.sum(1).clamp_min(1e-12)
+    """``(N,)`` share of the positive map's mass inside the ground-truth mask (0 for a map with no
+    positive cell): the metrics' energy pointing game with ``empty="miss"``, as a fraction."""
+    return localization.energy_share(cam, truth, empty="miss")
 
 
 def occlude_joints(x: torch.Tensor, joints: Iterable[int] | torch.Tensor) -> torch.Tensor:
