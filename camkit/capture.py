@@ -13,17 +13,24 @@ _capturing: "weakref.WeakSet[Any]" = weakref.WeakSet()  # modules with an active
 class FeatureCapture:
     """Holds what a forward hook saw. With ``grad_from_here`` the captured output becomes a leaf
     that requires grad and autograd is switched on from that layer on, so only the layers after
-    the target are recorded (a last-layer Grad-CAM costs about one inference)."""
+    the target are recorded (a last-layer Grad-CAM costs about one inference).
+
+    The rest of the model gets a copy of the output, so an in-place operation after the layer (e.g.
+    ``ReLU(inplace=True)``) cannot change the captured features. A hook that is not ``armed`` lets
+    forward passes through untouched (an open ``Explainer`` between calls)."""
 
     def __init__(self, layer_name: str, grad_from_here: bool = False) -> None:
         self.layer_name = layer_name
         self.grad_from_here = grad_from_here
         self.features: Any = None
         self.calls = 0
+        self.armed = True
 
     def hook(self, module: Any, inputs: Any, output: Any) -> Any:
         import torch
 
+        if not self.armed:
+            return None
         if not isinstance(output, torch.Tensor):
             raise TypeError(f"layer {self.layer_name!r} returned {type(output).__name__}, not a tensor; "
                             f"choose a layer whose output is the feature tensor")
@@ -33,11 +40,11 @@ class FeatureCapture:
             if leaf.is_inference():  # inputs made under inference_mode: a normal copy can require grad
                 leaf = leaf.clone()
             leaf.requires_grad_(True)
-            torch.set_grad_enabled(True)  # restored by capture_features on exit
+            torch.set_grad_enabled(True)  # restored by the caller (capture_features or Explainer)
             self.features = leaf
-            return leaf
+            return leaf.clone()  # differentiable: the gradient still reaches the leaf
         self.features = output
-        return None
+        return output.clone()
 
 
 def resolve_layer(model: Any, layer: Any) -> tuple[str, Any]:
@@ -56,10 +63,12 @@ def resolve_layer(model: Any, layer: Any) -> tuple[str, Any]:
 
 
 @contextlib.contextmanager
-def capture_features(model: Any, layer: Any, grad_from_here: bool = False) -> Iterator[FeatureCapture]:
+def capture_features(model: Any, layer: Any, grad_from_here: bool = False,
+                     restore_grad_mode: bool = True) -> Iterator[FeatureCapture]:
     """Capture the output of ``layer`` during forward passes inside the block.
 
-    The hook is removed and the autograd mode restored on exit, also when the forward raises."""
+    The hook is removed and (with ``restore_grad_mode``) the autograd mode of the block's start
+    restored on exit, also when the forward raises."""
     import torch
 
     name, module = resolve_layer(model, layer)
@@ -75,7 +84,8 @@ def capture_features(model: Any, layer: Any, grad_from_here: bool = False) -> It
     finally:
         _capturing.discard(module)
         handle.remove()
-        torch.set_grad_enabled(grad_mode)
+        if restore_grad_mode:
+            torch.set_grad_enabled(grad_mode)
 
 
 @contextlib.contextmanager

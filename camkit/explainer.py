@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 from dataclasses import dataclass, replace
 from typing import Any, Callable, Mapping, Sequence
 
@@ -97,7 +98,7 @@ def resolve_targets(targets: Any, logits: Any, topk: int | None = None) -> Any:
 
 
 def _classifier_finder(model: Any, explicit: Any) -> Any:
-    def classifier(num_channels: int) -> Any:
+    def classifier(num_channels: int, num_classes: int | None = None) -> Any:
         if explicit is not None:
             weights = explicit
         else:
@@ -109,6 +110,12 @@ def _classifier_finder(model: Any, explicit: Any) -> Any:
         if weights.ndim != 2 or weights.shape[1] != num_channels:
             raise ValueError(f"classifier weights of shape {tuple(weights.shape)} do not match the "
                              f"{num_channels} channels of the features")
+        if num_classes is not None and weights.shape[0] != num_classes:
+            # e.g. GAP -> Linear -> activation -> Linear: the first Linear is no class matrix
+            raise ValueError(f"classifier weights of shape {tuple(weights.shape)} give {weights.shape[0]} scores but the "
+                             f"model outputs {num_classes}: the head after pooling is not a single linear layer, so "
+                             f"CAM does not apply; pass classifier_weights=... or use a gradient method such as "
+                             f"'gradcam'")
         return weights.detach()
     return classifier
 
@@ -166,6 +173,7 @@ class Explainer:
         self.feature_transform = feature_transform
         self._stack: contextlib.ExitStack | None = None
         self._capture: FeatureCapture | None = None
+        self._family_layout_checked = False
 
     # -- hooks kept for a block
     def __enter__(self) -> "Explainer":
@@ -180,6 +188,12 @@ class Explainer:
             stack.close()
 
     def _target_layer(self, inputs: Any) -> str:
+        if self.layer_name is not None and self.layout is None and not self._family_layout_checked:
+            # an explicit layer that the model's family knows keeps the family's layout (e.g. NCTVM)
+            self._family_layout_checked = True
+            found = get_plugin_manager().hook.camkit_find_target_layer(model=self.model)
+            if found is not None and found[1] is not None and resolve_layer(self.model, found[0])[0] == self.layer_name:
+                self.layout = Layout.parse(found[1])
         if self.layer_name is None:
             found = get_plugin_manager().hook.camkit_find_target_layer(model=self.model)
             if found is not None:
@@ -198,10 +212,10 @@ class Explainer:
         grad = self.method.needs_gradients
         if self._stack is None:
             return stack.enter_context(capture_features(self.model, layer, grad_from_here=grad))
-        if self._capture is None:
-            self._capture = self._stack.enter_context(capture_features(self.model, layer))
+        if self._capture is None:  # each call restores its own grad mode; this block must not
+            self._capture = self._stack.enter_context(capture_features(self.model, layer, restore_grad_mode=False))
         self._capture.grad_from_here = grad
-        self._capture.features, self._capture.calls = None, 0
+        self._capture.features, self._capture.calls, self._capture.armed = None, 0, True
         return self._capture
 
     # -- one batch
@@ -225,6 +239,8 @@ class Explainer:
                     logits = self.model(inputs)
             finally:
                 torch.set_grad_enabled(grad_mode)
+                # later forwards (Score-CAM's masked inputs, the caller's own between calls) pass untouched
+                capture.armed = False
             if capture.calls != 1:
                 raise RuntimeError(f"layer {layer!r} was called {capture.calls} times in one forward pass; "
                                    f"a CAM needs a layer that runs exactly once (not a shared module)")
@@ -248,7 +264,8 @@ class Explainer:
             ctx = WeightContext(
                 model=self.model, inputs=inputs, layer=layer, layout=layout, features=features.detach(),
                 logits=logits.detach(), targets=ids, input_size=input_sizes, input_layout=input_layout,
-                classifier=self.classifier, forward=self._plain_forward,
+                classifier=functools.partial(self.classifier, num_classes=logits.shape[-1]),
+                forward=self._plain_forward,
                 _gradient_fn=(lambda: _target_gradients(logits, raw_features, ids, layout, layer,
                                                                  self.feature_transform)) if needs_grad else None,
             )

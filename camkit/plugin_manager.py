@@ -69,6 +69,7 @@ class PluginManager:
     blocked: set[str] = field(default_factory=set)
     distributions: dict[str, str] = field(default_factory=dict)  # plugin name -> "dist version"
     _cache: dict[Any, tuple[list[Any], dict[str, Any]]] = field(default_factory=dict, repr=False)
+    _lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
 
     @property
     def hook(self) -> Any:
@@ -81,13 +82,14 @@ class PluginManager:
         registered plugins changes (``temporary_plugin`` included)."""
         if kind not in REGISTRY_HOOKS:
             raise KeyError(f"unknown registry {kind!r}; known: {', '.join(sorted(REGISTRY_HOOKS))}")
-        plugins = list(self.pm.get_plugins())
-        key = (kind, frozenset(map(id, plugins)))
-        if key not in self._cache:
-            self._cache = {k: v for k, v in self._cache.items() if k[1] == key[1]}  # drop stale plugin sets
-            # the cached entry holds the plugins themselves, so their ids cannot be reused meanwhile
-            self._cache[key] = (plugins, self._merge(kind))
-        return dict(self._cache[key][1])
+        with self._lock:  # threads may look up while another registers a plugin
+            plugins = list(self.pm.get_plugins())
+            key = (kind, frozenset(map(id, plugins)))
+            if key not in self._cache:
+                self._cache = {k: v for k, v in self._cache.items() if k[1] == key[1]}  # drop stale plugin sets
+                # the cached entry holds the plugins themselves, so their ids cannot be reused meanwhile
+                self._cache[key] = (plugins, self._merge(kind))
+            return dict(self._cache[key][1])
 
     def _merge(self, kind: str) -> dict[str, Any]:
         caller = getattr(self.pm.hook, REGISTRY_HOOKS[kind])
@@ -223,11 +225,13 @@ def lookup(kind: str, name: str) -> Any:
 def temporary_plugin(plugin: Any, name: str | None = None) -> Iterator[Any]:
     """Register ``plugin`` (a module or object with hookimpls) for the duration of the block."""
     manager = get_plugin_manager()
-    registered_name = manager.pm.register(plugin, name=name)
+    with manager._lock:  # not while another thread reads the registries
+        registered_name = manager.pm.register(plugin, name=name)
     if registered_name is None:
         raise PluginError(f"plugin {name or plugin!r} is blocked or already registered")
     try:
         manager.pm.check_pending()
         yield plugin
     finally:
-        manager.pm.unregister(plugin)
+        with manager._lock:
+            manager.pm.unregister(plugin)

@@ -376,3 +376,68 @@ def test_class_weights_need_shared_targets(model, images):
         explain(model, images, ClassMatrix())  # one target per sample: a class matrix does not apply
     res = explain(model, images, ClassMatrix(), targets=torch.tensor([[0, 1]] * 3))
     torch.testing.assert_close(res.maps, explain(model, images, "cam", targets=torch.tensor([[0, 1]] * 3)).maps)
+
+
+def test_cam_refuses_a_hidden_layer_as_class_matrix(images):
+    # GAP -> Linear(6, 10) -> ReLU -> Linear(10, 4): the first Linear takes the 6 channels but is no class matrix
+    model = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(6, 10),
+                          nn.ReLU(), nn.Linear(10, 4)).eval()
+    with pytest.raises(ValueError, match=r"shape \(10, 6\) give 10 scores but the model outputs 4.*'gradcam'"):
+        explain(model, images, "cam", layer="0")
+    assert explain(model, images, "gradcam", layer="0").maps.shape == (3, 8, 8)
+
+
+def test_gradcampp_in_half_precision_matches_fp32():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(),
+                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 10)).eval()
+    x = torch.randn(2, 3, 64, 64)
+    reference = explain(model, x, "gradcam++", layer="2", targets=[1, 2]).maps
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # before the fix: g^3 underflowed and every map was constant
+        half = explain(model.half(), x.half(), "gradcam++", layer="2", targets=[1, 2]).maps
+    assert half.dtype == torch.float16 and reference.amax() == 1
+    torch.testing.assert_close(half.float(), reference, atol=5e-3, rtol=0)
+
+
+class InPlaceAfterTarget(nn.Module):
+    """The target layer's output is changed in place by the next op (torchvision's DenseNet does this)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = nn.Conv2d(3, 5, 3, padding=1)
+        self.fc = nn.Linear(5, 3)
+
+    def forward(self, x):
+        return self.fc(F.relu(self.features(x), inplace=True).mean(dim=(2, 3)))
+
+
+@pytest.mark.parametrize("method", ["cam", "gradcam"])
+def test_an_in_place_op_after_the_layer_does_not_change_the_captured_features(method, images):
+    model = InPlaceAfterTarget().eval()
+    with torch.no_grad():
+        raw = model.features(images)  # the layer's own output, before the in-place ReLU
+        logits = model(images)
+    result = explain(model, images, method, layer="features", targets=[0, 1, 2], normalize=False, relu=False,
+                     upsample=False)
+    rows = model.fc.weight[[0, 1, 2]].detach()
+    # Grad-CAM by hand: d logit / d raw = w_c * [raw > 0] / (H W), averaged over the sites
+    weights = rows if method == "cam" else rows * (raw > 0).float().mean(dim=(2, 3)) / raw[0, 0].numel()
+    torch.testing.assert_close(result.maps, torch.einsum("nc,nchw->nhw", weights, raw))
+    torch.testing.assert_close(result.logits, logits)
+
+
+def test_an_open_explainer_leaves_the_callers_own_passes_alone(model, images):
+    grad_mode = torch.is_grad_enabled()
+    with Explainer(model, "gradcam") as explainer:
+        with torch.no_grad():
+            first = explainer(images)
+            assert model(images).requires_grad is False  # the caller's no_grad holds between calls
+        model(images).sum().backward()  # the caller trains with the explainer open
+        assert model.body[0].weight.grad is not None and model.body[0].weight.grad.abs().sum() > 0
+        model.zero_grad(set_to_none=True)
+        torch.testing.assert_close(explainer(images).maps, first.maps)
+    assert torch.is_grad_enabled() == grad_mode
+    with torch.no_grad(), Explainer(model, "cam") as explainer:
+        explainer(images)
+    assert torch.is_grad_enabled() == grad_mode  # the block does not restore the first call's mode

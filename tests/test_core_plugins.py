@@ -206,3 +206,36 @@ def test_registry_cache_follows_registration():
     mutated = camkit.registry("layouts")
     mutated["sneaky"] = "NCL"  # callers get a copy
     assert "sneaky" not in camkit.registry("layouts")
+
+
+def test_registries_can_be_read_from_threads_while_plugins_come_and_go():
+    import sys
+    import threading
+    import types
+
+    for kind in ("methods", "models"):
+        camkit.registry(kind)
+    errors, stop = [], threading.Event()
+
+    def reader(kind):
+        while not stop.is_set():
+            try:
+                assert "cam" in camkit.registry("methods") if kind == "methods" else camkit.registry(kind)
+            except Exception as exc:  # collected for the assertion below, not swallowed
+                errors.append(repr(exc))
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads as often as possible: the race showed within a second
+    threads = [threading.Thread(target=reader, args=(kind,)) for kind in ("methods", "models", "layouts")]
+    try:
+        for thread in threads:
+            thread.start()
+        for index in range(300):
+            with camkit.temporary_plugin(types.ModuleType(f"transient{index}")):
+                pass
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join()
+        sys.setswitchinterval(interval)
+    assert errors == []

@@ -209,6 +209,10 @@ def test_joint_time_cam_resamples_time_only():
     torch.testing.assert_close(result.maps, expected.permute(0, 2, 1), atol=1e-5, rtol=1e-5)
     gradcam = camkit.explain(model, x, method="gradcam", reduce="M")
     torch.testing.assert_close(gradcam.maps, camkit.explain(model, x, reduce="M").maps, atol=1e-5, rtol=0)
+    # naming the family's own layer keeps its NCTVM layout (not a rank-5 guess such as NCDHW)
+    named = camkit.explain(model, x, layer="features", reduce="M", relu=False, normalize=False)
+    assert named.layout == "NCTVM" and named.map_letters == "NTV"
+    torch.testing.assert_close(named.maps, result.maps)
 
 
 def test_ragcn_cam_is_the_cam_of_the_summed_logits():
