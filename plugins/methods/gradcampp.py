@@ -14,13 +14,16 @@ class GradCamPlusPlus(CamMethod):
     def weights(self, ctx: WeightContext) -> Weights:
         import torch
 
-        g = ctx.gradients
+        # g^3 underflows in fp16 / bf16 (alpha would collapse to 1/2 or to 0): compute in at least fp32
+        dtype = torch.promote_types(ctx.gradients.dtype, torch.float32)
+        g = ctx.gradients.to(dtype)
         g2 = g * g
-        feature_sums = ctx.sum_over_sites(ctx.features, keep_targets=False)
+        feature_sums = ctx.sum_over_sites(ctx.features.to(dtype), keep_targets=False)
         feature_sums = ctx.as_site_tensor(feature_sums[:, None] if ctx.multi_target else feature_sums)
         denominator = 2 * g2 + feature_sums * g2 * g
         alpha = torch.where(denominator != 0, g2 / torch.where(denominator != 0, denominator, 1), 0)
-        return Weights.channel(ctx.sum_over_sites(alpha * g.clamp_min(0)))
+        weights = ctx.sum_over_sites(alpha * g.clamp_min(0))
+        return Weights.channel(weights.to(ctx.gradients.dtype))
 
 
 @hookimpl
