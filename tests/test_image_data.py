@@ -221,3 +221,38 @@ def test_evaluate_accuracy_restores_each_submodules_own_mode():
     assert seen and not any(any(flags) for flags in seen)  # all in eval mode while evaluating
     assert model.training and model[3].training and model[1].training
     assert not model[2].training  # still frozen afterwards
+
+
+@pytest.mark.parametrize("suffix", [".bmp", ".tif"])
+def test_bmp_and_tiff_decode_to_their_pixels(tmp_path, suffix):
+    import cv2
+
+    from camkit_plugins.image.datasets import decode_image_file
+
+    rgb = np.random.default_rng(1).integers(0, 256, size=(7, 9, 3), dtype=np.uint8)
+    path = tmp_path / f"picture{suffix}"
+    assert cv2.imwrite(str(path), rgb[..., ::-1])  # cv2 writes BGR; both formats are lossless
+    decoded = decode_image_file(path)
+    assert decoded.dtype == torch.uint8 and decoded.shape == (3, 7, 9)
+    assert np.array_equal(decoded.permute(1, 2, 0).numpy(), rgb)
+
+
+def test_a_file_neither_decoder_reads_names_both_reasons(tmp_path):
+    from camkit_plugins.image.datasets import decode_image_file
+
+    path = tmp_path / "broken.bmp"
+    path.write_bytes(b"BM not really a bitmap")
+    with pytest.raises(CorruptImageError, match=r"broken.bmp: cannot read image: .*\(PIL: .*\)") as caught:
+        decode_image_file(path)
+    assert caught.value.__cause__ is not None  # torchvision's own error is kept
+
+
+def test_data_roots_expand_the_home_directory(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    _write_prefix_folder(tmp_path / "pets", count=2)
+    assert len(build_image_folder("test", root="~/pets", size=8, val_fraction=0.5)) > 0
+    rng = np.random.default_rng(0)
+    (tmp_path / "mnist").mkdir()
+    _write_idx(tmp_path / "mnist" / "t10k-images-idx3-ubyte", rng.integers(0, 256, (3, 28, 28), dtype=np.uint8))
+    _write_idx(tmp_path / "mnist" / "t10k-labels-idx1-ubyte", np.arange(3, dtype=np.uint8))
+    assert len(build_mnist("test", root="~/mnist")) == 3

@@ -74,8 +74,8 @@ class TensorImageDataset:
 def _normalise(images_01: Any, mean: Sequence[float], std: Sequence[float]) -> Any:
     import torch
 
-    mean_t = torch.tensor(mean, dtype=images_01.dtype).view(1, -1, 1, 1)
-    std_t = torch.tensor(std, dtype=images_01.dtype).view(1, -1, 1, 1)
+    mean_t = torch.tensor(mean, dtype=images_01.dtype, device=images_01.device).view(1, -1, 1, 1)
+    std_t = torch.tensor(std, dtype=images_01.dtype, device=images_01.device).view(1, -1, 1, 1)
     return (images_01 - mean_t) / std_t
 
 
@@ -233,7 +233,7 @@ def build_mnist(split: str = "train", seed: int = 0, root: str | Path = "mnist",
     import torch
 
     _check_split(split)
-    root = Path(root)
+    root = Path(root).expanduser()
     images_name, labels_name = MNIST_FILES["test" if split == "test" else "train"]
     images, labels = read_idx(_find_idx(root, images_name)), read_idx(_find_idx(root, labels_name))
     if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
@@ -266,7 +266,7 @@ def list_image_folder(root: str | Path) -> tuple[list[Path], list[str], list[int
     Hidden entries and ``__MACOSX`` folders are ignored. Loose pictures next to class folders are an
     error (which label would they get?); other files (other suffixes, folders nested in class
     folders) are left out with one warning counting them."""
-    root = Path(root)
+    root = Path(root).expanduser()
     if not root.is_dir():
         raise FileNotFoundError(f"{root}: no such image folder")
     entries = sorted(p for p in root.iterdir() if not _ignored(p))
@@ -322,10 +322,24 @@ def decode_image_file(path: str | Path) -> Any:
         data = read_file(str(path))
         image = decode_image(data, mode=ImageReadMode.RGB)
     except (RuntimeError, OSError, ValueError) as exc:
-        raise CorruptImageError(path, str(exc).splitlines()[0] if str(exc) else type(exc).__name__) from exc
+        image = _decode_with_pil(path, exc)  # BMP and TIFF: torchvision decodes only JPEG, PNG, GIF, WebP
     if image.dtype != torch.uint8 or image.ndim != 3 or min(image.shape[1:]) == 0:
         raise CorruptImageError(path, f"decoded to an unusable tensor {tuple(image.shape)} {image.dtype}")
     return image
+
+
+def _decode_with_pil(path: str | Path, first: BaseException) -> Any:
+    """The file decoded by PIL after torchvision failed on it; both reasons when PIL fails too."""
+    import torch
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as opened:
+            pixels = np.array(opened.convert("RGB"))
+    except (OSError, ValueError, UnidentifiedImageError) as exc:
+        reason = str(first).splitlines()[0] if str(first) else type(first).__name__
+        raise CorruptImageError(path, f"{reason} (PIL: {exc})") from first
+    return torch.from_numpy(pixels).permute(2, 0, 1).contiguous()
 
 
 def prepare_image(image_uint8: Any, size: int, mean: Sequence[float], std: Sequence[float]) -> Any:

@@ -74,7 +74,8 @@ class PictureFiles:
 def decode_jpeg_items(items: list[dict[str, Any]], files: PictureFiles, device: Any) -> list[dict[str, Any]]:
     """Items with ``"jpeg"`` bytes decoded in one batched call on ``device`` (nvjpeg on a GPU) and
     prepared there; the others are returned as they are. A batch with a bad file fails as a whole
-    (torchvision returns no partial result), so it is decoded again file by file to name the bad ones."""
+    (torchvision returns no partial result), so it is decoded again file by file; a file the device
+    cannot decode goes to the CPU decoders, which name it if they cannot either."""
     from torchvision.io import ImageReadMode, decode_jpeg
 
     encoded = [index for index, item in enumerate(items) if "jpeg" in item]
@@ -93,11 +94,13 @@ def decode_jpeg_items(items: list[dict[str, Any]], files: PictureFiles, device: 
             continue
         try:
             picture = decode_jpeg(items[index]["jpeg"], mode=ImageReadMode.RGB, device=device)
-        except RuntimeError as exc:
-            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            out[index] = {"path": path, "error": str(CorruptImageError(path, reason))}
-        else:
-            out[index] = files.prepared(path, picture)
+        except RuntimeError:  # a bad file, or a JPEG flavour the device decoder lacks (nvjpeg: e.g. CMYK)
+            try:
+                picture = decode_image_file(path)  # the CPU decoders, libjpeg then PIL; the error names the file
+            except CorruptImageError as exc:
+                out[index] = {"path": path, "error": str(exc)}
+                continue
+        out[index] = files.prepared(path, picture)
     return out
 
 
