@@ -2,6 +2,6 @@
 
 import sys
 
-from camkit.cli import main
+from camkit.cli import run
 
-sys.exit(main())
+sys.exit(run())

@@ -110,5 +110,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 2
 
 
+def run() -> int:
+    """The ``camkit`` console command: ``main`` with a user's mistakes (a bad option value, an unknown
+    name, a missing or unreadable file) reported as one line and exit status 2 instead of a traceback;
+    ``CAMKIT_TRACEBACK=1`` shows the traceback. Anything else still raises."""
+    import os
+
+    from camkit.plugin_manager import PluginError
+
+    try:
+        return main()
+    except (ValueError, KeyError, FileNotFoundError, NotADirectoryError, PermissionError, PluginError) as exc:
+        if os.environ.get("CAMKIT_TRACEBACK"):
+            raise
+        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
+        print(f"camkit: error: {message}", file=sys.stderr)
+        return 2
+
+
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    sys.exit(run())

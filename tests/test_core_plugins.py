@@ -239,3 +239,11 @@ def test_registries_can_be_read_from_threads_while_plugins_come_and_go():
             thread.join()
         sys.setswitchinterval(interval)
     assert errors == []
+
+
+def test_the_command_reports_user_errors_in_one_line_with_status_2():
+    done = run_camkit("list", "no-such-kind")
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert done.stderr.startswith("camkit: error: unknown registry 'no-such-kind'; known: axes,")
+    traced = run_camkit("list", "no-such-kind", env={"CAMKIT_TRACEBACK": "1"})
+    assert traced.returncode == 1 and "Traceback" in traced.stderr and "KeyError" in traced.stderr
