@@ -56,10 +56,13 @@ def check_bars(out: Path) -> list[tuple[str, bool]]:
             if r["metric"] == "randomization" and r["value"] == "spearman":
                 curves.setdefault(r["method"], []).append((r["label"], float(r["mean"])))
     for method in ("cam", "gradcam"):
+        # Adebayo et al.'s sanity check: once weights are randomised the maps should no longer look like
+        # the trained ones at any depth (the curve need not fall monotonically: random features keep
+        # some input structure, so rho wanders at low values)
         points = curves[method]
-        first, last = points[0][1], points[-1][1]
+        first, last, highest = points[0][1], points[-1][1], max(rho for _, rho in points)
         checks.append((f"{method} randomisation: Spearman {first:.3f} after {points[0][0]} -> {last:.3f} after "
-                       f"{points[-1][0]} (fully random)", last < 0.5 and last < first + 1e-9))
+                       f"{points[-1][0]} (fully random), at most {highest:.3f} at any depth", highest < 0.5))
     ranked = (out / "results.md").read_text()
     checks.append(("the report ranks the methods", "| rank | method |" in ranked))
     return checks
