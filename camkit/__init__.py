@@ -28,6 +28,7 @@ _LAZY = {
     "CamMethod": "camkit.methods",
     "WeightContext": "camkit.methods",
     "Weights": "camkit.methods",
+    "HeadMismatchWarning": "camkit.methods",
     "ModelFamily": "camkit.families",
     "Command": "camkit.cli",
     "ConstantMapWarning": "camkit.kernels",

@@ -106,6 +106,11 @@ class WeightContext:
         return self.features.movedim(self.layout.batch_axis, 0).unsqueeze(1)
 
 
+class HeadMismatchWarning(UserWarning):
+    """The model's logits are not global average pooling of the features followed by the classifier
+    CAM uses (e.g. a LayerNorm or a ReLU between them), so CAM maps are not the class evidence."""
+
+
 class CamMethod:
     """Base class of methods. Subclasses set ``name``, ``needs_gradients`` and implement ``weights``."""
 

@@ -418,8 +418,10 @@ def test_an_in_place_op_after_the_layer_does_not_change_the_captured_features(me
     with torch.no_grad():
         raw = model.features(images)  # the layer's own output, before the in-place ReLU
         logits = model(images)
-    result = explain(model, images, method, layer="features", targets=[0, 1, 2], normalize=False, relu=False,
-                     upsample=False)
+    # the ReLU between the layer and the pooling also means CAM is not the class evidence here
+    with pytest.warns(camkit.HeadMismatchWarning) if method == "cam" else warnings.catch_warnings():
+        result = explain(model, images, method, layer="features", targets=[0, 1, 2], normalize=False, relu=False,
+                         upsample=False)
     rows = model.fc.weight[[0, 1, 2]].detach()
     # Grad-CAM by hand: d logit / d raw = w_c * [raw > 0] / (H W), averaged over the sites
     weights = rows if method == "cam" else rows * (raw > 0).float().mean(dim=(2, 3)) / raw[0, 0].numel()
@@ -441,3 +443,23 @@ def test_an_open_explainer_leaves_the_callers_own_passes_alone(model, images):
     with torch.no_grad(), Explainer(model, "cam") as explainer:
         explainer(images)
     assert torch.is_grad_enabled() == grad_mode  # the block does not restore the first call's mode
+
+
+def test_cam_warns_when_the_logits_are_not_gap_then_its_classifier(images):
+    class NormedHead(nn.Module):  # ConvNeXt-style: LayerNorm between pooling and the classifier
+        def __init__(self):
+            super().__init__()
+            self.features = nn.Conv2d(3, 6, 3, padding=1)
+            self.norm = nn.LayerNorm(6)
+            self.fc = nn.Linear(6, 4)
+
+        def forward(self, x):
+            return self.fc(self.norm(self.features(x).mean(dim=(2, 3))))
+
+    with pytest.warns(camkit.HeadMismatchWarning, match=r"layer 'features'.*deviate by up to"):
+        explain(NormedHead().eval(), images, "cam", layer="features")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", camkit.HeadMismatchWarning)
+        explain(GapNet().eval(), images, "cam")  # GAP + linear: silent
+        explain(GapNet().eval(), images[:1], "cam")  # one sample cannot be checked: silent
+        explain(GapNet().eval().to(torch.bfloat16), images.to(torch.bfloat16), "cam")  # rounding is not a mismatch
