@@ -28,8 +28,11 @@ def test_resnet_any_head_and_output_stride():
     assert camkit.explain(model, x, upsample=False, normalize=False).maps.shape == (2, 1, 1)
     assert camkit.explain(stride16.eval(), x, upsample=False).maps.shape == (2, 2, 2)  # twice the resolution
     assert camkit.explain(stride8.eval(), x, upsample=False).maps.shape == (2, 4, 4)
-    with pytest.raises(ValueError, match="output_stride must be 8, 16 or 32"):
-        build(num_classes=3, output_stride=4)
+    stride4 = build(num_classes=3, output_stride=4).eval()
+    assert camkit.explain(stride4, x, upsample=False).maps.shape == (2, 8, 8)  # layer2 keeps its stride 1 too
+    assert stride4.layer2[0].conv1.stride == (1, 1) and stride4.layer2[0].downsample[0].stride == (1, 1)
+    with pytest.raises(ValueError, match="output_stride must be 4, 8, 16 or 32"):
+        build(num_classes=3, output_stride=2)
 
 
 def test_bottleneck_resnet_output_stride():

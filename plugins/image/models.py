@@ -31,7 +31,8 @@ def build_resnet(arch: str, num_classes: int, weights: str | None = None, output
 
     ``weights="DEFAULT"`` (or a torchvision weight name) loads ImageNet weights from the local torch
     cache only (never the network); the head is replaced when ``num_classes != 1000``.
-    ``output_stride=16`` keeps layer4 at stride 1 and ``8`` also layer3, doubling / quadrupling the
+    ``output_stride=16`` keeps layer4 at stride 1, ``8`` also layer3 and ``4`` also layer2, doubling /
+    quadrupling / octupling the
     CAM's resolution (a 64x64 input gives a 4x4 / 8x8 map instead of 2x2) for more computation.
 
     ``dilate``: whether the 3x3 convolutions after a removed stride are dilated by it (DeepLab's
@@ -49,8 +50,8 @@ def build_resnet(arch: str, num_classes: int, weights: str | None = None, output
 
     if arch not in RESNETS:
         raise KeyError(f"unknown ResNet {arch!r}; available: {', '.join(RESNETS)}")
-    if output_stride not in (8, 16, 32):
-        raise ValueError(f"output_stride must be 8, 16 or 32, got {output_stride}")
+    if output_stride not in (4, 8, 16, 32):
+        raise ValueError(f"output_stride must be 4, 8, 16 or 32, got {output_stride}")
     basic = arch in BASIC_BLOCK_RESNETS
     if dilate is None:
         dilate = not basic
@@ -58,7 +59,8 @@ def build_resnet(arch: str, num_classes: int, weights: str | None = None, output
             warnings.warn(f"{arch} with output_stride={output_stride} and pretrained weights: the strides are removed "
                           f"without dilation (the default for BasicBlock ResNets), so the pretrained layers see a "
                           f"smaller receptive field; pass dilate=True to dilate them", stacklevel=2)
-    removed = {32: [False, False, False], 16: [False, False, True], 8: [False, True, True]}[output_stride]
+    removed = {32: [False, False, False], 16: [False, False, True], 8: [False, True, True],
+               4: [True, True, True]}[output_stride]
     extra = {"replace_stride_with_dilation": removed} if dilate and not basic else {}
     model = torchvision.models.get_model(arch, weights=None, num_classes=1000 if weights else num_classes, **extra)
     if weights:
@@ -81,16 +83,16 @@ def build_resnet(arch: str, num_classes: int, weights: str | None = None, output
     if in_channels != 3:
         model.conv1 = nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
     if not extra:  # remove the strides by hand (BasicBlock, or dilate=False)
-        _remove_strides(model, removed[1:], dilate)
+        _remove_strides(model, removed, dilate)
     return model
 
 
 def _remove_strides(model: Any, removed: list[bool], dilate: bool) -> None:
-    """Stride 1 in the first block of layer3 / layer4 where ``removed``; with ``dilate``, every 3x3
+    """Stride 1 in the first block of layer2 / layer3 / layer4 where ``removed``; with ``dilate``, every 3x3
     convolution after a removed stride is dilated (and padded) by the product of the strides removed
     before it, as torchvision's ``replace_stride_with_dilation`` does (for BasicBlock too)."""
     dilation = 1
-    for layer, remove in zip((model.layer3, model.layer4), removed):
+    for layer, remove in zip((model.layer2, model.layer3, model.layer4), removed):
         if not remove:
             continue
         block = layer[0]
@@ -133,7 +135,7 @@ def model_builders() -> dict[str, Any]:
 
     builders: dict[str, Any] = {name: functools.partial(build_resnet, name) for name in RESNETS}
     for name, builder in builders.items():
-        builder.__doc__ = f"torchvision {name}: build(num_classes, weights=None|'DEFAULT', output_stride=32|16|8, dilate=None|True|False)"
+        builder.__doc__ = f"torchvision {name}: build(num_classes, weights=None|'DEFAULT', output_stride=32|16|8|4, dilate=None|True|False)"
     builders["mnist-gap"] = build_mnist_gap
     return builders
 
