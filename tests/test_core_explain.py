@@ -106,20 +106,40 @@ def test_gradient_methods_against_formulas(method):
     torch.testing.assert_close(got.maps, torch.nan_to_num(normalise(raw)), atol=1e-5, rtol=1e-4)
 
 
-def test_scorecam_against_a_loop():
-    net = DeepHead().eval()
-    x = torch.randn(2, 3, 6, 6)
-    res = explain(net, x, "scorecam", layer="features", upsample=False, method_options={"chunk_size": 3})
-    f, _, _ = manual_features_and_grads(net, net.features, x, res.targets)
-    raw = torch.zeros(2, 6, 6)
-    for n in range(2):
+def scorecam_by_loop(net, x, targets):
+    f, _, _ = manual_features_and_grads(net, net.features, x, targets)
+    raw = torch.zeros(x.shape[0], *f.shape[2:])
+    for n in range(x.shape[0]):
         for k in range(f.shape[1]):
             a = f[n, k]
             mask = (a - a.min()) / (a.max() - a.min()) if a.max() > a.min() else torch.zeros_like(a)
             with torch.no_grad():
-                p = net((x[n] * mask)[None]).softmax(1)[0, res.targets[n]]
+                p = net((x[n] * mask)[None]).softmax(1)[0, targets[n]]
             raw[n] += p * a
-    torch.testing.assert_close(res.maps, normalise(raw), atol=1e-5, rtol=1e-4)
+    return normalise(raw)
+
+
+def test_scorecam_against_a_loop():
+    net = DeepHead().eval()
+    x = torch.randn(2, 3, 6, 6)
+    res = explain(net, x, "scorecam", layer="features", upsample=False, method_options={"chunk_size": 3})
+    torch.testing.assert_close(res.maps, scorecam_by_loop(net, x, res.targets), atol=1e-5, rtol=1e-4)
+
+
+def test_scorecam_forwards_the_all_zero_input_once_for_every_dead_channel():
+    net = DeepHead().eval()
+    with torch.no_grad():
+        net.features[0].bias[:2] = -100.0  # channels 0 and 1 are zero after the ReLU for these inputs
+    x = torch.randn(3, 3, 6, 6)
+    inputs_seen = []
+    handle = net.register_forward_hook(lambda module, args, out: inputs_seen.append(args[0].shape[0]))
+    try:
+        res = explain(net, x, "scorecam", layer="features", upsample=False, method_options={"chunk_size": 4})
+    finally:
+        handle.remove()
+    # one plain forward, one of the zero input, then the 3 samples x 3 live channels in chunks of 4
+    assert inputs_seen == [3, 1, 4, 4, 1]
+    torch.testing.assert_close(res.maps, scorecam_by_loop(net, x, res.targets), atol=1e-5, rtol=1e-4)
 
 
 def test_eigencam_against_numpy_svd(model, images):

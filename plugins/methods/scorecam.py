@@ -1,14 +1,14 @@
 """Score-CAM (Wang et al. 2020): the weight of channel k is the target's softmax probability
 when the input is masked by the channel's upsampled, min-max normalised activation.
 
-Batched: every (sample, channel) masked input goes through the model in chunks of
-``chunk_size`` inputs, which bounds the memory."""
+Batched: the (sample, channel) masked inputs go through the model in chunks of ``chunk_size``,
+each chunk's masks made just before its forward, so memory is bounded by the chunk. A channel whose
+activation is constant (dead after ReLU) normalises to an all-zero mask, i.e. an all-zero input:
+one forward pass of that input serves every such pair, exactly."""
 
-import warnings
 from typing import Any
 
 from camkit.hookspecs import hookimpl
-from camkit.kernels import ConstantMapWarning
 from camkit.methods import CamMethod, WeightContext, Weights
 
 
@@ -32,30 +32,33 @@ class ScoreCam(CamMethod):
         if missing:
             raise ValueError(f"scorecam masks the input with the features: feature axes {''.join(missing)!r} "
                              f"of layout {layout} are not in the input layout {in_layout}")
-        # activations as maps with the channel axis in the role of K: (N, C, *sites)
+        # one activation map per (sample, channel) pair: (N * C, 1, *sites), "K" of size 1
         f = ctx.features.movedim((layout.batch_axis, layout.channel_axis), (0, 1))
+        n, channels = f.shape[:2]
+        pair_maps = f.reshape(n * channels, 1, *f.shape[2:])
         letters = "NK" + layout.site_letters
         size = {ch: ctx.input_size[ch] for ch in layout.continuous_letters}
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", ConstantMapWarning)  # dead channels are all-zero masks by design
-            masks = postprocess(f, letters, layout=layout, relu=False, normalize=True, size=size)
-        n, channels = masks.shape[:2]
-        flat_masks = masks.reshape(n * channels, *masks.shape[2:])
         batch_axis = in_layout.batch_axis
         x = ctx.inputs.movedim(batch_axis, 0)
         rest = in_layout.letters.replace("N", "").lower()
         equation = f"b{rest},b{layout.site_letters.lower()}->b{rest}"
         ids = ctx.targets if ctx.multi_target else ctx.targets[:, None]
+        flat = pair_maps.flatten(1)
+        live = (flat.amax(dim=1) > flat.amin(dim=1)).nonzero()[:, 0]
         scores = torch.empty(n * channels, ids.shape[1], device=f.device, dtype=torch.float32)
-        starts = range(0, n * channels, self.chunk_size)
+        if len(live) < n * channels:  # constant maps -> zero masks -> the all-zero input, forwarded once
+            blank = ctx.forward(torch.zeros_like(x[:1]).movedim(0, batch_axis)).float().softmax(dim=1)[0]
+            scores[:] = blank[ids].repeat_interleave(channels, dim=0)
+        starts = range(0, len(live), self.chunk_size)
         if self.progress:
             from tqdm.auto import tqdm
 
             starts = tqdm(starts, desc="scorecam", unit="chunk")
-        for start in starts:  # (sample, channel) pairs, chunked across samples
-            pairs = torch.arange(start, min(start + self.chunk_size, n * channels), device=f.device)
+        for start in starts:  # live (sample, channel) pairs, chunked across samples
+            pairs = live[start:start + self.chunk_size]
             owner = pairs // channels
-            masked = torch.einsum(equation, x[owner], flat_masks[pairs].to(x.dtype))
+            masks = postprocess(pair_maps[pairs], letters, layout=layout, relu=False, normalize=True, size=size)
+            masked = torch.einsum(equation, x[owner], masks[:, 0].to(x.dtype))
             probs = ctx.forward(masked.movedim(0, batch_axis)).float().softmax(dim=1)
             scores[pairs] = probs.gather(1, ids[owner])
         weights = scores.view(n, channels, -1).transpose(1, 2)  # (N, K, C)
