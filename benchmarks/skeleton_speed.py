@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import time
 from typing import Any, Callable
@@ -89,7 +90,10 @@ def main() -> None:
     steps = training_steps(args, device)
     cam = cam_versus_forward(args, device)
     report = {
-        "device": str(device), "threads": torch.get_num_threads(),
+        "device": str(device), "threads": torch.get_num_threads(), "torch": torch.__version__,
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "batch": args.batch, "frames": args.frames, "config": args.config, "cam_config": args.cam_config,
+        "cam_batch": args.cam_batch, "repeats": args.repeats,
         "training step seconds": steps, "cam seconds": cam,
         "2-stream / 1-stream step": steps["2 stream"] / steps["1 stream"],
         "3-stream / 1-stream step": steps["3 stream"] / steps["1 stream"],
@@ -102,6 +106,7 @@ def main() -> None:
           f"{1000 * cam['forward']:.1f} ms, joint-time CAM {1000 * cam['joint-time CAM']:.1f} ms, "
           f"ratio {report['joint-time CAM / forward']:.3f}")
     if args.json:
+        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
         with open(args.json, "w") as handle:
             json.dump(report, handle, indent=2)
 

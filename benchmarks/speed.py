@@ -8,22 +8,31 @@ toolkit), ReLU, upsampled to the input size and min-max normalised. Each toolkit
 with camkit's (max abs difference after re-normalising both, which removes the harmless difference in
 the order "normalise then resize"), so a ratio is never reported for different work unnoticed.
 
-Writes ``speed.md`` (Markdown table), ``speed.json`` and ``speed.png`` into ``--out``.
+Writes ``speed.md`` (Markdown table, then the issue's targets with pass/fail), ``speed.json`` (rows,
+targets, failures) and ``speed.png`` into ``--out``; the Markdown and JSON are rewritten after every
+case, so a run cut short still leaves what it measured.
+
+On CUDA, Score-CAM runs in its own fp32 case per model (``--scorecam-batch``, default 8, at 224 px):
+its upsampled masks take N x C x H x W floats (105 GB for ResNet-50 at batch 256), pytorch-grad-cam's
+masked inputs three times that, and a call is N x C forward passes.
 
     python benchmarks/speed.py --device cpu --quick          # < 2 minutes on 2 CPU cores
     python benchmarks/speed.py --device cuda                 # the full GPU suite
+    python benchmarks/speed.py --device cuda --models resnet50,resnet18 --batch-sizes 256   # the issue's targets
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import json
 import os
 import platform
 import statistics
 import sys
 import time
+import traceback
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
@@ -50,6 +59,20 @@ KNOWN_DIFFERENCES = {
     ("torchcam", "scorecam"): "masks not min-max normalised per channel before the forward",
     ("pytorch-grad-cam", "eigencam"): "sign of the first principal component left arbitrary",
 }
+# The issue's targets: (name, camkit method, Row measure or "speedup:<toolkit>", comparison, bar).
+GPU_TARGETS = (
+    ("cam throughput vs plain forward", "cam", "throughput_vs_forward", ">=", 0.98),
+    ("gradcam throughput vs plain forward", "gradcam", "throughput_vs_forward", ">=", 0.9),
+    ("gradcam peak memory vs inference", "gradcam", "memory_vs_forward", "<=", 1.2),
+    ("scorecam speed-up vs pytorch-grad-cam, same batch", "scorecam", "speedup:pytorch-grad-cam", ">=", 10.0),
+)
+CPU_TARGETS = (
+    ("cam time vs its own forward", "cam", "own_forward_ratio", "<=", 1.05),
+    ("gradcam time vs its own forward", "gradcam", "own_forward_ratio", "<=", 1.15),
+)
+# the case each target is stated for (Score-CAM: any batch of its own case, the same for both toolkits)
+GPU_HEADLINE = {"model": "resnet50", "batch": 256, "dtype": "fp32", "size": 224}
+CPU_HEADLINE = {"model": "resnet18", "batch": 8, "dtype": "fp32", "size": 224}
 
 
 @dataclass
@@ -228,28 +251,42 @@ def max_abs_difference(reference: torch.Tensor, other: torch.Tensor) -> float:
 
 def synchronize(device: str) -> None:
     if device.startswith("cuda"):
-        torch.cuda.synchronize()
+        torch.cuda.synchronize(torch.device(device))
 
 
-def time_round_robin(factories: dict[Any, RunnerFactory], repeats: int,
-                     device: str) -> tuple[dict[Any, float], dict[Any, float]]:
-    """Median wall seconds and median process CPU seconds per runner over ``repeats`` rounds; every
-    round visits every runner once, so load from other processes hits them alike. CPU time counts
-    only this process's work, a steadier measure on a shared machine. Only one toolkit's hooks are
-    on the model at a time (entering and leaving a runner are not timed). Call after a warm-up."""
+def time_round_robin(factories: dict[Any, RunnerFactory], repeats: int, device: str,
+                     after: Callable[[], None] | None = None,
+                     ) -> tuple[dict[Any, float], dict[Any, float], dict[Any, float | None]]:
+    """Median wall seconds, median process CPU seconds and peak CUDA MiB (None off CUDA) per runner
+    over ``repeats`` rounds; every round visits every runner once, so load from other processes hits
+    them alike. CPU time counts only this process's work, a steadier measure on a shared machine.
+    Only one toolkit's hooks are on the model at a time (entering and leaving a runner are not timed).
+    The peak is the most memory allocated during the timed call (the peak counter is reset just
+    before it), over the rounds; ``after`` runs after each call, untimed (e.g. to drop the ``.grad``
+    a toolkit left on the parameters, which would count against the next runner). Call after a warm-up."""
+    cuda = device.startswith("cuda")
     wall: dict[Any, list[float]] = {key: [] for key in factories}
     cpu: dict[Any, list[float]] = {key: [] for key in factories}
+    peak: dict[Any, float | None] = {key: None for key in factories}
     for _ in range(repeats):
         for key, factory in factories.items():
             with factory() as run:
                 synchronize(device)
+                if cuda:
+                    torch.cuda.reset_peak_memory_stats(torch.device(device))
                 start, start_cpu = time.perf_counter(), time.process_time()
-                run()
+                run()  # the result is dropped at once: it must not count against the next runner
                 synchronize(device)
                 wall[key].append(time.perf_counter() - start)
                 cpu[key].append(time.process_time() - start_cpu)
+                if cuda:
+                    peak[key] = max(peak[key] or 0.0, torch.cuda.max_memory_allocated(torch.device(device)) / 2**20)
+            if after is not None:
+                after()
+            if cuda and key[0] in TOOLKITS:
+                gc.collect()  # a toolkit's explainer caught in a reference cycle would keep its tensors
     return ({key: statistics.median(v) for key, v in wall.items()},
-            {key: statistics.median(v) for key, v in cpu.items()})
+            {key: statistics.median(v) for key, v in cpu.items()}, peak)
 
 
 def own_forward_ratio(model: torch.nn.Module, method: str, x: torch.Tensor, ids: torch.Tensor,
@@ -280,22 +317,14 @@ def own_forward_ratio(model: torch.nn.Module, method: str, x: torch.Tensor, ids:
     return statistics.median(ratios)
 
 
-def peak_memory_mb(run: Runner, device: str) -> float | None:
-    if not device.startswith("cuda"):
-        return None
-    torch.cuda.synchronize()
-    torch.cuda.empty_cache()
-    torch.cuda.reset_peak_memory_stats()
-    run()
-    torch.cuda.synchronize()
-    return torch.cuda.max_memory_allocated() / 2**20
-
-
 def measure_case(case: Case, methods: tuple[str, ...], toolkits: list[str], repeats: int,
                  scorecam_chunk: int = 256, pairs: frozenset[tuple[str, str]] | None = None,
-                 own_forward_methods: tuple[str, ...] = ("cam", "gradcam")) -> list[Row]:
+                 own_forward_methods: tuple[str, ...] = ("cam", "gradcam"),
+                 failures: list[dict[str, Any]] | None = None) -> list[Row]:
     """Every runner of one case, timed in the same rounds; rows relative to the plain forward.
-    ``pairs``: the (toolkit, method) pairs to run besides camkit (default: every one the toolkits have)."""
+    ``pairs``: the (toolkit, method) pairs to run besides camkit (default: every one the toolkits have).
+    A runner whose warm-up call raises (out of memory, a toolkit's bug) is left out and, when
+    ``failures`` is given, recorded there; otherwise the error propagates."""
     model = build_model(case.model, case.device, case.dtype)
     generator = torch.Generator().manual_seed(1)
     x = torch.randn(case.batch, 3, case.size, case.size, generator=generator).to(case.device)
@@ -310,9 +339,12 @@ def measure_case(case: Case, methods: tuple[str, ...], toolkits: list[str], repe
     def plain_forward() -> Iterator[Runner]:
         yield forward
 
+    def drop_gradients() -> None:  # pytorch-grad-cam and torchcam backpropagate into the parameters
+        for p in model.parameters():
+            p.grad = None
+
     factories: dict[tuple[str, str], RunnerFactory] = {("plain forward", "-"): plain_forward}
     references: dict[tuple[str, str], torch.Tensor] = {}
-    memory: dict[tuple[str, str], float | None] = {}
     for method in methods:
         factories[("camkit", method)] = partial(camkit_runner, model, method, x, ids, scorecam_chunk)
         if case.dtype != "fp32":
@@ -322,17 +354,32 @@ def measure_case(case: Case, methods: tuple[str, ...], toolkits: list[str], repe
                 continue
             factories[(tool, method)] = partial(TOOLKIT_RUNNERS[tool], model, method, x, ids)
     for key, factory in list(factories.items()):
-        with factory() as run:
-            if run is None:  # the toolkit lacks this method
-                del factories[key]
-                continue
-            output = run()  # also the warm-up
-            if key[0] != "plain forward":
-                references[key] = as_maps(output)
-            memory[key] = peak_memory_mb(run, case.device)
-    seconds, cpu_seconds = time_round_robin(factories, repeats, case.device)
-    for p in model.parameters():  # pytorch-grad-cam leaves .grad behind
-        p.grad = None
+        failed = False
+        try:
+            with factory() as run:
+                if run is None:  # the toolkit lacks this method
+                    del factories[key]
+                    continue
+                maps = as_maps(run())  # also the warm-up; nothing of it stays on the device
+                if key[0] != "plain forward":
+                    references[key] = maps
+                del maps
+        except Exception as exc:  # noqa: BLE001 - one runner's failure must not lose the whole run
+            if failures is None or key == ("plain forward", "-"):
+                raise
+            del factories[key]
+            failures.append({**asdict(case), "tool": key[0], "method": key[1],
+                             "error": f"{type(exc).__name__}: {exc}"[:2000]})
+            print(f"FAILED {key[0]} {key[1]} on {case}: {type(exc).__name__}: {exc}", file=sys.stderr)
+            traceback.print_exc()
+            failed = True
+        finally:
+            drop_gradients()
+        if case.device.startswith("cuda") and (failed or key[0] in TOOLKITS):
+            gc.collect()  # the failed call's frames (and tensors) went with the exception
+            if failed:
+                torch.cuda.empty_cache()  # an out-of-memory runner leaves large cached blocks behind
+    seconds, cpu_seconds, memory = time_round_robin(factories, repeats, case.device, after=drop_gradients)
     rows: list[Row] = []
     base = seconds[("plain forward", "-")]
     base_cpu = cpu_seconds[("plain forward", "-")]
@@ -346,7 +393,7 @@ def measure_case(case: Case, methods: tuple[str, ...], toolkits: list[str], repe
             row.memory_vs_forward = row.peak_memory_mb / base_memory
         if tool == "camkit" and method in own_forward_methods and case.device == "cpu":
             row.own_forward_ratio = own_forward_ratio(model, method, x, ids, repeats)
-        if tool not in ("camkit", "plain forward"):
+        if tool not in ("camkit", "plain forward") and ("camkit", method) in references:
             row.max_abs_diff = max_abs_difference(references[("camkit", method)], references[(tool, method)])
             row.agrees = row.max_abs_diff <= AGREEMENT_TOLERANCE
             if not row.agrees:
@@ -376,6 +423,91 @@ def markdown(rows: list[Row]) -> str:
                      f"{'-' if r.own_forward_ratio is None else format(r.own_forward_ratio, '.3f')} | "
                      f"{speedup or '-'} | {memory} | {diff} |")
     return "\n".join(lines) + "\n"
+
+
+def _measure(row: Row, measure: str) -> float | None:
+    if measure.startswith("speedup:"):
+        return row.camkit_speedup.get(measure.split(":", 1)[1])
+    value = getattr(row, measure)
+    return None if value is None or value != value else float(value)  # NaN: not measured
+
+
+def _is_headline(row: Row, method: str, headline: dict[str, Any]) -> bool:
+    keys = ("model", "dtype") if method == "scorecam" else tuple(headline)  # Score-CAM has its own batch
+    return all(getattr(row, key) == headline[key] for key in keys)
+
+
+def targets(rows: list[Row]) -> list[dict[str, Any]]:
+    """The issue's targets, checked on every case that measured them: GPU (any ``cuda`` device)
+    ``cam`` >= 0.98x and ``gradcam`` >= 0.9x plain-forward throughput, ``gradcam`` peak memory <= 1.2x
+    inference, Score-CAM >= 10x pytorch-grad-cam on the same batch; CPU ``cam`` <= 1.05x and
+    ``gradcam`` <= 1.15x of the forward inside the same call. ``headline`` marks the case a target is
+    stated for (GPU: ResNet-50, batch 256, fp32, 224 px; CPU: ResNet-18, batch 8, fp32); a headline
+    target of a device that ran but missed that case is listed with ``met: None`` (not measured)."""
+    found: list[dict[str, Any]] = []
+    for device_kind, table, headline in (("cuda", GPU_TARGETS, GPU_HEADLINE), ("cpu", CPU_TARGETS, CPU_HEADLINE)):
+        device_rows = [r for r in rows if r.device.split(":")[0] == device_kind]
+        if not device_rows:
+            continue
+        for name, method, measure, comparison, bar in table:
+            seen_headline = False
+            for row in device_rows:
+                if row.tool != "camkit" or row.method != method:
+                    continue
+                value = _measure(row, measure)
+                if value is None:
+                    continue
+                met = value >= bar if comparison == ">=" else value <= bar
+                is_headline = _is_headline(row, method, headline)
+                seen_headline |= is_headline
+                found.append({"target": name, "bar": f"{comparison} {bar:g}", "device": row.device, "model": row.model,
+                              "batch": row.batch, "dtype": row.dtype, "size": row.size, "value": value, "met": met,
+                              "headline": is_headline})
+            if not seen_headline:
+                case = {k: v for k, v in headline.items() if method != "scorecam" or k in ("model", "dtype")}
+                found.append({"target": name, "bar": f"{comparison} {bar:g}", "device": device_kind, **case,
+                              "value": None, "met": None, "headline": True})
+    found.sort(key=lambda t: not t["headline"])  # headline first, each group in table order
+    return found
+
+
+def markdown_targets(found: list[dict[str, Any]]) -> str:
+    """The targets as a Markdown section: a summary line, then one row per (target, case)."""
+    headline = [t for t in found if t["headline"]]
+    met = sum(t["met"] is True for t in headline)
+    missing = sum(t["met"] is None for t in headline)
+    lines = ["## Targets", "",
+             f"Headline cases: {met} of {len(headline)} targets met"
+             + (f", {missing} not measured" if missing else "") + ".", "",
+             "| target | bar | case | value | met |", "|---|---|---|---|---|"]
+    for t in found:
+        case = " ".join(str(t[k]) for k in ("device", "model") if k in t)
+        case += "".join(f" {prefix}{t[k]}" for k, prefix in (("batch", "b"), ("dtype", ""), ("size", "")) if k in t)
+        if "size" in t:
+            case += "px"
+        value = "not measured" if t["value"] is None else f"{t['value']:.3f}"
+        verdict = {True: "PASS", False: "FAIL", None: "-"}[t["met"]]
+        lines.append(f"| {'**' + t['target'] + '**' if t['headline'] else t['target']} | {t['bar']} | {case} | "
+                     f"{value} | {verdict} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_reports(out: Path, meta: dict[str, Any], rows: list[Row], failures: list[dict[str, Any]],
+                  with_plot: bool = True) -> str:
+    """``speed.json`` / ``speed.md`` (and ``speed.png``) from the rows so far; returns the Markdown."""
+    out.mkdir(parents=True, exist_ok=True)
+    found = targets(rows)
+    (out / "speed.json").write_text(json.dumps({"meta": meta, "rows": [asdict(r) for r in rows], "targets": found,
+                                                "failures": failures}, indent=1))
+    text = f"{json.dumps(meta)}\n\n{markdown(rows)}\n{markdown_targets(found)}"
+    if failures:
+        text += "\n## Failures\n\n" + "".join(f"- {f['device']} {f['model']} b{f['batch']} {f['dtype']} {f['size']}px "
+                                               f"{f['tool']} {f['method']}: {f['error'].splitlines()[0]}\n"
+                                               for f in failures)
+    (out / "speed.md").write_text(text)
+    if with_plot and rows:
+        plot(rows, out / "speed.png")
+    return text
 
 
 def plot(rows: list[Row], path: Path) -> None:
@@ -419,16 +551,29 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--toolkits", default=",".join(TOOLKITS))
     parser.add_argument("--repeats", type=int, default=None, help="timed rounds (median); default 5 quick, 10 full")
     parser.add_argument("--scorecam-size", type=int, default=None,
-                        help="input size of the CPU Score-CAM case (default 96; 48 with --quick)")
-    parser.add_argument("--scorecam-batch", type=int, default=None, help="its batch (default 2; 1 with --quick)")
+                        help="input size of the Score-CAM case (CPU: 96, 48 with --quick; CUDA: 224)")
+    parser.add_argument("--scorecam-batch", type=int, default=None,
+                        help="its batch (CPU: 2, 1 with --quick; CUDA: 8, one per model of --models)")
+    parser.add_argument("--scorecam-repeats", type=int, default=None,
+                        help="timed rounds of the Score-CAM case (default: 2 with --quick, 3 on CUDA, else --repeats)")
+    parser.add_argument("--scorecam-chunk", type=int, default=256, help="camkit's Score-CAM chunk_size")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--include", type=Path, action="append", default=[],
+                        help="a speed.json of an earlier run whose rows join this report (and its targets); repeatable")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     return parser.parse_args(argv)
 
 
+def load_rows(path: Path) -> list[Row]:
+    """The rows of an earlier run's ``speed.json``."""
+    return [Row(**row) for row in json.loads(Path(path).read_text())["rows"]]
+
+
 def plan(args: argparse.Namespace) -> list[tuple[Case, tuple[str, ...]]]:
-    """(case, methods) pairs. Score-CAM is costly on a CPU (channels x batch forwards): there it runs
-    in its own small case (``--scorecam-size`` / ``--scorecam-batch``)."""
+    """(case, methods) pairs. Score-CAM costs channels x batch forwards and, on CUDA, batch x channels
+    upsampled masks (pytorch-grad-cam: also batch x channels masked images): it runs in its own fp32
+    case, small on a CPU (ResNet-18, ``--scorecam-size`` / ``--scorecam-batch``), at 224 px and batch
+    8 per model on CUDA (ResNet-50: 3.3 GB of masks for camkit, ~17 GB for pytorch-grad-cam)."""
     devices = ["cpu", "cuda"] if args.device == "all" else [args.device]
     devices = [d for d in devices if d != "cuda" or torch.cuda.is_available()]
     if not devices:
@@ -443,16 +588,42 @@ def plan(args: argparse.Namespace) -> list[tuple[Case, tuple[str, ...]]]:
         models = ["resnet18"] if args.quick else args.models.split(",")
         batches = [8] if args.quick and not gpu else [int(b) for b in (args.batch_sizes or ("64,256" if gpu else "8,32")).split(",")]
         dtypes = ["fp32"] if args.quick else (args.dtypes or ("fp32,bf16,fp16" if gpu else "fp32,bf16")).split(",")
-        main_methods = methods if gpu else tuple(m for m in methods if m != "scorecam")
-        for model in models:
-            for batch in batches:
-                for dtype in dtypes:
-                    pairs.append((Case(device, model, batch, dtype), main_methods))
-        if not gpu and "scorecam" in methods:
-            size = args.scorecam_size or (48 if args.quick else 96)  # 48 px: 2 x 2 features
-            batch = args.scorecam_batch or (1 if args.quick else 2)
-            pairs.append((Case(device, "resnet18", batch, "fp32", size), ("scorecam",)))
+        main_methods = tuple(m for m in methods if m != "scorecam")
+        if main_methods:
+            for model in models:
+                for batch in batches:
+                    for dtype in dtypes:
+                        pairs.append((Case(device, model, batch, dtype), main_methods))
+        if "scorecam" in methods:
+            if gpu:
+                size = args.scorecam_size or 224
+                batch = args.scorecam_batch or 8
+                for model in models:
+                    pairs.append((Case(device, model, batch, "fp32", size), ("scorecam",)))
+            else:
+                size = args.scorecam_size or (48 if args.quick else 96)  # 48 px: 2 x 2 features
+                batch = args.scorecam_batch or (1 if args.quick else 2)
+                pairs.append((Case(device, "resnet18", batch, "fp32", size), ("scorecam",)))
     return pairs
+
+
+def run_metadata(repeats: int, toolkits: list[str], started: float) -> dict[str, Any]:
+    meta: dict[str, Any] = {
+        "torch": torch.__version__, "threads": torch.get_num_threads(), "python": platform.python_version(),
+        "cpu": platform.processor() or platform.machine(), "cuda": None, "repeats": repeats,
+        "seconds": time.perf_counter() - started, "load_average": os.getloadavg(),
+        "toolkits": {t: _version(t) for t in toolkits}, "camkit_triton": os.environ.get("CAMKIT_TRITON", ""),
+    }
+    if torch.cuda.is_available():
+        try:  # the details must never cost the measurements
+            props = torch.cuda.get_device_properties(0)
+            meta.update(cuda=torch.cuda.get_device_name(), cuda_runtime=torch.version.cuda,
+                        capability=f"{props.major}.{props.minor}", gpu_memory_gib=round(props.total_memory / 2**30, 1),
+                        cudnn_tf32=torch.backends.cudnn.allow_tf32, matmul_tf32=torch.backends.cuda.matmul.allow_tf32,
+                        cudnn_benchmark=torch.backends.cudnn.benchmark)
+        except Exception as exc:  # noqa: BLE001
+            meta["cuda"] = f"details unavailable: {exc}"
+    return meta
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -468,25 +639,39 @@ def main(argv: list[str] | None = None) -> int:
     if missing:
         print(f"not installed, skipped: {', '.join(missing)} (pip install -e '.[bench]')", file=sys.stderr)
     rows: list[Row] = []
+    for path in args.include:
+        if path.exists():
+            rows.extend(load_rows(path))
+        else:
+            print(f"--include {path}: no such file, skipped", file=sys.stderr)
+    failures: list[dict[str, Any]] = []
     started = time.perf_counter()
     for case, methods in tqdm(plan(args), desc="cases", unit="case", disable=False):
-        score_only = args.quick and methods == ("scorecam",)  # seconds per call: fewer rounds
-        rows.extend(measure_case(case, methods, toolkits, 2 if score_only else repeats, pairs=pairs))
-    args.out.mkdir(parents=True, exist_ok=True)
-    meta = {"torch": torch.__version__, "threads": torch.get_num_threads(), "python": platform.python_version(),
-            "cpu": platform.processor() or platform.machine(), "cuda": torch.cuda.get_device_name() if
-            torch.cuda.is_available() else None, "repeats": repeats, "seconds": time.perf_counter() - started,
-            "load_average": os.getloadavg(), "toolkits": {t: _version(t) for t in toolkits}}
-    (args.out / "speed.json").write_text(json.dumps({"meta": meta, "rows": [asdict(r) for r in rows]}, indent=1))
-    table = markdown(rows)
-    (args.out / "speed.md").write_text(f"{json.dumps(meta)}\n\n{table}")
-    plot(rows, args.out / "speed.png")
-    print(table)
+        if methods == ("scorecam",):  # seconds per call: fewer rounds
+            default = 2 if args.quick else 3 if case.device.startswith("cuda") else repeats
+            rounds = args.scorecam_repeats or default
+        else:
+            rounds = repeats
+        try:
+            rows.extend(measure_case(case, methods, toolkits, rounds, scorecam_chunk=args.scorecam_chunk, pairs=pairs,
+                                     failures=failures))
+        except Exception as exc:  # noqa: BLE001 - keep the cases measured so far and go on
+            failures.append({**asdict(case), "tool": "*", "method": ",".join(methods),
+                             "error": f"{type(exc).__name__}: {exc}"[:2000]})
+            print(f"FAILED case {case}: {type(exc).__name__}: {exc}", file=sys.stderr)
+            traceback.print_exc()
+        if case.device.startswith("cuda"):  # this case's model, inputs and cached blocks go before the next
+            gc.collect()
+            torch.cuda.empty_cache()
+        write_reports(args.out, run_metadata(repeats, toolkits, started), rows, failures, with_plot=False)
+    meta = run_metadata(repeats, toolkits, started)
+    text = write_reports(args.out, meta, rows, failures)
+    print(text.split("\n\n", 1)[1])
     print(f"wrote {args.out}/speed.md, speed.json, speed.png in {meta['seconds']:.0f} s")
     unexpected = [r for r in rows if r.agrees is False and r.note == "UNEXPECTED DIFFERENCE"]
     for r in unexpected:
         print(f"DISAGREEMENT: {r.tool} {r.method} differs from camkit by {r.max_abs_diff:.3g}", file=sys.stderr)
-    return 1 if unexpected else 0
+    return 1 if unexpected or failures else 0
 
 
 def _version(toolkit: str) -> str:

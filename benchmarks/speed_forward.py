@@ -5,10 +5,13 @@ map relative to a forward is ``speed.py``'s job.
 
 Options: channels-last, bf16 autocast, both, fp16 autocast (CUDA), torch.compile (``--compile``;
 its first call compiles for a minute or more on a CPU, so it is off unless asked; on CUDA
-``--compile-mode reduce-overhead`` adds CUDA graphs). Writes ``speed_forward.md`` / ``.json``.
+``--compile-mode reduce-overhead`` adds CUDA graphs, and the option names say the mode). An option
+that fails (a compile error, CUDA graphs refusing the hooks) is reported with its error; the other
+options are still measured. Writes ``speed_forward.md`` / ``.json`` (rewritten after each task).
 
     python benchmarks/speed_forward.py --device cpu --batch 8
     python benchmarks/speed_forward.py --device cuda --model resnet50 --batch 256 --compile
+    python benchmarks/speed_forward.py --device cuda --model resnet50 --batch 32 --compile --compile-mode reduce-overhead
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import json
 import statistics
 import sys
 import time
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +30,8 @@ import torch
 
 import camkit
 from camkit_plugins.gpu.accelerate import accelerate
+
+TASKS = ("forward", "cam", "gradcam")
 
 
 def options_for(device: str, compile_: bool, compile_mode: str | None) -> dict[str, dict[str, Any]]:
@@ -37,15 +43,63 @@ def options_for(device: str, compile_: bool, compile_mode: str | None) -> dict[s
         options["fp16 autocast"] = {"dtype": "fp16"}
         options["fp16 + channels-last"] = {"dtype": "fp16", "channels_last": True}
     if compile_:
-        options["compile"] = {"compile": True, "compile_mode": compile_mode}
-        options["bf16 + channels-last + compile"] = {"dtype": "bf16", "channels_last": True, "compile": True,
-                                                     "compile_mode": compile_mode}
+        suffix = f" ({compile_mode})" if compile_mode else ""
+        options[f"compile{suffix}"] = {"compile": True, "compile_mode": compile_mode}
+        options[f"bf16 + channels-last + compile{suffix}"] = {"dtype": "bf16", "channels_last": True, "compile": True,
+                                                              "compile_mode": compile_mode}
     return options
 
 
 def synchronize(device: str) -> None:
     if device.startswith("cuda"):
-        torch.cuda.synchronize()
+        torch.cuda.synchronize(torch.device(device))
+
+
+def report(args: argparse.Namespace, names: list[str], times: dict[tuple[str, str], list[float]],
+           outputs: dict[str, dict[str, Any]], errors: dict[tuple[str, str], str]) -> dict[str, dict[str, Any]]:
+    """Per option: seconds, speed-up over fp32 and max abs difference from fp32 of each task measured
+    so far (None where the option failed or the task has not run); writes the Markdown and JSON."""
+    median = {key: statistics.median(values) for key, values in times.items() if values}
+    results: dict[str, dict[str, Any]] = {}
+    for name in names:
+        r: dict[str, Any] = {}
+        for task in TASKS:
+            ok = (name, task) in median and ("fp32", task) in median
+            r[f"{task}_s"] = median.get((name, task))
+            r[f"{task}_speedup"] = median[("fp32", task)] / median[(name, task)] if ok else None
+            have = task in outputs.get(name, {}) and task in outputs.get("fp32", {})
+            r[f"{task}_max_abs_diff"] = (float((outputs[name][task] - outputs["fp32"][task]).abs().max())
+                                         if have else None)
+            if (name, task) in errors:
+                r[f"{task}_error"] = errors[(name, task)]
+        results[name] = r
+
+    def cell(value: float | None, fmt: str, name: str, task: str) -> str:
+        if (name, task) in errors:
+            return "FAILED"
+        return "-" if value is None else format(value, fmt)
+
+    device_name = torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu"
+    lines = [f"{args.model}, batch {args.batch}, 224x224, {args.device} ({device_name}), {torch.get_num_threads()} "
+             f"threads, medians of {args.repeats} rounds, torch {torch.__version__}", "",
+             "| option | forward speed-up | cam speed-up | gradcam speed-up | logits max abs diff | "
+             "cam map max abs diff | gradcam map max abs diff |",
+             "|---|---|---|---|---|---|---|"]
+    for name, r in results.items():
+        speedups = [cell(r[f"{t}_speedup"], ".2f", name, t) for t in TASKS]
+        diffs = [cell(r[f"{t}_max_abs_diff"], ".1e", name, t) for t in TASKS]
+        lines.append(f"| {name} | " + " | ".join(s + ("x" if s[0].isdigit() else "") for s in speedups) + " | "
+                     + " | ".join(diffs) + " |")
+    if errors:
+        lines += ["", "Failures:", ""] + [f"- {name}, {task}: {error.splitlines()[0]}"
+                                         for (name, task), error in errors.items()]
+    table = "\n".join(lines) + "\n"
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "speed_forward.md").write_text(table)
+    (args.out / "speed_forward.json").write_text(json.dumps(
+        {"args": {k: str(v) for k, v in vars(args).items()}, "torch": torch.__version__, "device": device_name,
+         "results": results, "errors": {f"{n} / {t}": e for (n, t), e in errors.items()}}, indent=1))
+    return results
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -82,11 +136,19 @@ def main(argv: list[str] | None = None) -> int:
         models[name] = accelerate(base, **kwargs)
     with torch.no_grad():
         ids = models["fp32"](x).argmax(dim=1)
+    graphs = {name for name, kwargs in options.items() if kwargs.get("compile_mode") == "reduce-overhead"}
 
-    results: dict[str, dict[str, Any]] = {}
+    names = list(models)
     outputs: dict[str, dict[str, Any]] = {name: {} for name in models}
     times: dict[tuple[str, str], list[float]] = {}
-    for task in ("forward", "cam", "gradcam"):
+    errors: dict[tuple[str, str], str] = {}
+
+    def failed(name: str, task: str, exc: BaseException) -> None:
+        errors[(name, task)] = f"{type(exc).__name__}: {exc}"[:2000]
+        print(f"FAILED {name} / {task}: {type(exc).__name__}: {exc}", file=sys.stderr)
+        traceback.print_exc()
+
+    for task in TASKS:
         # one task at a time: two Explainers open on the same layer would stack their hooks
         with contextlib.ExitStack() as stack:
             runners = {}
@@ -97,41 +159,38 @@ def main(argv: list[str] | None = None) -> int:
                             return model(x)
                 else:
                     explainer = stack.enter_context(camkit.Explainer(model, task))
+
                     def run(explainer: Any = explainer) -> Any:
                         return explainer(x, ids).maps
                 runners[name] = run
-            for name, run in tqdm(runners.items(), desc=f"{task} warm-up", disable=False):
-                outputs[name][task] = run().float().cpu()
+            for name, run in tqdm(list(runners.items()), desc=f"{task} warm-up", disable=False):
+                try:
+                    if name in graphs:  # CUDA graphs: a new step; no output of the last one is kept
+                        torch.compiler.cudagraph_mark_step_begin()
+                    outputs[name][task] = run().float().cpu()
+                except Exception as exc:  # noqa: BLE001 - report this option, measure the others
+                    failed(name, task, exc)
+                    del runners[name]
+            if "fp32" not in runners:
+                continue
             for _ in tqdm(range(args.repeats), desc=f"{task} rounds", disable=False):
-                for name, run in runners.items():  # round-robin: load from others hits every option alike
-                    synchronize(args.device)
-                    start = time.perf_counter()
-                    run()
-                    synchronize(args.device)
-                    times.setdefault((name, task), []).append(time.perf_counter() - start)
-    median = {key: statistics.median(values) for key, values in times.items()}
-    for name in models:
-        results[name] = {
-            **{f"{task}_s": median[(name, task)] for task in ("forward", "cam", "gradcam")},
-            **{f"{task}_speedup": median[("fp32", task)] / median[(name, task)] for task in ("forward", "cam", "gradcam")},
-            **{f"{task}_max_abs_diff": float((outputs[name][task] - outputs["fp32"][task]).abs().max())
-               for task in ("forward", "cam", "gradcam")},
-        }
-    lines = [f"{args.model}, batch {args.batch}, 224x224, {args.device}, {torch.get_num_threads()} threads, "
-             f"medians of {args.repeats} rounds", "",
-             "| option | forward speed-up | cam speed-up | gradcam speed-up | logits max abs diff | "
-             "cam map max abs diff | gradcam map max abs diff |",
-             "|---|---|---|---|---|---|---|"]
-    for name, r in results.items():
-        lines.append(f"| {name} | {r['forward_speedup']:.2f}x | {r['cam_speedup']:.2f}x | {r['gradcam_speedup']:.2f}x | "
-                     f"{r['forward_max_abs_diff']:.1e} | {r['cam_max_abs_diff']:.1e} | {r['gradcam_max_abs_diff']:.1e} |")
-    table = "\n".join(lines) + "\n"
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "speed_forward.md").write_text(table)
-    (args.out / "speed_forward.json").write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()},
-                                                             "results": results}, indent=1))
-    print(table)
-    return 0
+                for name, run in list(runners.items()):  # round-robin: load from others hits every option alike
+                    try:
+                        if name in graphs:
+                            torch.compiler.cudagraph_mark_step_begin()
+                        synchronize(args.device)
+                        start = time.perf_counter()
+                        run()
+                        synchronize(args.device)
+                        times.setdefault((name, task), []).append(time.perf_counter() - start)
+                    except Exception as exc:  # noqa: BLE001
+                        failed(name, task, exc)
+                        del runners[name]
+                        times.pop((name, task), None)
+        report(args, names, times, outputs, errors)
+    results = report(args, names, times, outputs, errors)
+    print((args.out / "speed_forward.md").read_text())
+    return 1 if errors or not results else 0
 
 
 if __name__ == "__main__":

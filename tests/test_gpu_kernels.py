@@ -145,6 +145,8 @@ INTERPRETER_SCRIPT = textwrap.dedent("""
     out = {}
     maps = torch.randn(3, 2, 7, 5)
     maps[0, 1] = 0.25
+    long_maps = torch.randn(3, 2500)  # 3 blocks of 1024, the last one partial
+    long_maps[1] = -1.5
     for dtype in (torch.float32, torch.float16, torch.bfloat16):
         m = maps.to(dtype)
         with warnings.catch_warnings(record=True) as caught:
@@ -155,12 +157,22 @@ INTERPRETER_SCRIPT = textwrap.dedent("""
             d = tri.resample_normalize(m, {2: 23, 3: 31}, 2, relu=True)
             e = tri.resample_normalize(m[:, :, :, :4], {2: 3, 3: 2}, 2, relu=False)  # downsampling
             f = ref.resample_normalize(m[:, :, :, :4], {2: 3, 3: 2}, 2, relu=False)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            # rows longer than one block (1024) and not a multiple of it: the loops' later blocks and masks
+            g = tri.resample_normalize(m, {2: 50, 3: 45}, 2, relu=True)
+            h = ref.resample_normalize(m, {2: 50, 3: 45}, 2, relu=True)
+            i = tri.normalize(long_maps.to(dtype), 1)
+            j = ref.normalize(long_maps.to(dtype), 1)
         name = str(dtype).split(".")[1]
         out[name] = {
             "normalize": float((a.float() - b.float()).abs().max()), "normalize_dtype": str(b.dtype),
             "fused": float((c.float() - d.float()).abs().max()), "fused_shape": list(d.shape),
             "fused_dtype": str(d.dtype), "down": float((e.float() - f.float()).abs().max()),
             "warnings": len(caught), "constant_zero": bool((d[0, 1] == 0).all()),
+            "fused_long": float((g.float() - h.float()).abs().max()),
+            "normalize_long": float((i.float() - j.float()).abs().max()),
+            "long_constant_zero": bool((i[1] == 0).all()) and bool((g[0, 1] == 0).all()),
         }
     images = torch.randint(0, 256, (2, 3, 33, 40), dtype=torch.uint8)
     overlay_maps = torch.rand(2, 33, 40)
@@ -168,6 +180,11 @@ INTERPRETER_SCRIPT = textwrap.dedent("""
     o_ref = CudaKernel(use_triton=False).overlay(images, overlay_maps, 0.35)
     o_tri = tri.overlay(images, overlay_maps, 0.35)
     out["overlay"] = int((o_ref.int() - o_tri.int()).abs().max())
+    # one block per image, images after the first: the flat grid's sample / block split
+    small_images = torch.randint(0, 256, (3, 3, 5, 7), dtype=torch.uint8)
+    small_maps = torch.rand(3, 5, 7)
+    out["overlay_small"] = int((CudaKernel(use_triton=False).overlay(small_images, small_maps, 0.6).int()
+                                - tri.overlay(small_images, small_maps, 0.6).int()).abs().max())
     print(json.dumps(out))
 """)
 
@@ -193,6 +210,8 @@ def test_triton_kernels_match_torch_through_the_interpreter(interpreter_results,
     assert result["normalize"] <= tolerance
     assert result["fused"] <= tolerance
     assert result["down"] <= tolerance
+    assert result["fused_long"] <= tolerance and result["normalize_long"] <= tolerance
+    assert result["long_constant_zero"]
     assert result["fused_shape"] == [3, 2, 23, 31]
     assert result["normalize_dtype"] == result["fused_dtype"] == f"torch.{dtype}"
     assert result["constant_zero"]
@@ -201,6 +220,7 @@ def test_triton_kernels_match_torch_through_the_interpreter(interpreter_results,
 
 def test_triton_overlay_matches_torch_through_the_interpreter(interpreter_results):
     assert interpreter_results["overlay"] <= 1  # fused multiply-add may round a .5 the other way
+    assert interpreter_results["overlay_small"] <= 1
 
 
 # ----------------------------------------------------------------------------------- accelerate
@@ -230,10 +250,18 @@ def test_autocast_dtype_names():
 # ----------------------------------------------------------------------------------- GPU parity
 
 
+@pytest.fixture
+def no_tf32(monkeypatch):
+    """Full fp32 convolutions and matmuls on the GPU: cuDNN uses TF32 (10-bit mantissa) for fp32
+    convolutions by default on Ampere and later, which moves maps by ~1e-3, not a kernel error."""
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("method", ["cam", "gradcam", "layercam", "scorecam"])
 @pytest.mark.parametrize("use_triton", [False, True])
-def test_cuda_kernel_explain_matches_cpu(method, use_triton, monkeypatch):
+def test_cuda_kernel_explain_matches_cpu(method, use_triton, monkeypatch, no_tf32):
     monkeypatch.setenv("CAMKIT_TRITON", "1" if use_triton else "0")
     model = tiny_cnn()
     x = torch.randn(3, 3, 20, 20)
@@ -267,3 +295,28 @@ def test_cuda_overlay_matches_cpu():
     for use_triton in (False, True):
         out = CudaKernel(use_triton=use_triton).overlay(images.cuda(), maps.cuda(), 0.5)
         assert (out.cpu().int() - expected.int()).abs().max() <= 1
+
+
+@pytest.mark.gpu
+def test_triton_kernels_index_past_2_31_elements():
+    """Offsets beyond int32 (compiled Triton, not the interpreter): outputs of more than 2**31
+    elements, checked on their last rows against the torch path on those rows alone."""
+    free, _ = torch.cuda.mem_get_info()
+    if free < 24 * 2**30:
+        pytest.skip(f"needs 24 GiB of free GPU memory, {free / 2**30:.0f} GiB free")
+    kernel = CudaKernel(use_triton=True)
+    rows = 2**31 // (224 * 224) + 8  # (rows, 224, 224) bf16 maps: just past 2**31 elements
+    small = torch.randn(rows, 7, 7, device="cuda", dtype=torch.bfloat16)
+    out = kernel.resample_normalize(small, {1: 224, 2: 224}, 1, relu=True)
+    assert out.numel() > 2**31
+    tail = TorchKernel().resample_normalize(small[-4:], {1: 224, 2: 224}, 1, relu=True)
+    assert (out[-4:].float() - tail.float()).abs().max() <= 1.6e-2
+    normalized = kernel.normalize(out, 1)  # rows of 224 * 224 past 2**31 elements, read and written
+    assert (normalized[-4:].float() - TorchKernel().normalize(out[-4:], 1).float()).abs().max() <= 1.6e-2
+    del small, out, normalized
+    n = 2**31 // (3 * 224 * 224) + 2  # uint8 images past 2**31 bytes
+    images = torch.randint(0, 256, (n, 3, 224, 224), dtype=torch.uint8, device="cuda")
+    maps = torch.rand(n, 224, 224, device="cuda")
+    blended = kernel.overlay(images, maps, 0.5)
+    expected = jet_overlay_torch(images[-2:], maps[-2:], 0.5)
+    assert (blended[-2:].int() - expected.int()).abs().max() <= 1

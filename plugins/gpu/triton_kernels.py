@@ -113,9 +113,12 @@ def _resample_normalize_kernel(src_ptr, out_ptr, flag_ptr, in_h, in_w, out_h, ou
 
 
 @triton.jit
-def _jet_overlay_kernel(img_ptr, map_ptr, lut_ptr, out_ptr, pixels, keep, BLOCK: tl.constexpr):
-    sample = tl.program_id(0)
-    block = tl.program_id(1)
+def _jet_overlay_kernel(img_ptr, map_ptr, lut_ptr, out_ptr, pixels, blocks_per_sample, keep, BLOCK: tl.constexpr):
+    # one flat grid axis (up to 2**31 - 1 programs): grid axes 1 and 2 stop at 65535, which an
+    # (N, pixel blocks) grid would pass at 8192 x 8192 pixels
+    pid = tl.program_id(0)
+    sample = pid // blocks_per_sample
+    block = pid % blocks_per_sample
     idx = block * BLOCK + tl.arange(0, BLOCK)
     valid = idx < pixels
     m = tl.load(map_ptr + sample.to(tl.int64) * pixels + idx, mask=valid, other=0.0).to(tl.float32)
@@ -169,6 +172,9 @@ def jet_overlay(images: Any, maps: Any, lut_scaled: Any, alpha: float) -> Any:
     pixels = h * w
     block = 1024
     if n and pixels:
-        grid = (n, triton.cdiv(pixels, block))
-        _jet_overlay_kernel[grid](images, maps, lut_scaled.contiguous(), out, pixels, 1.0 - float(alpha), BLOCK=block)
+        blocks = triton.cdiv(pixels, block)
+        if n * blocks >= 2**31:
+            raise ValueError(f"{n} images of {h}x{w} pixels are too many for one overlay launch: split the batch")
+        _jet_overlay_kernel[(n * blocks,)](images, maps, lut_scaled.contiguous(), out, pixels, blocks,
+                                           1.0 - float(alpha), BLOCK=block)
     return out
