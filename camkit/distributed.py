@@ -11,6 +11,23 @@ from dataclasses import dataclass
 from typing import Any
 
 
+def local_device(name: Any = "auto") -> Any:
+    """The device of this process: "auto" is CUDA when available, else the CPU; plain "cuda" is this
+    ``torchrun`` process's own GPU, ``cuda:LOCAL_RANK``. More processes than GPUs is a clear error."""
+    import torch
+
+    if str(name) == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(name)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    if device.type == "cuda" and device.index >= torch.cuda.device_count():
+        raise ValueError(f"this process wants {device} but the machine has {torch.cuda.device_count()} visible GPU(s): "
+                         f"start at most that many processes per node (torchrun --nproc_per_node), or hide "
+                         f"the GPUs (CUDA_VISIBLE_DEVICES=) to run on the CPU")
+    return device
+
+
 @dataclass
 class Distributed:
     """This process's place in a ``torchrun`` job (world 1 without one).
@@ -38,11 +55,9 @@ class Distributed:
         world = int(os.environ.get("WORLD_SIZE", "1"))
         if world <= 1:
             return cls()
-        device = torch.device(device)
+        device = local_device(device)
         cuda = device.type == "cuda"
         if cuda:
-            index = device.index if device.index is not None else int(os.environ.get("LOCAL_RANK", "0"))
-            device = torch.device("cuda", index)
             torch.cuda.set_device(device)
         started = False
         if not dist.is_initialized():

@@ -275,6 +275,7 @@ def test_distributed_cuda_selects_the_local_gpu_and_a_cpu_capable_backend(monkey
     monkeypatch.setattr(dist, "get_rank", lambda group=None: 1)
     monkeypatch.setattr(dist, "get_world_size", lambda group=None: 2)
     monkeypatch.setattr(torch.cuda, "set_device", lambda device: calls["device"].append(torch.device(device)))
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
 
     place = Distributed.from_environment(torch.device("cuda"))
     assert calls["init"] == ["cpu:gloo,cuda:nccl"]  # NCCL alone cannot all_reduce the CPU sums
@@ -289,3 +290,16 @@ def test_distributed_cuda_selects_the_local_gpu_and_a_cpu_capable_backend(monkey
     state.update(initialized=True, backend="nccl")  # a group somebody else started with NCCL only
     joined = Distributed.from_environment(torch.device("cuda"))
     assert not joined.started_here and joined.collective_device == "cuda:1"
+
+
+def test_more_processes_than_gpus_is_a_clear_error(monkeypatch):
+    from camkit.distributed import local_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    assert local_device("auto") == torch.device("cuda", 0) and local_device("cuda") == torch.device("cuda", 0)
+    assert local_device("cpu") == torch.device("cpu")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    with pytest.raises(ValueError, match=r"wants cuda:1 but the machine has 1 visible GPU\(s\).*nproc_per_node"):
+        local_device("auto")

@@ -66,7 +66,7 @@ def test_train_explain_eval_through_the_cli(tmp_path, capsys):
 @pytest.mark.slow
 def test_distributed_training_with_two_cpu_processes(tmp_path):
     out = tmp_path / "ddp"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}  # CPU ranks even on a 1-GPU machine
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "camkit",
            "train", "skeleton", *DATA, "--streams", "2", "-m", "config=tiny", "--epochs", "1", "--out", str(out)]
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)

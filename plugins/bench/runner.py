@@ -82,13 +82,9 @@ def _collate(items: list[Mapping[str, Any]], positions: list[int]) -> dict[str, 
 
 
 def _device(name: str) -> Any:
-    import torch
+    from camkit.distributed import local_device
 
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda":  # one GPU per torchrun process
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-    return torch.device(name)
+    return local_device(name)  # "cuda": one GPU per torchrun process
 
 
 def _load_model(entry: Mapping[str, Any], num_classes: int, seed: int) -> tuple[Any, dict[str, Any]]:

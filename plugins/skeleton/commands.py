@@ -65,10 +65,9 @@ def _train_run(args: argparse.Namespace) -> int:
     from camkit.checkpoint import save_checkpoint
     from camkit_plugins.skeleton.models import ra_gcn_loss, unwrap
 
-    from camkit.distributed import Distributed
+    from camkit.distributed import Distributed, local_device
 
-    cuda = torch.cuda.is_available()
-    device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if cuda else torch.device("cpu")
+    device = local_device("auto")
     job = Distributed.from_environment(device)  # selects this rank's GPU; gloo on CPU
     rank, world = job.rank, job.world
     torch.manual_seed(args.seed)
