@@ -142,7 +142,9 @@ def test_scorecam_forwards_the_all_zero_input_once_for_every_dead_channel():
     torch.testing.assert_close(res.maps, scorecam_by_loop(net, x, res.targets), atol=1e-5, rtol=1e-4)
 
 
-def test_eigencam_against_numpy_svd(model, images):
+@pytest.mark.parametrize("channels", [6, 80])  # more sites than channels (C x C Gram), and fewer (S x S)
+def test_eigencam_against_numpy_svd(channels, images):
+    model = GapNet(channels=channels).eval()
     res = explain(model, images, "eigencam", upsample=False)
     f, _, _ = manual_features_and_grads(model, model.body, images, res.targets)
     for n in range(images.shape[0]):
