@@ -130,7 +130,7 @@ def test_bench_tables_plots_baselines_and_direct_parity(toy):
 
 
 def test_bench_resumes_without_recomputing(toy, monkeypatch):
-    run({**toy, "metrics": METRICS[:2]})
+    run({**toy, "metrics": METRICS[1:3]})
     cells = sorted(Path(toy["out"], "cells").glob("*.json"))
     stamps = {p: p.stat().st_mtime_ns for p in cells}
     calls = []
@@ -140,9 +140,11 @@ def test_bench_resumes_without_recomputing(toy, monkeypatch):
         original = cls.evaluate
         monkeypatch.setattr(cls, "evaluate", lambda self, batch, f=original: calls.append(self.name) or f(self, batch))
     records = run({**toy, "metrics": METRICS[:3]})
-    assert set(calls) == {"box_localization"}  # only the new metric ran
+    assert set(calls) == {"pointing_game"}  # only the new metric ran
     assert all(p.stat().st_mtime_ns == stamps[p] for p in cells)
     assert len(records) == 4 * 3
+    header = next(line for line in (Path(toy["out"]) / "results.md").read_text().splitlines() if "| rank |" in line)
+    assert header.index("pointing_game") < header.index("energy_pointing_game") < header.index("box_localization")
     calls.clear()
     run({**toy, "metrics": METRICS[:3], "seed": 1})  # a different seed is a different cell
     assert set(calls) == {"pointing_game", "energy_pointing_game", "box_localization"}

@@ -47,6 +47,12 @@ def rank_methods(records: list[Mapping[str, Any]]) -> dict[str, float]:
     return {method: sum(r) / len(r) for method, r in ranks.items()}
 
 
+def metric_order(group: list[Mapping[str, Any]], config: Mapping[str, Any]) -> list[str]:
+    """The group's metric labels in the config's order, whichever cells came from the cache."""
+    order = {(m["label"] if isinstance(m, Mapping) else m): i for i, m in enumerate(config.get("metrics", []))}
+    return sorted(dict.fromkeys(r["metric"] for r in group), key=lambda m: order.get(m, len(order)))
+
+
 def markdown(records: list[Mapping[str, Any]], config: Mapping[str, Any]) -> str:
     lines = ["# camkit bench", "",
              f"split `{config['split']}`, up to {config['samples']} samples, seed {config['seed']}, "
@@ -56,7 +62,7 @@ def markdown(records: list[Mapping[str, Any]], config: Mapping[str, Any]) -> str
     for r in records:
         groups.setdefault((r["model"], r["dataset"]), []).append(r)
     for (model, dataset), group in groups.items():
-        metrics = list(dict.fromkeys(r["metric"] for r in group))
+        metrics = metric_order(group, config)
         first = {m: next(r for r in group if r["metric"] == m) for m in metrics}
         ranks = rank_methods(group)
         methods = sorted(dict.fromkeys(r["method"] for r in group), key=lambda m: (ranks.get(m, math.inf), m))
@@ -131,10 +137,10 @@ def write_report(records: list[Mapping[str, Any]], config: Mapping[str, Any], ou
                                          r["counts"][name][i]])
     (out / "results.md").write_text(markdown(records, config))
     if config.get("plots", True):
-        plot(records, out)
+        plot(records, config, out)
 
 
-def plot(records: list[Mapping[str, Any]], out: Path) -> None:
+def plot(records: list[Mapping[str, Any]], config: Mapping[str, Any], out: Path) -> None:
     """Per (model, dataset): bar charts of the primary values (baselines grey, hatched) and the curves."""
     import matplotlib
 
@@ -147,7 +153,7 @@ def plot(records: list[Mapping[str, Any]], out: Path) -> None:
             groups.setdefault((r["model"], r["dataset"]), []).append(r)
     for (model, dataset), group in groups.items():
         stem = f"{slug(model)}_{slug(dataset)}"
-        metrics = list(dict.fromkeys(r["metric"] for r in group))
+        metrics = metric_order(group, config)
         fig, axes = plt.subplots(1, len(metrics), figsize=(3.2 * len(metrics), 3.2), squeeze=False)
         for ax, metric in zip(axes[0], metrics):
             rows = [r for r in group if r["metric"] == metric]
