@@ -237,6 +237,8 @@ def test_checkpoint_models_and_their_recorded_input_size(toy, tmp_path):
     records = run({**toy, "models": [str(checkpoint)], "metrics": ["pointing_game"], "methods": ["cam"]})
     assert {tuple(r["key"]["dataset"]["options"].items()) for r in records} == {(("size", 32),)}
     assert {r["counts"]["hit_rate"] for r in records} == {9}
+    with pytest.raises(ValueError, match=r"is a checkpoint .*its options \{'output_stride': 8\} cannot change it"):
+        run({**toy, "models": [{"name": str(checkpoint), "options": {"output_stride": 8}}], "metrics": metrics})
     explicit = [{"name": "toy-boxes", "options": {"size": 16}}]
     with pytest.raises(ValueError, match="trained on 32 px inputs but the data set's items are 16x16"):
         run({**toy, "models": [str(checkpoint)], "metrics": metrics, "datasets": explicit})
@@ -305,3 +307,20 @@ def test_more_processes_than_gpus_is_a_clear_error(monkeypatch):
     monkeypatch.setenv("LOCAL_RANK", "1")
     with pytest.raises(ValueError, match=r"wants cuda:1 but the machine has 1 visible GPU\(s\).*nproc_per_node"):
         local_device("auto")
+
+
+def test_ranking_puts_a_missing_value_last():
+    from camkit_plugins.bench.report import rank_methods
+
+    def record(method, metric, value, higher=True):
+        return {"method": method, "metric": metric, "primary": "v", "values": {"v": value}, "higher_is_better": higher}
+
+    records = [record("good", "pg", 80.0), record("broken", "pg", float("nan")), record("other", "pg", 70.0),
+               record("good", "del", 0.2, False), record("broken", "del", float("nan"), False),
+               record("other", "del", 0.3, False),
+               record("good", "ins", 0.6), record("broken", "ins", 0.61), record("other", "ins", 0.5),
+               record("good", "empty", float("nan")), record("broken", "empty", float("nan")),
+               record("other", "empty", float("nan"))]  # nobody measured: ignored
+    ranks = rank_methods(records)
+    assert ranks == {"good": pytest.approx((1 + 1 + 2) / 3), "other": pytest.approx((2 + 2 + 3) / 3),
+                     "broken": pytest.approx((3 + 3 + 1) / 3)}

@@ -44,12 +44,15 @@ def test_energy_pointing_game_known_shares():
     maps = torch.zeros(3, 6, 6)
     maps[0] = mask[0].float()  # the mask itself: all energy inside
     maps[1, 1, 1], maps[1, 5, 5] = 3.0, 1.0  # 3 of 4 units inside
-    # maps[2] stays all zero: undefined
+    # maps[2] stays all zero: no energy anywhere, so none inside (a failure, not an undefined sample)
     values = metric("energy_pointing_game").evaluate(make_batch(None, torch.zeros(3, 1, 6, 6), maps, mask=mask)).values
     energy = values["energy"]
     assert energy[0].item() == pytest.approx(100.0)
     assert energy[1].item() == pytest.approx(75.0)
-    assert math.isnan(energy[2].item())
+    assert energy[2].item() == 0.0
+    mask[1] = False  # nothing to point at: undefined, left out of the mean
+    values = metric("energy_pointing_game").evaluate(make_batch(None, torch.zeros(3, 1, 6, 6), maps, mask=mask)).values
+    assert math.isnan(values["energy"][1].item()) and values["energy"][0].item() == pytest.approx(100.0)
 
 
 def test_pointing_game_hits_misses_and_tolerance():
@@ -92,7 +95,7 @@ def empty_policy_batch():
 
 NAN = float("nan")
 EMPTY_POLICY_ORACLE = {  # per sample, worked out by hand from empty_policy_batch
-    "nan": {"hits": [1, NAN, NAN, NAN, NAN, 1], "energy": [0.75, NAN, NAN, 0, NAN, 0.75]},
+    "nan": {"hits": [1, 0, 0, NAN, 0, 1], "energy": [0.75, 0, 0, NAN, 0, 0.75]},
     "miss": {"hits": [1, 0, 0, 0, 0, 1], "energy": [0.75, 0, 0, 0, 0, 0.75]},
 }
 
@@ -107,8 +110,8 @@ def test_localization_empty_map_policies(empty):
     assert hits.dtype == torch.float64 and energy.dtype == torch.float32
     torch.testing.assert_close(hits, torch.tensor(oracle["hits"], dtype=torch.float64), equal_nan=True)
     torch.testing.assert_close(energy, torch.tensor(oracle["energy"]), equal_nan=True)
-    # "nan" leaves the undefined samples out of the mean, "miss" counts them as 0
-    expected_means = {"nan": (2 / 2, 1.5 / 3), "miss": (2 / 6, 1.5 / 6)}[empty]
+    # a map pointing nowhere is a miss under both; "nan" leaves the empty ground truth out of the mean
+    expected_means = {"nan": (2 / 5, 1.5 / 5), "miss": (2 / 6, 1.5 / 6)}[empty]
     assert (hits.nanmean().item(), energy.nanmean().item()) == pytest.approx(expected_means)
     if empty == "miss":  # the skeleton evaluation's public helpers keep its rule
         from camkit_plugins.skeleton import evaluation
@@ -150,14 +153,25 @@ def test_box_localization_boxes_the_largest_component():
     maps[:, 9:11, 9:11] = 0.9  # 4 sites, above 20% of the max but smaller
     truth = torch.tensor([[3, 2, 8, 6], [3, 2, 8, 7]])  # second: IoU 20/25 = 0.8
     labels = torch.tensor([0, 1])
-    targets = torch.tensor([0, 0])  # the second sample is the wrong class
+
+    class AlwaysZero(nn.Module):  # predicts class 0 for every input: the second sample is misclassified
+        def forward(self, x):
+            return torch.stack([torch.ones(len(x)), torch.zeros(len(x))], dim=1)
+
     values = metric("box_localization").evaluate(
-        make_batch(None, torch.zeros(2, 1, 12, 12), maps, targets=targets, labels=labels, box=truth)).values
+        make_batch(AlwaysZero(), torch.zeros(2, 1, 12, 12), maps, targets=torch.tensor([0, 0]), labels=labels,
+                   box=truth)).values
     assert values["iou"].tolist() == pytest.approx([1.0, 0.8])
-    assert values["accuracy"].tolist() == [100.0, 0.0]
+    assert values["accuracy"].tolist() == [100.0, 0.0] and values["correct_class"].tolist() == [100.0, 0.0]
+    # maps of the labels (bench targets = "label"): the right class is still the model's own top-1
+    of_labels = metric("box_localization").evaluate(
+        make_batch(AlwaysZero(), torch.zeros(2, 1, 12, 12), maps, targets=labels, labels=labels, box=truth)).values
+    assert of_labels["accuracy"].tolist() == [100.0, 0.0] and of_labels["correct_class"].tolist() == [100.0, 0.0]
+    given = make_batch(None, torch.zeros(2, 1, 12, 12), maps, targets=labels, labels=labels, box=truth,
+                       predictions=torch.tensor([1, 1]))  # predictions passed in: no forward needed
+    assert metric("box_localization").evaluate(given).values["accuracy"].tolist() == [0.0, 100.0]
     # percentile rule: the top 5% = 7 sites of the 20 equal ones... all tie at 1.0 so all 20 kept
-    pct = metric("box_localization", rule="percentile", value=0.05).evaluate(
-        make_batch(None, torch.zeros(2, 1, 12, 12), maps, targets=targets, labels=labels, box=truth)).values
+    pct = metric("box_localization", rule="percentile", value=0.05).evaluate(given).values
     assert pct["iou"][0].item() == pytest.approx(1.0)
 
 
@@ -429,3 +443,16 @@ def test_deletion_removes_tied_sites_in_a_seeded_random_order():
     full, after_one_row = torch.softmax(torch.tensor([10.0, 0.0]), 0)[0], 0.5
     assert curve[0, 1].item() > after_one_row + 0.1  # not the whole top row gone after 8 of 64 sites
     assert curve[0, 0].item() == pytest.approx(full.item())
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_road_noise_is_independent_of_the_random_baseline(seed):
+    from camkit_plugins.metrics.baselines import random_maps
+    from camkit_plugins.metrics.perturbations import _per_sample_noise
+
+    indices = torch.arange(5, 9)
+    maps = random_maps((4, 32, 32), indices, seed=seed)
+    noise = _per_sample_noise(torch.zeros(4, 1, 32, 32), Layout.parse("NCHW"), indices)[:, 0]
+    for row in range(4):  # at seed 1 both once came from the same generator (correlation -0.31)
+        correlation = torch.corrcoef(torch.stack([maps[row].flatten(), noise[row].flatten()]))[0, 1]
+        assert abs(correlation.item()) < 0.1

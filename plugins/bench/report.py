@@ -31,19 +31,26 @@ def scalar_rows(records: list[Mapping[str, Any]]) -> list[dict[str, Any]]:
 
 
 def rank_methods(records: list[Mapping[str, Any]]) -> dict[str, float]:
-    """Mean rank of each method over the metrics' primary values (1 = best; ties share the better rank)."""
+    """Mean rank of each method over the metrics' primary values (1 = best; ties share the better rank).
+
+    A method without a value on a metric that others have (NaN: e.g. every map was empty) takes the
+    last rank there, so missing results never lift a method above one that was measured."""
     by_metric: dict[str, dict[str, float]] = {}
     for r in records:
         value = r["values"].get(r["primary"])
-        if value is None or _is_curve(value) or math.isnan(value):
+        if r.get("skipped") or value is None or _is_curve(value):
             continue
-        by_metric.setdefault(r["metric"], {})[r["method"]] = value if r["higher_is_better"] else -value
+        by_metric.setdefault(r["metric"], {})[r["method"]] = (
+            -math.inf if math.isnan(value) else value if r["higher_is_better"] else -value)
     ranks: dict[str, list[int]] = {}
     for scores in by_metric.values():
+        if all(score == -math.inf for score in scores.values()):
+            continue  # nobody has a value: the metric says nothing about the order
         for method, score in scores.items():
-            # equal up to float noise (CAM and Grad-CAM agree to ~1e-7) is a tie
+            # equal up to float noise (CAM and Grad-CAM agree to ~1e-7) is a tie; missing values tie last
             ranks.setdefault(method, []).append(1 + sum(other > score + 1e-6 * max(1.0, abs(score))
-                                                        for other in scores.values()))
+                                                        for other in scores.values() if other != -math.inf)
+                                                if score != -math.inf else len(scores))
     return {method: sum(r) / len(r) for method, r in ranks.items()}
 
 

@@ -95,6 +95,9 @@ def _load_model(entry: Mapping[str, Any], num_classes: int, seed: int) -> tuple[
     from camkit.plugin_manager import lookup
 
     if is_checkpoint(entry["name"]):
+        if entry["options"]:  # the checkpoint's config.json fixes the model; options would be ignored
+            raise ValueError(f"model {entry['label']!r} is a checkpoint ({entry['name']}): its options "
+                             f"{dict(entry['options'])} cannot change it; remove them")
         model, config = load_checkpoint(entry["name"])
         if len(config["classes"]) != num_classes:
             raise ValueError(f"checkpoint {entry['name']} has {len(config['classes'])} classes but the data set "
@@ -304,7 +307,7 @@ def _run_method(config: Mapping[str, Any], model: Any, dataset: Any, count: int,
                 maps=maps, map_letters=make_maps.letters, indices=batch["index"],
                 explain=lambda m, x, t, idx=batch["index"]: make_maps(m, x, t, idx),
                 mask=batch.get("mask"), box=batch.get("box"), normalization=normalization,
-                chunk_size=config["chunk_size"], seed=config["seed"])
+                chunk_size=config["chunk_size"], seed=config["seed"], predictions=logits.argmax(dim=1))
             for metric, _, _, instance, _ in runnable:
                 began = time.perf_counter()
                 result = instance.evaluate(evaluation)

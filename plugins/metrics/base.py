@@ -24,7 +24,8 @@ class EvalBatch:
     ``map_letters``; ``targets``: the class each map explains; ``indices``: global sample ids
     (seed per-sample randomness, so results do not depend on batching or sharding);
     ``explain(model, inputs, targets)`` recomputes maps the same way (used by sanity checks);
-    ``normalization``: ``(mean, std)`` per channel when known (for raw-space masking)."""
+    ``normalization``: ``(mean, std)`` per channel when known (for raw-space masking);
+    ``predictions``: the model's top-1 classes on ``inputs`` (computed when needed if not given)."""
 
     model: Any
     inputs: Any
@@ -40,6 +41,16 @@ class EvalBatch:
     normalization: tuple[Any, Any] | None = None
     chunk_size: int = 256
     seed: int = 0
+    predictions: Any = None
+
+    def top1(self) -> Any:
+        """The model's top-1 class per sample (``predictions``, else one forward pass)."""
+        if self.predictions is None:
+            import torch
+
+            with torch.inference_mode():
+                self.predictions = self.model(self.inputs).argmax(dim=1)
+        return self.predictions
 
     @property
     def site_shape(self) -> tuple[int, ...]:

@@ -7,44 +7,53 @@ from typing import Any
 from camkit_plugins.metrics.base import EvalBatch, Metric, MetricValues, check_options
 
 EMPTY_POLICIES = ("nan", "miss")
-"""What a sample the localization scores cannot judge counts as: ``"nan"``, left out of the mean (the
-metrics' rule); ``"miss"``, a score of 0 (the skeleton evaluation's rule). See ``pointing_hits``."""
+"""What a sample with an empty ground truth (nothing to point at) scores: ``"nan"``, left out of the
+mean (the metrics' rule); ``"miss"``, 0 (the skeleton evaluation's rule). A map that points nowhere
+(no positive site: e.g. every gradient was negative) is a miss under both, so a method cannot raise
+its score by returning empty maps on hard samples."""
 
 
 def pointing_hits(maps: Any, truth: Any, empty: str = "nan") -> Any:
     """``(N,)`` float64: 1 where the first maximum (raster order) of each ``(N, *sites)`` map lies in
-    the boolean ground truth ``truth`` (same shape), else 0.
-
-    ``empty="nan"``: an empty ground truth or a map with no positive site (it points nowhere; its
-    argmax would be site 0 by convention) gives NaN. ``empty="miss"``: both are misses (0)."""
+    the boolean ground truth ``truth`` (same shape), else 0; 0 for a map with no positive site, and
+    NaN (``empty="nan"``) or 0 (``empty="miss"``) for an empty ground truth."""
     import torch
 
     check_options("empty", empty, EMPTY_POLICIES)
     flat_maps = maps.reshape(maps.shape[0], -1)
     flat_truth = truth.reshape(truth.shape[0], -1)
     hit = flat_truth.gather(1, flat_maps.argmax(dim=1)[:, None])[:, 0].double()
-    judged = (flat_maps.amax(dim=1) > 0) & flat_truth.any(dim=1)
-    return torch.where(judged, hit, torch.full_like(hit, float("nan") if empty == "nan" else 0.0))
+    hit = torch.where(flat_maps.amax(dim=1) > 0, hit, torch.zeros_like(hit))
+    return _undefined_where_empty(hit, flat_truth, empty)
 
 
 def energy_share(maps: Any, truth: Any, empty: str = "nan") -> Any:
     """``(N,)`` share (0..1, in the maps' dtype) of each ``(N, *sites)`` map's positive mass that lies
-    in the boolean ground truth ``truth``. A map with no positive mass gives NaN (``empty="nan"``) or
-    0 (``empty="miss"``); an empty ground truth gives 0 under both."""
+    in the boolean ground truth ``truth``; 0 for a map with no positive mass, and NaN
+    (``empty="nan"``) or 0 (``empty="miss"``) for an empty ground truth."""
     import torch
 
     check_options("empty", empty, EMPTY_POLICIES)
     mass = maps.reshape(maps.shape[0], -1).clamp_min(0)
+    flat_truth = truth.reshape(truth.shape[0], -1)
     total = mass.sum(dim=1)
-    inside = (mass * truth.reshape(truth.shape[0], -1)).sum(dim=1)
-    share = inside / torch.where(total > 0, total, torch.ones_like(total))
-    return torch.where(total > 0, share, torch.full_like(share, float("nan") if empty == "nan" else 0.0))
+    share = (mass * flat_truth).sum(dim=1) / torch.where(total > 0, total, torch.ones_like(total))
+    return _undefined_where_empty(share, flat_truth, empty)
+
+
+def _undefined_where_empty(scores: Any, flat_truth: Any, empty: str) -> Any:
+    import torch
+
+    if empty == "miss":
+        return scores
+    return torch.where(flat_truth.any(dim=1), scores, torch.full_like(scores, float("nan")))
 
 
 class PointingGame(Metric):
     """Hit (100) when the map's maximum falls inside the ground truth, widened by ``tolerance`` sites
     (Euclidean, along the continuous axes only: joints are not neighbours by index). The first
-    maximum in raster order is the point; an empty ground truth gives NaN (not counted)."""
+    maximum in raster order is the point; a map with no positive site is a miss; an empty ground
+    truth gives NaN (not counted)."""
 
     name = "pointing_game"
     requires = ("ground_truth",)
@@ -68,7 +77,7 @@ class PointingGame(Metric):
 
 class EnergyPointingGame(Metric):
     """Share (%) of the positive map's mass inside the ground truth (Score-CAM's energy pointing game).
-    An all-zero map gives NaN (not counted)."""
+    A map with no positive mass scores 0; an empty ground truth gives NaN (not counted)."""
 
     name = "energy_pointing_game"
     requires = ("ground_truth",)
@@ -106,7 +115,9 @@ class BoxLocalization(Metric):
         predicted = boxes_from_maps(batch.maps, rule=self.rule, value=self.value)
         truth = torch.as_tensor(batch.box).long().reshape(-1, 4).cpu()
         iou = box_iou(predicted, truth).double()
-        right_class = (batch.targets.cpu() == batch.labels.cpu())
+        # the CAM protocol: the model's own top-1 must be the label (not the class the map explains,
+        # which is the label itself when maps explain the ground truth)
+        right_class = batch.top1().cpu() == batch.labels.cpu()
         accuracy = 100.0 * (right_class & (iou >= self.iou)).double()
         return MetricValues({"accuracy": accuracy, "iou": iou, "correct_class": 100.0 * right_class.double()})
 
