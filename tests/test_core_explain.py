@@ -142,6 +142,18 @@ def test_scorecam_forwards_the_all_zero_input_once_for_every_dead_channel():
     torch.testing.assert_close(res.maps, scorecam_by_loop(net, x, res.targets), atol=1e-5, rtol=1e-4)
 
 
+@pytest.mark.parametrize("scale", [1e-25, 1e20])
+@pytest.mark.parametrize("sites", [5, 60])
+def test_eigencam_singular_vector_at_extreme_feature_scales(scale, sites):
+    from camkit_plugins.methods.eigencam import first_right_singular_vector
+
+    a = torch.rand(3, sites, 40, dtype=torch.float64)
+    expected = torch.linalg.svd(a, full_matrices=False)[2][:, 0]
+    got = first_right_singular_vector((a * scale).float()).double()
+    assert torch.isfinite(got).all()
+    torch.testing.assert_close((got * expected).sum(dim=1).abs(), torch.ones(3, dtype=torch.float64), atol=1e-5, rtol=0)
+
+
 @pytest.mark.parametrize("channels", [6, 80])  # more sites than channels (C x C Gram), and fewer (S x S)
 def test_eigencam_against_numpy_svd(channels, images):
     model = GapNet(channels=channels).eval()
