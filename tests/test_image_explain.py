@@ -169,3 +169,18 @@ def test_explain_on_cuda_mixes_device_decoded_jpegs_and_worker_decoded_pngs(tmp_
     reference = explain_files(model, config, files, tmp_path / "cpu", batch_size=8, workers=0, device="cpu")
     assert len(report.written) == 6 and len(report.bad) == 1 and "truncated.jpg" in report.bad[0]
     assert sorted(p.name for p in report.written) == sorted(p.name for p in reference.written)
+
+
+def test_inputs_with_the_same_name_never_share_output_files(tmp_path):
+    from camkit_plugins.image.explain_files import unique_stem
+
+    used = set()
+    assert [unique_stem(s, used) for s in ["x", "x", "x_2", "x", "y"]] == ["x", "x_2", "x_2_2", "x_3", "y"]
+    model, config, files = _setup(tmp_path, 3)
+    renamed = []
+    for folder, name in (("a", "x.png"), ("b", "x.png"), ("c", "x_2.png")):
+        (tmp_path / folder).mkdir()
+        renamed.append(files[len(renamed)].rename(tmp_path / folder / name))
+    report = explain_files(model, config, renamed, tmp_path / "out", workers=0, grid=False, save_maps=True)
+    assert len(set(report.written)) == 3 and all(path.is_file() for path in report.written)
+    assert len(list((tmp_path / "out").glob("*_maps.npy"))) == 3

@@ -159,6 +159,17 @@ def _record(path: Path, future: Future, failures: list[tuple[Path, BaseException
         failures.append((path, error))
 
 
+def unique_stem(stem: str, used: set[str]) -> str:
+    """``stem``, or ``stem_2``, ``stem_3``, ... : the first not in ``used`` (which it joins), so inputs
+    with the same name in different folders (or named like another's suffixed name) never share outputs."""
+    candidate, count = stem, 1
+    while candidate in used:
+        count += 1
+        candidate = f"{stem}_{count}"
+    used.add(candidate)
+    return candidate
+
+
 def _group_by_size(pictures: Sequence[Any]) -> dict[tuple[int, int], list[int]]:
     groups: dict[tuple[int, int], list[int]] = {}
     for index, picture in enumerate(pictures):
@@ -205,7 +216,7 @@ def explain_files(model: Any, config: dict[str, Any], files: Sequence[Path], out
         pending.append((path, writer.submit(function, path, *args)))
         _settle(pending, failures, MAX_PENDING_WRITES)
     grid_pictures, grid_maps, grid_titles = [], [], []
-    stems: dict[str, int] = {}
+    stems: set[str] = set()
     start = time.perf_counter()
     with camkit.Explainer(model, method=method) as explainer, ThreadPoolExecutor(max_workers=2) as writer, \
             tqdm(total=len(dataset), desc="explain", unit="img") as bar:
@@ -228,10 +239,7 @@ def explain_files(model: Any, config: dict[str, Any], files: Sequence[Path], out
                     batch = torch.stack([pictures[i].to(maps.device) for i in indices])
                     blended = overlay(batch, top_maps, alpha).cpu()
                     for row, i in enumerate(indices):
-                        stem = Path(good[i]["path"]).stem
-                        stems[stem] = stems.get(stem, 0) + 1
-                        if stems[stem] > 1:  # two inputs with the same name in different folders
-                            stem = f"{stem}_{stems[stem]}"
+                        stem = unique_stem(Path(good[i]["path"]).stem, stems)
                         good[i]["stem"] = stem
                         label = classes[int(targets[i, 0])]
                         target = out / overlay_file_name(stem, label)
