@@ -256,3 +256,21 @@ def test_data_roots_expand_the_home_directory(tmp_path, monkeypatch):
     _write_idx(tmp_path / "mnist" / "t10k-images-idx3-ubyte", rng.integers(0, 256, (3, 28, 28), dtype=np.uint8))
     _write_idx(tmp_path / "mnist" / "t10k-labels-idx1-ubyte", np.arange(3, dtype=np.uint8))
     assert len(build_mnist("test", root="~/mnist")) == 3
+
+
+def test_pictures_decode_through_pil_once_torchvision_drops_its_decoders(tmp_path, monkeypatch):
+    import torchvision.io
+
+    from camkit_plugins.image.datasets import decode_image_file
+    from camkit_plugins.image.explain_files import use_device_decode
+
+    picture = torch.randint(0, 256, (3, 5, 7), dtype=torch.uint8)
+    write_png(picture, str(tmp_path / "p.png"))
+    (tmp_path / "bad.png").write_bytes(b"\x89PNG not really")
+    monkeypatch.delattr(torchvision.io, "decode_image")  # what a torchvision without decoders looks like
+    assert torch.equal(decode_image_file(tmp_path / "p.png"), picture)
+    with pytest.raises(CorruptImageError, match=r"bad.png: cannot read image: PIL: "):
+        decode_image_file(tmp_path / "bad.png")
+    assert use_device_decode("auto", "cuda") is False
+    with pytest.raises(ValueError, match="decode='device' needs torchvision.io.decode_jpeg"):
+        use_device_decode("device", "cpu")

@@ -313,23 +313,37 @@ def list_image_folder(root: str | Path) -> tuple[list[Path], list[str], list[int
     return [f for f, _ in files], classes, [lookup[name] for _, name in files]
 
 
-def decode_image_file(path: str | Path) -> Any:
-    """``uint8 (3, H, W)`` tensor of an image file (torchvision.io); ``CorruptImageError`` names a bad file."""
-    import torch
-    from torchvision.io import ImageReadMode, decode_image, read_file
-
+def torchvision_decoding() -> Any:
+    """``torchvision.io`` when it still decodes images, else None: torchvision 0.29 deprecated its
+    decoders for torchcodec, and a later release drops them; camkit then decodes with PIL."""
     try:
-        data = read_file(str(path))
-        image = decode_image(data, mode=ImageReadMode.RGB)
-    except (RuntimeError, OSError, ValueError) as exc:
-        image = _decode_with_pil(path, exc)  # BMP and TIFF: torchvision decodes only JPEG, PNG, GIF, WebP
+        import torchvision.io as tvio
+    except ImportError:
+        return None
+    names = ("ImageReadMode", "decode_image", "decode_jpeg", "read_file")
+    return tvio if all(hasattr(tvio, name) for name in names) else None
+
+
+def decode_image_file(path: str | Path) -> Any:
+    """``uint8 (3, H, W)`` tensor of an image file (torchvision.io, else PIL); ``CorruptImageError``
+    names a bad file."""
+    import torch
+
+    tvio = torchvision_decoding()
+    if tvio is None:
+        image = _decode_with_pil(path)
+    else:
+        try:
+            image = tvio.decode_image(tvio.read_file(str(path)), mode=tvio.ImageReadMode.RGB)
+        except (RuntimeError, OSError, ValueError) as exc:
+            image = _decode_with_pil(path, exc)  # BMP and TIFF: torchvision decodes only JPEG, PNG, GIF, WebP
     if image.dtype != torch.uint8 or image.ndim != 3 or min(image.shape[1:]) == 0:
         raise CorruptImageError(path, f"decoded to an unusable tensor {tuple(image.shape)} {image.dtype}")
     return image
 
 
-def _decode_with_pil(path: str | Path, first: BaseException) -> Any:
-    """The file decoded by PIL after torchvision failed on it; both reasons when PIL fails too."""
+def _decode_with_pil(path: str | Path, first: BaseException | None = None) -> Any:
+    """The file decoded by PIL (after torchvision failed on it: ``first``; both reasons when PIL fails too)."""
     import torch
     from PIL import Image, UnidentifiedImageError
 
@@ -337,6 +351,8 @@ def _decode_with_pil(path: str | Path, first: BaseException) -> Any:
         with Image.open(path) as opened:
             pixels = np.array(opened.convert("RGB"))
     except (OSError, ValueError, UnidentifiedImageError) as exc:
+        if first is None:
+            raise CorruptImageError(path, f"PIL: {exc}") from exc
         reason = str(first).splitlines()[0] if str(first) else type(first).__name__
         raise CorruptImageError(path, f"{reason} (PIL: {exc})") from first
     return torch.from_numpy(pixels).permute(2, 0, 1).contiguous()

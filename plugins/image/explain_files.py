@@ -10,7 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from camkit_plugins.image.datasets import IMAGE_SUFFIXES, CorruptImageError, decode_image_file, prepare_image
+from camkit_plugins.image.datasets import (IMAGE_SUFFIXES, CorruptImageError, decode_image_file, prepare_image,
+                                           torchvision_decoding)
 
 
 def collect_image_files(paths: Sequence[str | Path]) -> list[Path]:
@@ -76,11 +77,11 @@ def decode_jpeg_items(items: list[dict[str, Any]], files: PictureFiles, device: 
     prepared there; the others are returned as they are. A batch with a bad file fails as a whole
     (torchvision returns no partial result), so it is decoded again file by file; a file the device
     cannot decode goes to the CPU decoders, which name it if they cannot either."""
-    from torchvision.io import ImageReadMode, decode_jpeg
-
     encoded = [index for index, item in enumerate(items) if "jpeg" in item]
     if not encoded:
         return items
+    from torchvision.io import ImageReadMode, decode_jpeg
+
     decoded: list[Any] = []
     try:
         decoded = decode_jpeg([items[i]["jpeg"] for i in encoded], mode=ImageReadMode.RGB, device=device)
@@ -110,6 +111,10 @@ def use_device_decode(decode: str, device: Any) -> bool:
 
     if decode not in DECODE_MODES:
         raise ValueError(f"decode={decode!r}: choose one of {', '.join(DECODE_MODES)}")
+    if torchvision_decoding() is None:  # a torchvision without its decoders: PIL in the workers
+        if decode == "device":
+            raise ValueError("decode='device' needs torchvision.io.decode_jpeg, which this torchvision no longer has")
+        return False
     return decode == "device" or (decode == "auto" and torch.device(device).type == "cuda")
 
 
