@@ -21,7 +21,9 @@ from typing import Any, Mapping
 from camkit.distributed import Distributed
 from camkit_plugins.bench.config import BASELINE_METHODS, fingerprint, is_checkpoint, slug
 
-CACHE_VERSION = 1
+# bumped whenever a metric's definition changes, so cells computed under the old one are not reused
+# (2: empty maps are misses, the box protocol's own-prediction rule, ROAD's own noise stream)
+CACHE_VERSION = 2
 
 
 class Accumulator:
