@@ -32,6 +32,10 @@ def test_percentile_keeps_the_top_fraction():
     kept = threshold_maps(maps, rule="percentile", value=0.05)  # top 5 of 100 sites
     assert kept.sum() == 5 and kept[0, 0, :5].all()
     assert boxes_from_maps(maps, rule="percentile", value=0.05).tolist() == [[0, 0, 5, 1]]
+    # the top 20% would reach into the zeros: only the 10 positive sites are kept, not all 90 tied zeros
+    assert threshold_maps(maps, rule="percentile", value=0.2).sum() == 10
+    assert boxes_from_maps(maps, rule="percentile", value=0.2).tolist() == [[0, 0, 10, 1]]
+    assert boxes_from_maps(np.zeros((1, 10, 10)), rule="percentile", value=0.2).tolist() == [[0, 0, 0, 0]]
 
 
 def test_diagonal_neighbours_are_one_component():

@@ -29,7 +29,8 @@ def threshold_maps(maps: Any, rule: str = "max_fraction", value: float = 0.2) ->
     """Boolean masks (N, H, W) of the kept sites before the connected-component step.
 
     ``max_fraction``: sites >= value * max (positive maxima only); ``percentile``: the top
-    ``value`` fraction of sites (at least one site)."""
+    ``value`` fraction of sites (at least one; sites tied with the cut-off are kept too), positive
+    sites only, so the zeros of a normalised map never widen the box and an all-zero map has none."""
     maps = _as_numpy_maps(maps)
     if rule not in RULES:
         raise ValueError(f"unknown box rule {rule!r}; available: {', '.join(RULES)}")
@@ -42,7 +43,7 @@ def threshold_maps(maps: Any, rule: str = "max_fraction", value: float = 0.2) ->
     else:
         count = max(1, int(round(value * flat.shape[1])))
         cut = -np.sort(-flat, axis=1)[:, count - 1 : count]
-        kept = flat >= cut
+        kept = (flat >= cut) & (flat > 0)
     return kept.reshape(maps.shape)
 
 
@@ -61,7 +62,7 @@ def boxes_from_maps(maps: Any, rule: str = "max_fraction", value: float = 0.2) -
     """``torch.LongTensor (N, 4)`` of ``(x0, y0, x1, y1)`` boxes (end exclusive) for maps ``(N, H, W)``.
 
     ``rule="max_fraction"`` keeps sites >= ``value`` x the map's maximum (the CAM paper, 0.2);
-    ``rule="percentile"`` keeps the top ``value`` fraction of sites. Then the largest connected
+    ``rule="percentile"`` keeps the top ``value`` fraction of sites (positive ones only). Then the largest connected
     component is boxed. Maps may be torch tensors (any device) or numpy arrays."""
     import torch
 
