@@ -75,7 +75,7 @@ def main() -> int:
     parser.add_argument("--samples", type=int, default=None, help="override the config's sample count")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--out", type=Path, default=OUT)
-    parser.add_argument("--train-args", default="--output-stride 16",
+    parser.add_argument("--train-args", default="--size 96 --output-stride 16",
                         help="extra arguments for camkit train image, quoted (default: a 6x6 CAM at 96 px)")
     args = parser.parse_args()
 

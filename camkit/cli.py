@@ -57,6 +57,11 @@ def _registry_run(args: argparse.Namespace) -> int:
 
     kinds = [args.kind] if args.kind else sorted(REGISTRY_HOOKS)
     for kind in kinds:
+        if kind == "axes":  # the built-in letters live in the core, not in a plugin
+            from camkit.layout import axis_kinds
+
+            print("axes: " + ", ".join(f"{letter} ({kind})" for letter, kind in axis_kinds().items()))
+            continue
         entries = registry(kind)
         print(f"{kind}: {', '.join(entries) if entries else '(none)'}")
     return 0

@@ -177,6 +177,8 @@ def test_cli_plugins_table_and_python_m():
     assert "camkit_register_methods" in out.stdout
     listed = run_camkit("list", "methods")
     assert listed.stdout.startswith("methods: ") and "gradcam++" in listed.stdout
+    axes = run_camkit("list", "axes").stdout  # the core's built-in letters, not "(none)"
+    assert axes.startswith("axes: H (continuous)") and "V (discrete)" in axes and "M (reducible)" in axes
     bad = run_camkit("no-such-command")
     assert bad.returncode == 2 and "unknown command" in bad.stderr
 
