@@ -4,15 +4,18 @@
 # has its own cap, and a step cut short keeps what it wrote (the benchmarks rewrite their reports as
 # they go).
 #
-#   bash benchmarks/gpu_session.sh STAGE [STAGE ...]      # from the repository root
+#   bash benchmarks/vendor_toolkits.sh                     # here, once: the toolkits into benchmarks/vendor
+#   bash benchmarks/gpu_session.sh STAGE [STAGE ...]      # there, from the repository root,
+#                                                          # with benchmarks/vendor carried along
 #
-# Stages, in order of priority (estimates for one H100 on a fresh machine, registry reachable):
+# Stages, in order of priority (estimates for one H100 on a fresh machine):
 #   tests     pytest -m gpu (17 tests), the rest of the suite with CUDA visible, and the   ~4 min
 #             two-rank torchrun test with CUDA hidden (two ranks cannot share one GPU)
-#   speed     speed.py: ResNet-50/18, batch 256, fp32/bf16/fp16, 7 methods, toolkits      ~3 min
-#             (cam / gradcam throughput and gradcam memory targets)
+#   speed     speed.py: the headline case alone (ResNet-50, batch 256, fp32; cam and       ~3 min
+#             gradcam against every toolkit: the throughput and memory targets), then
+#             ResNet-50/18, fp32/bf16/fp16, 7 methods against the plain forward
 #   scorecam  speed.py: Score-CAM, ResNet-50/18, batch 8 each, vs pytorch-grad-cam and    ~2.5 min
-#             torchcam; joins the speed stage's rows, so its speed.md lists every target
+#             torchcam (join its targets with the speed stage's afterwards: see the stage)
 #   kernels   speed_kernels.py (torch vs Triton, + numerical check) and speed.py with     ~1.5 min
 #             CAMKIT_TRITON=1 (ResNet-50 batch 256, fp32 / bf16)
 #   forward   speed_forward.py, ResNet-50 batch 256: eager options (autocast,             ~5 min
@@ -22,19 +25,34 @@
 #   explain   benchmarks/explain_speed.py on CUDA (optional, not in "all")                 ~2 min
 #   all       every stage but explain, in order (~20 min: only where a command may run that long)
 #
-# Results go under $OUT (default benchmarks/results/gpu): one folder per benchmark, logs/ with each
-# command's whole output, summary.txt with each command's exit status and seconds. Each stage sets
-# up what it needs (a fresh machine may come between stages): camkit installed in editable mode (or
-# the source tree put on PYTHONPATH), missing test dependencies and the comparison toolkits from the
-# package registry when it can be reached (toolkits that do not install are skipped, and said so).
+# Results: one folder per benchmark, logs/ with each command's whole output, summary.txt with each
+# command's exit status and seconds, all packed into $OUT/gpu_results.tar.gz at exit (the device
+# returns at most 8 files); without $OUT, copied to benchmarks/results/gpu/. Each stage sets up
+# what it needs (a fresh machine may come between stages): camkit installed in editable mode (or
+# the source tree put on PYTHONPATH); the comparison toolkits from benchmarks/vendor, else from the
+# package registry when it can be reached (toolkits that do not import are skipped, and said so).
 set -uo pipefail
 
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 PY=${PYTHON:-python3}
-OUT=${OUT:-benchmarks/results/gpu}
-mkdir -p "$OUT/logs"
-OUT=$(cd "$OUT" && pwd)
+# Everything is written under a work folder and, at exit, packed into $OUT/gpu_results.tar.gz (plus
+# summary.txt beside it): the device tool returns at most 8 files from $OUT. Without $OUT the
+# folder is copied to benchmarks/results/gpu/ instead.
+DEST=${OUT:-}
+OUT=$(mktemp -d /tmp/gpu_session.XXXXXX)
+mkdir -p "$OUT/logs" && touch "$OUT/summary.txt"
+finish() {
+    if [ -n "$DEST" ]; then
+        mkdir -p "$DEST"
+        tar czf "$DEST/gpu_results.tar.gz" -C "$OUT" . && cp "$OUT/summary.txt" "$DEST/summary.txt"
+        echo "packed $OUT into $DEST/gpu_results.tar.gz"
+    else
+        mkdir -p "$ROOT/benchmarks/results/gpu" && cp -r "$OUT"/. "$ROOT/benchmarks/results/gpu/"
+        echo "results in benchmarks/results/gpu/"
+    fi
+}
+trap finish EXIT
 export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_BREAK_SYSTEM_PACKAGES=1 PIP_DEFAULT_TIMEOUT=15 PIP_RETRIES=1
 export TQDM_MININTERVAL=10 MPLBACKEND=Agg PYTHONUNBUFFERED=1
 
@@ -134,6 +152,12 @@ PY
 }
 
 setup_toolkits() {
+    # benchmarks/vendor (made here by benchmarks/vendor_toolkits.sh, carried to the device): the
+    # machine cannot fetch packages, and these four are pure Python
+    if [ -d "$ROOT/benchmarks/vendor" ]; then
+        export PYTHONPATH="$ROOT/benchmarks/vendor${PYTHONPATH:+:$PYTHONPATH}"
+        say "comparison toolkits from benchmarks/vendor: $(tr '\n' ' ' < "$ROOT/benchmarks/vendor/VERSIONS.txt")"
+    fi
     local toolkits=()
     have pytorch_grad_cam || toolkits+=(grad-cam ttach)
     have torchcam || toolkits+=(torchcam)
@@ -171,19 +195,25 @@ stage_speed() {
     setup_toolkits
     # the issue's targets: cam >= 0.98x and gradcam >= 0.9x plain-forward throughput, gradcam peak
     # memory <= 1.2x inference, on ResNet-50 batch 256 fp32; ResNet-18 and bf16 / fp16 beside it
-    step speed 470 "$PY" benchmarks/speed.py --device cuda --models resnet50,resnet18 --batch-sizes 256 \
-        --dtypes fp32,bf16,fp16 --methods cam,gradcam,gradcam++,xgradcam,layercam,hirescam,eigencam \
-        --repeats 10 --out "$OUT/speed"
+    # the headline case first and alone (its report is written when it ends), with every toolkit;
+    # then every method, model and dtype for camkit against the plain forward (pytorch-grad-cam's
+    # EigenCAM alone would take minutes at batch 256: 256 CPU SVDs per call)
+    step speed 200 "$PY" benchmarks/speed.py --device cuda --models resnet50 --batch-sizes 256 --dtypes fp32 \
+        --methods cam,gradcam --repeats 10 --out "$OUT/speed"
     [ -f "$OUT/speed/speed.md" ] && sed -n '/^## Targets/,$p' "$OUT/speed/speed.md"
+    step speed-methods 300 "$PY" benchmarks/speed.py --device cuda --models resnet50,resnet18 --batch-sizes 256 \
+        --dtypes fp32,bf16,fp16 --methods cam,gradcam,gradcam++,xgradcam,layercam,hirescam,eigencam \
+        --toolkits "" --repeats 10 --out "$OUT/speed_methods"
 }
 
 stage_scorecam() {
     setup_camkit
     setup_toolkits
-    # Score-CAM >= 10x pytorch-grad-cam on the same batch; --include joins the speed stage's rows,
-    # so speed_scorecam/speed.md has every target in one table
+    # Score-CAM >= 10x pytorch-grad-cam on the same batch. Each device call starts with an empty $OUT,
+    # so the targets of both stages are joined afterwards on the machine that fetched them:
+    #   python benchmarks/speed.py --device cpu --methods "" --include A/speed.json --include B/speed.json --out merged
     step scorecam 470 "$PY" benchmarks/speed.py --device cuda --models resnet50,resnet18 --methods scorecam \
-        --scorecam-batch 8 --scorecam-repeats 3 --include "$OUT/speed/speed.json" --out "$OUT/speed_scorecam"
+        --scorecam-batch 8 --scorecam-repeats 3 --out "$OUT/speed_scorecam"
     [ -f "$OUT/speed_scorecam/speed.md" ] && sed -n '/^## Targets/,$p' "$OUT/speed_scorecam/speed.md"
 }
 

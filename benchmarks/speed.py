@@ -166,6 +166,9 @@ def grad_cam_runner(model: torch.nn.Module, method: str, x: torch.Tensor, ids: t
         yield lambda: explainer(input_tensor=x, targets=targets)
     finally:
         explainer.activations_and_grads.release()
+        # it keeps the last forward's outputs, and with them the autograd graph (EigenCAM never
+        # backpropagates): gigabytes that would count against every later runner's peak memory
+        explainer.outputs = None
 
 
 @contextlib.contextmanager
@@ -268,12 +271,14 @@ def time_round_robin(factories: dict[Any, RunnerFactory], repeats: int, device: 
     wall: dict[Any, list[float]] = {key: [] for key in factories}
     cpu: dict[Any, list[float]] = {key: [] for key in factories}
     peak: dict[Any, float | None] = {key: None for key in factories}
+    resident: dict[Any, float] = {}
     for _ in range(repeats):
         for key, factory in factories.items():
             with factory() as run:
                 synchronize(device)
                 if cuda:
                     torch.cuda.reset_peak_memory_stats(torch.device(device))
+                    resident[key] = max(resident.get(key, 0.0), torch.cuda.memory_allocated(torch.device(device)) / 2**20)
                 start, start_cpu = time.perf_counter(), time.process_time()
                 run()  # the result is dropped at once: it must not count against the next runner
                 synchronize(device)
@@ -281,10 +286,16 @@ def time_round_robin(factories: dict[Any, RunnerFactory], repeats: int, device: 
                 cpu[key].append(time.process_time() - start_cpu)
                 if cuda:
                     peak[key] = max(peak[key] or 0.0, torch.cuda.max_memory_allocated(torch.device(device)) / 2**20)
+            run = None
             if after is not None:
                 after()
             if cuda and key[0] in TOOLKITS:
                 gc.collect()  # a toolkit's explainer caught in a reference cycle would keep its tensors
+    if resident and max(resident.values()) - min(resident.values()) > 16:
+        # every runner should start from the same memory (weights + input); more means a leftover
+        # of another runner is counted in the peaks
+        print(f"WARNING: memory allocated before the timed calls differs between runners (MiB): "
+              f"{ {f'{k[0]} {k[1]}': round(v) for k, v in resident.items()} }", file=sys.stderr)
     return ({key: statistics.median(v) for key, v in wall.items()},
             {key: statistics.median(v) for key, v in cpu.items()}, peak)
 
@@ -374,6 +385,7 @@ def measure_case(case: Case, methods: tuple[str, ...], toolkits: list[str], repe
             traceback.print_exc()
             failed = True
         finally:
+            run = None  # the last runner's closure (and its explainer) must not live through the timing
             drop_gradients()
         if case.device.startswith("cuda") and (failed or key[0] in TOOLKITS):
             gc.collect()  # the failed call's frames (and tensors) went with the exception
