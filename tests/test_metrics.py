@@ -456,3 +456,25 @@ def test_road_noise_is_independent_of_the_random_baseline(seed):
     for row in range(4):  # at seed 1 both once came from the same generator (correlation -0.31)
         correlation = torch.corrcoef(torch.stack([maps[row].flatten(), noise[row].flatten()]))[0, 1]
         assert abs(correlation.item()) < 0.1
+
+
+def test_randomize_draws_on_the_cpu_only_and_leaves_every_global_generator_alone(monkeypatch):
+    import copy
+
+    from camkit_plugins.metrics.sanity import randomize_
+
+    def forbidden(*args):
+        raise AssertionError("the CUDA generators must not be reseeded")
+
+    torch.manual_seed(123)
+    monkeypatch.setattr(torch.cuda, "manual_seed_all", forbidden)
+    monkeypatch.setattr(torch.cuda, "manual_seed", forbidden)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Linear(4, 2))
+    twin, original = copy.deepcopy(model), copy.deepcopy(model)
+    state = torch.get_rng_state()
+    randomize_(list(model), seed=7)
+    assert torch.equal(torch.get_rng_state(), state)  # the caller's random stream goes on untouched
+    randomize_(list(twin), seed=7)
+    for a, b in zip(model.parameters(), twin.parameters()):
+        assert torch.equal(a, b)  # the same seed, the same weights
+    assert not torch.equal(model[0].weight, original[0].weight) and not torch.equal(model[2].weight, original[2].weight)

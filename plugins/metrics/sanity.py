@@ -19,18 +19,24 @@ def parameter_groups(model: Any, depth: int = 2) -> list[tuple[str, list[Any]]]:
 
 
 def randomize_(modules: list[Any], seed: int) -> None:
-    """Re-initialise ``modules`` in place: their own ``reset_parameters`` (torch's init), else normal(0, 0.02)."""
+    """Re-initialise ``modules`` in place: their own ``reset_parameters`` (torch's init), else normal(0, 0.02).
+
+    The draws are made on the CPU from the CPU generator alone (then moved back to each module's
+    device), so a model on a GPU gets the very same random weights as on the CPU, and no global
+    random state, CPU or CUDA, is changed."""
     import torch
 
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        with torch.no_grad():
-            for module in modules:
-                if hasattr(module, "reset_parameters"):
-                    module.reset_parameters()
-                else:
-                    for p in module.parameters(recurse=False):
-                        p.normal_(0.0, 0.02)
+    with torch.random.fork_rng(devices=[]), torch.no_grad():
+        torch.default_generator.manual_seed(seed)  # not torch.manual_seed: that reseeds every GPU too
+        for module in modules:
+            device = next(module.parameters(recurse=False)).device
+            module.to("cpu")
+            if hasattr(module, "reset_parameters"):
+                module.reset_parameters()
+            else:
+                for p in module.parameters(recurse=False):
+                    p.normal_(0.0, 0.02)
+            module.to(device)
 
 
 class Randomization(Metric):
