@@ -106,6 +106,7 @@ class Row:
     agrees: bool | None = None
     note: str = ""
     camkit_speedup: dict[str, float] = field(default_factory=dict)  # other tool's time / camkit's time
+    rounds: int | None = None  # timed rounds behind the medians (Score-CAM cases have their own count)
 
 
 # ---------------------------------------------------------------------------------------------- models
@@ -398,7 +399,7 @@ def measure_case(case: Case, methods: tuple[str, ...], toolkits: list[str], repe
     base_memory = memory[("plain forward", "-")]
     for tool, method in factories:
         t = seconds[(tool, method)]
-        row = Row(**asdict(case), tool=tool, method=method, seconds=t, images_per_s=case.batch / t,
+        row = Row(**asdict(case), tool=tool, method=method, seconds=t, images_per_s=case.batch / t, rounds=repeats,
                   throughput_vs_forward=base / t, time_vs_forward=t / base, peak_memory_mb=memory[(tool, method)],
                   cpu_seconds=cpu_seconds[(tool, method)], cpu_time_vs_forward=cpu_seconds[(tool, method)] / base_cpu)
         if row.peak_memory_mb is not None and base_memory:
