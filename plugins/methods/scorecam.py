@@ -6,9 +6,11 @@ each chunk's masks made just before its forward, so memory is bounded by the chu
 activation is constant (dead after ReLU) normalises to an all-zero mask, i.e. an all-zero input:
 one forward pass of that input serves every such pair, exactly."""
 
+import warnings
 from typing import Any
 
 from camkit.hookspecs import hookimpl
+from camkit.kernels import ConstantMapWarning
 from camkit.methods import CamMethod, WeightContext, Weights
 
 
@@ -57,7 +59,9 @@ class ScoreCam(CamMethod):
         for start in starts:  # live (sample, channel) pairs, chunked across samples
             pairs = live[start:start + self.chunk_size]
             owner = pairs // channels
-            masks = postprocess(pair_maps[pairs], letters, layout=layout, relu=False, normalize=True, size=size)
+            with warnings.catch_warnings():  # a map constant within rounding after resampling is a zero mask
+                warnings.simplefilter("ignore", ConstantMapWarning)
+                masks = postprocess(pair_maps[pairs], letters, layout=layout, relu=False, normalize=True, size=size)
             masked = torch.einsum(equation, x[owner], masks[:, 0].to(x.dtype))
             probs = ctx.forward(masked.movedim(0, batch_axis)).float().softmax(dim=1)
             scores[pairs] = probs.gather(1, ids[owner])
