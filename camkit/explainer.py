@@ -173,7 +173,7 @@ class Explainer:
         self.feature_transform = feature_transform
         self._stack: contextlib.ExitStack | None = None
         self._capture: FeatureCapture | None = None
-        self._family_layout_checked = False
+        self._family_asked = False
 
     # -- hooks kept for a block
     def __enter__(self) -> "Explainer":
@@ -188,24 +188,23 @@ class Explainer:
             stack.close()
 
     def _target_layer(self, inputs: Any) -> str:
-        if self.layer_name is not None and self.layout is None and not self._family_layout_checked:
-            # an explicit layer that the model's family knows keeps the family's layout (e.g. NCTVM)
-            self._family_layout_checked = True
-            found = get_plugin_manager().hook.camkit_find_target_layer(model=self.model)
-            if found is not None and found[1] is not None and resolve_layer(self.model, found[0])[0] == self.layer_name:
-                self.layout = Layout.parse(found[1])
-        if self.layer_name is None:
+        if not self._family_asked and (self.layer_name is None or self.layout is None):
+            self._family_asked = True
+            # the model's family (or the module feeding global pooling) names a layer and its layout;
+            # an explicitly named layer keeps that layout when it is the same layer (e.g. NCTVM)
             found = get_plugin_manager().hook.camkit_find_target_layer(model=self.model)
             if found is not None:
                 name, layout = found
-                self.layer_name = resolve_layer(self.model, name)[0]
-                if self.layout is None and layout is not None:
+                name = resolve_layer(self.model, name)[0]
+                if self.layer_name is None:
+                    self.layer_name = name
+                if self.layout is None and layout is not None and name == self.layer_name:
                     self.layout = Layout.parse(layout)
-            else:
-                name, rank = trace_target_layer(self.model, inputs[:1])
-                self.layer_name = name
-                if self.layout is None:
-                    self.layout = layout_for_rank(rank)
+        if self.layer_name is None:
+            name, rank = trace_target_layer(self.model, inputs[:1])
+            self.layer_name = name
+            if self.layout is None:
+                self.layout = layout_for_rank(rank)
         return self.layer_name
 
     def _capture_for_call(self, stack: contextlib.ExitStack, layer: str) -> FeatureCapture:
