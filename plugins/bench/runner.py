@@ -12,13 +12,12 @@ padding duplicates dropped); per-sample values are summed (with counts of define
 from __future__ import annotations
 
 import json
-import os
 import time
 import warnings
 from pathlib import Path
 from typing import Any, Mapping
 
-from camkit.distributed import Distributed
+from camkit.distributed import Distributed, local_device
 from camkit_plugins.bench.config import BASELINE_METHODS, fingerprint, is_checkpoint, slug
 
 # bumped whenever a metric's definition changes, so cells computed under the old one are not reused
@@ -81,12 +80,6 @@ def _collate(items: list[Mapping[str, Any]], positions: list[int]) -> dict[str, 
             values = [torch.as_tensor(item[key]) for item in items]
             batch[key] = torch.stack(values)
     return batch
-
-
-def _device(name: str) -> Any:
-    from camkit.distributed import local_device
-
-    return local_device(name)  # "cuda": one GPU per torchrun process
 
 
 def _load_model(entry: Mapping[str, Any], num_classes: int, seed: int) -> tuple[Any, dict[str, Any]]:
@@ -183,7 +176,7 @@ def run_suite(raw_config: Mapping[str, Any], progress: bool = True) -> list[dict
     config = normalize_config(raw_config)
     _load_plugins(config["plugins"])
     validate_names(config)
-    device = _device(config["device"])
+    device = local_device(config["device"])  # "cuda": one GPU per torchrun process
     dist = Distributed.from_environment(device)
     out = Path(config["out"])
     try:

@@ -106,6 +106,8 @@ def _train_run(args: argparse.Namespace) -> int:
 
 
 def _explain_arguments(parser: argparse.ArgumentParser) -> None:
+    from camkit_plugins.image.explain_files import DECODE_MODES
+
     parser.add_argument("inputs", nargs="+", help="picture files and/or directories")
     parser.add_argument("--checkpoint", required=True, help="directory written by camkit train image")
     parser.add_argument("--out", required=True, help="directory for the overlays")
@@ -117,7 +119,7 @@ def _explain_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", type=int, default=2, help="decoding worker processes")
     parser.add_argument("--alpha", type=float, default=0.5, help="weight of the heat map in the blend")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--decode", default="auto", choices=("auto", "workers", "device"),
+    parser.add_argument("--decode", default="auto", choices=DECODE_MODES,
                         help="where JPEGs are decoded: in the workers, or in batches on --device "
                              "(nvjpeg on a GPU); auto = device on CUDA, workers elsewhere")
 

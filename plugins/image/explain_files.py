@@ -82,7 +82,6 @@ def decode_jpeg_items(items: list[dict[str, Any]], files: PictureFiles, device: 
         return items
     from torchvision.io import ImageReadMode, decode_jpeg
 
-    decoded: list[Any] = []
     try:
         decoded = decode_jpeg([items[i]["jpeg"] for i in encoded], mode=ImageReadMode.RGB, device=device)
     except RuntimeError:
