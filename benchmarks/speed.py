@@ -380,10 +380,7 @@ def measure_case(case: Case, methods: tuple[str, ...], toolkits: list[str], repe
             if failures is None or key == ("plain forward", "-"):
                 raise
             del factories[key]
-            failures.append({**asdict(case), "tool": key[0], "method": key[1],
-                             "error": f"{type(exc).__name__}: {exc}"[:2000]})
-            print(f"FAILED {key[0]} {key[1]} on {case}: {type(exc).__name__}: {exc}", file=sys.stderr)
-            traceback.print_exc()
+            record_failure(failures, case, key[0], key[1], exc)
             failed = True
         finally:
             run = None  # the last runner's closure (and its explainer) must not live through the timing
@@ -436,6 +433,13 @@ def markdown(rows: list[Row]) -> str:
                      f"{'-' if r.own_forward_ratio is None else format(r.own_forward_ratio, '.3f')} | "
                      f"{speedup or '-'} | {memory} | {diff} |")
     return "\n".join(lines) + "\n"
+
+
+def record_failure(failures: list[dict[str, Any]], case: Case, tool: str, method: str, exc: BaseException) -> None:
+    """Keep a failed runner or case in the report (and its traceback on stderr) instead of losing the run."""
+    failures.append({**asdict(case), "tool": tool, "method": method, "error": f"{type(exc).__name__}: {exc}"[:2000]})
+    print(f"FAILED {tool} {method} on {case}: {type(exc).__name__}: {exc}", file=sys.stderr)
+    traceback.print_exc()
 
 
 def _measure(row: Row, measure: str) -> float | None:
@@ -669,10 +673,7 @@ def main(argv: list[str] | None = None) -> int:
             rows.extend(measure_case(case, methods, toolkits, rounds, scorecam_chunk=args.scorecam_chunk, pairs=pairs,
                                      failures=failures))
         except Exception as exc:  # noqa: BLE001 - keep the cases measured so far and go on
-            failures.append({**asdict(case), "tool": "*", "method": ",".join(methods),
-                             "error": f"{type(exc).__name__}: {exc}"[:2000]})
-            print(f"FAILED case {case}: {type(exc).__name__}: {exc}", file=sys.stderr)
-            traceback.print_exc()
+            record_failure(failures, case, "*", ",".join(methods), exc)
         if case.device.startswith("cuda"):  # this case's model, inputs and cached blocks go before the next
             gc.collect()
             torch.cuda.empty_cache()
