@@ -10,8 +10,11 @@ import json
 from pathlib import Path
 from typing import Any, Mapping
 
+from camkit.io import save_torch_atomic, write_json_atomic
+
 WEIGHTS_FILE = "model.pt"
 CONFIG_FILE = "config.json"
+TRAINING_FILE = "training.pt"
 
 
 def save_checkpoint(directory: str | Path, model: Any, config: Mapping[str, Any]) -> Path:
@@ -24,9 +27,58 @@ def save_checkpoint(directory: str | Path, model: Any, config: Mapping[str, Any]
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    torch.save(state, directory / WEIGHTS_FILE)
-    (directory / CONFIG_FILE).write_text(json.dumps(dict(config), indent=2, sort_keys=True))
+    from camkit.validation import require_finite
+
+    for name, tensor in state.items():
+        if tensor.is_floating_point():
+            require_finite(tensor, f"weight {name!r}")  # a diverged model is never saved
+    save_torch_atomic(directory / WEIGHTS_FILE, state)
+    write_json_atomic(directory / CONFIG_FILE, dict(config), sort_keys=True)
     return directory
+
+
+def save_training_state(directory: str | Path, state: Mapping[str, Any]) -> Path:
+    """Write what ``--resume`` needs beside the weights (epoch, optimizer, schedule, RNG states, history)
+    as ``training.pt``, atomically. Values must be tensors, numbers, strings, lists or dicts of them."""
+    return save_torch_atomic(Path(directory) / TRAINING_FILE, dict(state))
+
+
+def load_training_state(directory: str | Path) -> dict[str, Any]:
+    """The state written by :func:`save_training_state` (``weights_only=True``: no code runs)."""
+    import torch
+
+    path = Path(directory) / TRAINING_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{directory}: nothing to resume (no {TRAINING_FILE}; was it written by "
+                                "a camkit version that saves a checkpoint every epoch?)")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise ValueError(f"{path}: cannot load the training state: {exc}") from exc
+
+
+def rng_state() -> dict[str, Any]:
+    """Python, numpy and torch CPU generator states, in a form ``torch.load(weights_only=True)`` accepts."""
+    import random
+
+    import numpy as np
+    import torch
+
+    kind, keys, position, has_gauss, gauss = np.random.get_state()
+    return {"python": random.getstate(), "torch": torch.get_rng_state(),
+            "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), position, has_gauss, gauss]}
+
+
+def set_rng_state(state: Mapping[str, Any]) -> None:
+    import random
+
+    import numpy as np
+    import torch
+
+    random.setstate(tuple(state["python"][:1]) + (tuple(state["python"][1]),) + tuple(state["python"][2:]))
+    torch.set_rng_state(state["torch"])
+    kind, keys, position, has_gauss, gauss = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), position, has_gauss, gauss))
 
 
 def read_config(directory: str | Path) -> dict[str, Any]:
