@@ -20,11 +20,15 @@ _LAZY = {
     "CamResult": "camkit.explainer",
     "resolve_targets": "camkit.explainer",
     "available_methods": "camkit.explainer",
-    "tokens_to_grid": "camkit.explainer",
+    "tokens_to_grid": "camkit.locate",
     "Layout": "camkit.layout",
     "class_activation_map": "camkit.contraction",
     "postprocess": "camkit.contraction",
     "capture_features": "camkit.capture",
+    "CapturePoint": "camkit.capture",
+    "FeatureSource": "camkit.locate",
+    "locate_features": "camkit.explainer",
+    "targets": "camkit.targets",
     "CamMethod": "camkit.methods",
     "WeightContext": "camkit.methods",
     "Weights": "camkit.methods",
@@ -48,7 +52,8 @@ def __getattr__(name: str) -> Any:
     if name in _LAZY:
         import importlib
 
-        value = getattr(importlib.import_module(_LAZY[name]), name)
+        module = importlib.import_module(_LAZY[name])
+        value = module if module.__name__ == f"camkit.{name}" else getattr(module, name)
         globals()[name] = value
         return value
     raise AttributeError(f"module 'camkit' has no attribute {name!r}")

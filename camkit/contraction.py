@@ -8,12 +8,15 @@ laid out. ``class_activation_map`` is the one place the equation is computed.
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 import numpy as np
 
 from camkit.kernels import select_kernel
 from camkit.layout import CONTINUOUS, Layout
+
+if TYPE_CHECKING:
+    from camkit.methods import Weights
 
 
 def _is_numpy(x: Any) -> bool:
@@ -36,6 +39,7 @@ def _check_finite(array: Any, what: str) -> None:
 def class_activation_map(
     features: Any,
     layout: "str | Layout",
+    weights: "Weights | None" = None,
     *,
     channel_weights: Any = None,
     site_weights: Any = None,
@@ -43,7 +47,7 @@ def class_activation_map(
 ) -> Any:
     """Contract ``features`` with weights over the channel axis of ``layout``.
 
-    Exactly one kind of weights:
+    Exactly one kind of weights, as a ``camkit.Weights`` (what a method returns) or by keyword:
 
     * ``channel_weights``: ``(N, C)`` -> maps ``(N, *sites)``; or ``(N, K, C)`` -> ``(N, K, *sites)``;
     * ``site_weights`` (a weight per channel *and* site, LayerCAM / HiResCAM): the features' shape
@@ -55,6 +59,10 @@ def class_activation_map(
     """
     layout = Layout.parse(layout)
     layout.check(features.shape)
+    if weights is not None:
+        if any(w is not None for w in (channel_weights, site_weights, class_weights)):
+            raise ValueError("pass weights either as a Weights or by keyword, not both")
+        return class_activation_map(features, layout, **{weights.keyword: weights.tensor})
     given = [w is not None for w in (channel_weights, site_weights, class_weights)]
     if sum(given) != 1:
         raise ValueError("pass exactly one of channel_weights, site_weights, class_weights")

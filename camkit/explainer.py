@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import threading
+import weakref
 from dataclasses import dataclass, replace
 from typing import Any, Callable, Mapping, Sequence
 
-from camkit.capture import FeatureCapture, capture_features, evaluation_mode, resolve_layer, trace_target_layer
+from camkit.adapters import ModelInputs, describe, select_output
+from camkit.capture import CapturePoint, FeatureCapture, capture_features, evaluation_mode
 from camkit.contraction import _check_finite, class_activation_map, postprocess
 from camkit.layout import Layout, default_input_layout, layout_for_rank
-from camkit.methods import CamMethod, WeightContext
+from camkit.locate import FeatureSource, token_grid, tokens_to_grid
+from camkit.methods import CamMethod, WeightContext, Weights
 from camkit.plugin_manager import get_plugin_manager, lookup
+from camkit.targets import Target, resolve_targets  # noqa: F401  (resolve_targets: public name)
 
 
 @dataclass
@@ -20,7 +25,9 @@ class CamResult:
 
     ``maps``: ``(N, *sites)`` for one target per sample, ``(N, K, *sites)`` for top-k / all classes;
     ``map_letters`` names those axes (``"NHW"``, ``"NKHW"``, ``"NTV"`` ...). ``targets``: ``(N,)`` or
-    ``(N, K)`` class ids. ``logits``: the model's output ``(N, num_classes)``."""
+    ``(N, K)`` class ids (None for a callable target without class ids). ``logits``: the model's
+    (selected) output, ``(N, num_classes)`` for a classifier. ``target_scores``: what the maps explain,
+    the target's raw score per map (a logit for class ids)."""
 
     maps: Any
     targets: Any
@@ -29,6 +36,7 @@ class CamResult:
     layer: str
     layout: str
     map_letters: str
+    target_scores: Any = None
 
     @property
     def probabilities(self) -> Any:
@@ -36,7 +44,10 @@ class CamResult:
 
     @property
     def scores(self) -> Any:
-        """Probability of each target class, shaped like ``targets``."""
+        """Probability of each target class, shaped like ``targets``; for a callable target without
+        class ids, its scores (``target_scores``)."""
+        if self.targets is None:
+            return self.target_scores
         probs = self.probabilities
         idx = self.targets if self.targets.ndim == 2 else self.targets[:, None]
         out = probs.gather(1, idx)
@@ -46,7 +57,11 @@ class CamResult:
         return int(self.maps.shape[0])
 
     def to(self, device: Any) -> "CamResult":
-        return replace(self, maps=self.maps.to(device), targets=self.targets.to(device), logits=self.logits.to(device))
+        def move(value: Any) -> Any:
+            return value.to(device) if hasattr(value, "to") else value
+
+        return replace(self, maps=self.maps.to(device), targets=move(self.targets), logits=move(self.logits),
+                       target_scores=move(self.target_scores))
 
     def cpu(self) -> "CamResult":
         return self.to("cpu")
@@ -56,68 +71,53 @@ class CamResult:
         return self.maps.detach().float().cpu().numpy()
 
 
-def resolve_targets(targets: Any, logits: Any, topk: int | None = None) -> Any:
-    """Class ids ``(N,)`` or ``(N, K)`` from ``targets`` (None: predicted; int; one id per sample;
-    ``"all"``; an ``(N, K)`` array) or ``topk``."""
-    import torch
-
-    n, num_classes = logits.shape
-    device = logits.device
-    if topk is not None:
-        if targets is not None:
-            raise ValueError("pass either targets or topk, not both")
-        if not 1 <= int(topk) <= num_classes:
-            raise ValueError(f"topk={topk} must be between 1 and the number of classes ({num_classes})")
-        return logits.topk(int(topk), dim=1).indices
-    if targets is None:
-        return logits.argmax(dim=1)
-    if isinstance(targets, str):
-        if targets != "all":
-            raise ValueError(f"targets={targets!r}: the only named choice is 'all'")
-        return torch.arange(num_classes, device=device).expand(n, num_classes)
-    if isinstance(targets, bool):
-        raise TypeError("targets must be class ids, not a bool")
-    if isinstance(targets, int):
-        ids = torch.full((n,), targets, dtype=torch.long, device=device)
-    else:
-        ids = torch.as_tensor(targets, device=device)
-        if ids.is_inference():  # made under inference_mode: a plain copy can take part in autograd
-            ids = ids.clone()
-        if ids.is_floating_point() or ids.dtype == torch.bool:
-            raise TypeError(f"targets must be integer class ids, got dtype {ids.dtype}")
-        ids = ids.long()
-        if ids.ndim == 0:
-            ids = ids.expand(n)
-        if ids.ndim not in (1, 2) or ids.shape[0] != n:
-            raise ValueError(f"got {ids.shape[0] if ids.ndim else 1} target(s) of shape {tuple(ids.shape)} for a batch "
-                             f"of {n}: pass one class id per sample, (N, K) ids, an int, topk=k or 'all'")
-    bad = (ids < 0) | (ids >= num_classes)
-    if bool(bad.any()):
-        raise ValueError(f"class id(s) {sorted(set(ids[bad].tolist()))} out of range: the model has {num_classes} classes")
-    return ids
+def _check_classifier(weights: Any, num_channels: int, num_classes: int | None) -> Any:
+    if weights is None:
+        raise ValueError(f"no recognisable classifier for CAM: expected a Linear (or 1x1 conv) with {num_channels} "
+                         f"inputs run after global average pooling; pass classifier_weights=... or use a gradient "
+                         f"method such as 'gradcam'")
+    if weights.ndim != 2 or weights.shape[1] != num_channels:
+        raise ValueError(f"classifier weights of shape {tuple(weights.shape)} do not match the "
+                         f"{num_channels} channels of the features")
+    if num_classes is not None and weights.shape[0] != num_classes:
+        # e.g. GAP -> Linear -> activation -> Linear: the first Linear is no class matrix
+        raise ValueError(f"classifier weights of shape {tuple(weights.shape)} give {weights.shape[0]} scores but the "
+                         f"model outputs {num_classes}: the head after pooling is not a single linear layer, so "
+                         f"CAM does not apply; pass classifier_weights=... or use a gradient method such as "
+                         f"'gradcam'")
+    return weights.detach()
 
 
-def _classifier_finder(model: Any, explicit: Any) -> Any:
-    def classifier(num_channels: int, num_classes: int | None = None) -> Any:
-        if explicit is not None:
-            weights = explicit
-        else:
-            weights = get_plugin_manager().hook.camkit_find_classifier(model=model, num_channels=num_channels)
-        if weights is None:
-            raise ValueError(f"model {type(model).__name__} has no recognisable classifier for CAM: expected a Linear "
-                             f"(or 1x1 conv) with {num_channels} inputs after global average pooling; "
-                             f"pass classifier_weights=... or use a gradient method such as 'gradcam'")
-        if weights.ndim != 2 or weights.shape[1] != num_channels:
-            raise ValueError(f"classifier weights of shape {tuple(weights.shape)} do not match the "
-                             f"{num_channels} channels of the features")
-        if num_classes is not None and weights.shape[0] != num_classes:
-            # e.g. GAP -> Linear -> activation -> Linear: the first Linear is no class matrix
-            raise ValueError(f"classifier weights of shape {tuple(weights.shape)} give {weights.shape[0]} scores but the "
-                             f"model outputs {num_classes}: the head after pooling is not a single linear layer, so "
-                             f"CAM does not apply; pass classifier_weights=... or use a gradient method such as "
-                             f"'gradcam'")
-        return weights.detach()
-    return classifier
+_LOCATED: "weakref.WeakKeyDictionary[Any, dict[Any, FeatureSource]]" = weakref.WeakKeyDictionary()
+_LOCATED_LOCK = threading.Lock()
+
+
+def family_source(model: Any) -> FeatureSource | None:
+    """The feature source a registered model family gives ``model``, if one matches."""
+    from camkit.plugin_manager import registry
+
+    for family in registry("model_families").values():
+        if family.matches(model):
+            return family.locate(model)
+    return None
+
+
+def locate_features(model: Any, batch: ModelInputs) -> FeatureSource:
+    """Where the CAM features of ``model`` come from, for inputs like ``batch``: a model family's answer,
+    else one traced forward of the first sample (cached per model, module set and input signature)."""
+    signature = (tuple(id(m) for m in model.modules()),
+                 tuple((k, tuple(t.shape[1:]), t.dtype, t.device.type) for k, t in batch.named_tensors().items()))
+    with _LOCATED_LOCK:
+        cached = _LOCATED.get(model, {}).get(signature)
+    if cached is not None:
+        return cached
+    one = batch.select(slice(0, 1))
+    source = get_plugin_manager().hook.camkit_locate_features(model=model, inputs=one)
+    if source is None:  # pragma: no cover - the built-in generic locator always answers
+        raise ValueError(f"no plugin could locate the features of {type(model).__name__}; pass layer=...")
+    with _LOCATED_LOCK:
+        _LOCATED.setdefault(model, {})[signature] = source
+    return source
 
 
 class Explainer:
@@ -127,15 +127,18 @@ class Explainer:
     otherwise every call registers and removes it. ``explainer(inputs, targets=None, topk=None)``
     returns a ``CamResult``.
 
-    Options: ``layer`` (module or dotted name; None finds the layer feeding global pooling),
-    ``layout`` of its features (guessed from the rank when None), ``input_layout`` of the inputs,
-    ``relu``, ``normalize`` (per-map min-max), ``upsample`` (resample continuous axes to the
-    input's size) or ``output_size`` (``{"H": 224, "W": 224}``), ``reduce`` (reducible axes to
-    average, e.g. ``"M"``), ``classifier_weights`` (for CAM on models with an unusual head),
-    ``method_options`` (passed to the method), ``eval_mode`` (run in eval mode; the model's own
-    train/eval flags are restored after), ``feature_transform`` (a re-indexing applied to the
-    captured features and to their gradients before the contraction, e.g. ``tokens_to_grid``
-    for vision transformers; ``layout`` then describes its output)."""
+    Options: ``layer`` (a module, a dotted name (its output), ``"name:input"`` (its input) or a
+    ``CapturePoint``; None: the tensor global average pooling receives, found by data flow), ``layout``
+    of its features (found with the layer, else guessed from the rank), ``input_layout`` of the primary
+    input, ``relu``, ``normalize`` (per-map min-max), ``upsample`` (resample continuous axes to the
+    input's size) or ``output_size`` (``{"H": 224, "W": 224}``), ``reduce`` (reducible axes to average,
+    e.g. ``"M"``), ``classifier_weights`` (for CAM on models with an unusual head), ``method_options``
+    (passed to the method), ``eval_mode`` (run in eval mode; the model's own train/eval flags are
+    restored after), ``feature_transform`` (a re-indexing applied to the captured features and their
+    gradients, e.g. ``tokens_to_grid`` for vision transformers; found automatically for token models),
+    ``output`` (which part of a non-tensor model output the targets score: a key, attribute, index or
+    callable) and ``primary_input`` (for models taking several inputs: the index or key of the one whose
+    first axis is the batch and whose size maps are resampled to; default the first tensor)."""
 
     def __init__(
         self,
@@ -154,6 +157,8 @@ class Explainer:
         method_options: Mapping[str, Any] | None = None,
         eval_mode: bool = True,
         feature_transform: Callable[[Any], Any] | None = None,
+        output: Any = None,
+        primary_input: int | str | None = None,
     ) -> None:
         self.model = model
         if isinstance(method, str):
@@ -162,18 +167,20 @@ class Explainer:
         else:
             self.method_name = getattr(method, "name", type(method).__name__)
             self.method = method
-        self.layer_name: str | None = resolve_layer(model, layer)[0] if layer is not None else None
+        self.point = CapturePoint.parse(model, layer) if layer is not None else None
         self.layout = Layout.parse(layout) if layout is not None else None
         self.input_layout = Layout.parse(input_layout) if input_layout is not None else None
         self.relu, self.normalize, self.upsample = relu, normalize, upsample
         self.output_size = dict(output_size) if output_size else None
         self.reduce = reduce
-        self.classifier = _classifier_finder(model, classifier_weights)
+        self.classifier_weights = classifier_weights
         self.eval_mode = eval_mode
         self.feature_transform = feature_transform
+        self.output = output
+        self.primary_input = primary_input
+        self._source: FeatureSource | None = None
         self._stack: contextlib.ExitStack | None = None
         self._capture: FeatureCapture | None = None
-        self._family_asked = False
 
     # -- hooks kept for a block
     def __enter__(self) -> "Explainer":
@@ -187,138 +194,173 @@ class Explainer:
         if stack is not None:
             stack.close()
 
-    def _target_layer(self, inputs: Any) -> str:
-        if not self._family_asked and (self.layer_name is None or self.layout is None):
-            self._family_asked = True
-            # the model's family (or the module feeding global pooling) names a layer and its layout;
-            # an explicitly named layer keeps that layout when it is the same layer (e.g. NCTVM)
-            found = get_plugin_manager().hook.camkit_find_target_layer(model=self.model)
-            if found is not None:
-                name, layout = found
-                name = resolve_layer(self.model, name)[0]
-                if self.layer_name is None:
-                    self.layer_name = name
-                if self.layout is None and layout is not None and name == self.layer_name:
-                    self.layout = Layout.parse(layout)
-        if self.layer_name is None:
-            name, rank = trace_target_layer(self.model, inputs[:1])
-            self.layer_name = name
-            if self.layout is None:
-                self.layout = layout_for_rank(rank)
-        return self.layer_name
+    @property
+    def layer_name(self) -> str | None:
+        return str(self.point) if self.point is not None else None
 
-    def _capture_for_call(self, stack: contextlib.ExitStack, layer: str) -> FeatureCapture:
-        grad = self.method.needs_gradients
-        if self._stack is None:
-            return stack.enter_context(capture_features(self.model, layer, grad_from_here=grad))
-        if self._capture is None:  # each call restores its own grad mode; this block must not
-            self._capture = self._stack.enter_context(capture_features(self.model, layer, restore_grad_mode=False))
-        self._capture.grad_from_here = grad
-        self._capture.features, self._capture.calls, self._capture.armed = None, 0, True
-        return self._capture
-
-    # -- one batch
+    # -- one batch, as named steps
     def __call__(self, inputs: Any, targets: Any = None, *, topk: int | None = None) -> CamResult:
         import torch
 
-        if not isinstance(inputs, torch.Tensor):
-            raise TypeError(f"inputs must be a torch.Tensor batch, got {type(inputs).__name__}")
-        if inputs.ndim < 2 or inputs.shape[0] == 0:
-            raise ValueError(f"inputs of shape {tuple(inputs.shape)} are not a non-empty batch")
-        layer = self._target_layer(inputs)
+        batch = ModelInputs.of(inputs, self.primary_input)
+        point, layout, transform = self._where(batch)
         needs_grad = self.method.needs_gradients
-        grad_mode = torch.is_grad_enabled()
         with contextlib.ExitStack() as stack:
-            stack.enter_context(evaluation_mode(self.model, self.eval_mode))
-            capture = self._capture_for_call(stack, layer)
             if needs_grad:  # a caller's inference_mode would forbid the autograd graph after the layer
                 stack.enter_context(torch.inference_mode(False))
-            try:
-                with torch.no_grad() if needs_grad else torch.inference_mode():
-                    logits = self.model(inputs)
-            finally:
-                torch.set_grad_enabled(grad_mode)
-                # later forwards (Score-CAM's masked inputs, the caller's own between calls) pass untouched
-                capture.armed = False
-            if capture.calls != 1:
-                raise RuntimeError(f"layer {layer!r} was called {capture.calls} times in one forward pass; "
-                                   f"a CAM needs a layer that runs exactly once (not a shared module)")
-            if not isinstance(logits, torch.Tensor) or logits.ndim != 2:
-                raise TypeError(f"the model must return logits of shape (N, classes), got "
-                                f"{getattr(logits, 'shape', type(logits).__name__)}; wrap it to return a tensor")
-            raw_features = capture.features
-            features = self.feature_transform(raw_features) if self.feature_transform else raw_features
-            layout = self.layout or layout_for_rank(features.ndim)
-            layout.check(features.shape, f"features of layer {layer!r}")
-            n_feat = features.shape[layout.batch_axis]
-            if n_feat != inputs.shape[0]:
-                raise ValueError(f"features of layer {layer!r} have batch size {n_feat} on axis N of layout {layout} "
-                                 f"but the inputs have {inputs.shape[0]}; if the model folds axes into the batch, "
-                                 f"choose a layer (or layout) that exposes them")
-            _check_finite(features.detach(), f"features of layer {layer!r}")
-            ids = resolve_targets(targets, logits.detach(), topk)
-            input_layout = self.input_layout or default_input_layout(layout)
-            input_layout.check(inputs.shape, "inputs")
-            input_sizes = input_layout.sizes(inputs.shape)
-            ctx = WeightContext(
-                model=self.model, inputs=inputs, layer=layer, layout=layout, features=features.detach(),
-                logits=logits.detach(), targets=ids, input_size=input_sizes, input_layout=input_layout,
-                classifier=functools.partial(self.classifier, num_classes=logits.shape[-1]),
-                forward=self._plain_forward,
-                _gradient_fn=(lambda: _target_gradients(logits, raw_features, ids, layout, layer,
-                                                                 self.feature_transform)) if needs_grad else None,
-            )
+            stack.enter_context(evaluation_mode(self.model, self.eval_mode))
+            capture = self._capture_for_call(stack, point)
+            output = capture.run(lambda: batch(self.model), grad_from_here=needs_grad)
+            scored = select_output(output, self.output)
+            layout, transform = self._view(capture.features, layout, transform, batch)
+            features, raw = self._features(capture, layout, transform, batch)
+            target = self._targets(targets, topk, scored, grad=needs_grad)
+            ctx = self._context(batch, features, raw, scored, target, layout, transform, str(point))
             with torch.no_grad() if needs_grad else torch.inference_mode():
-                weights = self.method.weights(ctx)
-                multi = ids.ndim == 2
-                if weights.kind == "class" and not (multi and weights.tensor.shape[0] == ids.shape[1]):
-                    raise ValueError("class weights (K, C) are for K targets shared by every sample")
-                maps = class_activation_map(ctx.features, layout, **{f"{weights.kind}_weights": weights.tensor})
-                letters = ("NK" if multi else "N") + layout.site_letters
-                size = self._size(letters, layout, input_sizes)
+                weights = self._weights(ctx, target)
+                maps = class_activation_map(ctx.features, layout, weights)
+                letters = ("NK" if target.multi else "N") + layout.site_letters
                 maps = postprocess(maps, letters, layout=layout, relu=self.relu, normalize=self.normalize,
-                                   size=size, reduce=self.reduce)
+                                   size=self._size(layout, ctx.input_size), reduce=self.reduce)
                 letters = "".join(ch for ch in letters if ch not in self.reduce)
-        return CamResult(maps=maps, targets=ids, logits=logits.detach(), method=self.method_name, layer=layer,
-                         layout=str(layout), map_letters=letters)
+        return CamResult(maps=maps, targets=target.class_ids, logits=_detached(scored), method=self.method_name,
+                         layer=str(point), layout=str(layout), map_letters=letters,
+                         target_scores=target.scores.detach())
 
-    def _size(self, letters: str, layout: Layout, input_sizes: Mapping[str, int]) -> dict[str, int] | None:
+    def _where(self, batch: ModelInputs) -> tuple[CapturePoint, Layout | None, Callable[[Any], Any] | None]:
+        """The capture point, its layout and feature transform: as given, else located by data flow. An
+        explicit layer costs no extra forward: only a model family may name its layout."""
+        point, layout, transform = self.point, self.layout, self.feature_transform
+        if point is None:
+            source = self._located(batch)
+            return source.point, layout or source.layout, transform or source.transform
+        if layout is None and transform is None:
+            family = family_source(self.model)
+            if family is not None and family.point == point:
+                return point, family.layout, family.transform
+        return point, layout, transform
+
+    def _located(self, batch: ModelInputs) -> FeatureSource:
+        if self._source is None:
+            self._source = locate_features(self.model, batch)
+        return self._source
+
+    def _capture_for_call(self, stack: contextlib.ExitStack, point: CapturePoint) -> FeatureCapture:
+        if self._stack is None:
+            return stack.enter_context(capture_features(self.model, point))
+        if self._capture is None or self._capture.point != point:
+            self._capture = self._stack.enter_context(capture_features(self.model, point, restore_grad_mode=False))
+        return self._capture
+
+    @staticmethod
+    def _view(raw: Any, layout: Layout | None, transform: Callable[[Any], Any] | None,
+              batch: ModelInputs) -> tuple[Layout, Callable[[Any], Any] | None]:
+        """The layout (and transform) of captured features: as given, tokens of an image folded into its
+        patch grid, else the channels-first layout of their rank."""
+        if layout is not None:
+            return layout, transform
+        if transform is None and raw.ndim == 3 and batch.tensor.ndim == 4:
+            grid = token_grid(raw.shape[1], {"H": batch.tensor.shape[-2], "W": batch.tensor.shape[-1]})
+            if grid is not None:
+                return Layout.parse("NHWC"), tokens_to_grid(*grid)
+        return layout_for_rank((transform(raw) if transform else raw).ndim), transform
+
+    def _features(self, capture: FeatureCapture, layout: Layout, transform: Callable[[Any], Any] | None,
+                  batch: ModelInputs) -> tuple[Any, Any]:
+        """``(features as the layout sees them, detached; the captured tensor autograd knows)``."""
+        raw = capture.features
+        features = transform(raw) if transform else raw
+        layout.check(features.shape, f"features of {capture.layer_name!r}")
+        n_feat = features.shape[layout.batch_axis]
+        if n_feat != batch.batch_size:
+            raise ValueError(f"features of {capture.layer_name!r} have batch size {n_feat} on axis N of layout "
+                             f"{layout} but the inputs have {batch.batch_size}; if the model folds axes into the "
+                             f"batch, choose a layer (or layout) that exposes them")
+        _check_finite(features.detach(), f"features of {capture.layer_name!r}")
+        return features.detach(), raw
+
+    def _targets(self, targets: Any, topk: int | None, scored: Any, grad: bool) -> "Target":
+        import torch
+
+        with torch.enable_grad() if grad else contextlib.nullcontext():
+            return Target.resolve(targets, topk, scored)
+
+    def _context(self, batch: ModelInputs, features: Any, raw: Any, scored: Any, target: "Target",
+                 layout: Layout, transform: Callable[[Any], Any] | None, layer: str) -> WeightContext:
+        input_layout = self.input_layout or default_input_layout(layout)
+        input_layout.check(batch.tensor.shape, "inputs")
+        needs_grad = self.method.needs_gradients
+        return WeightContext(
+            model=self.model, inputs=batch.tensor, layer=layer, layout=layout, features=features,
+            logits=_detached(scored), targets=target.class_ids, input_size=input_layout.sizes(batch.tensor.shape),
+            input_layout=input_layout, classifier=functools.partial(self._classifier, batch=batch, scored=scored),
+            forward=functools.partial(self._plain_forward, batch),
+            _gradient_fn=(lambda: _target_gradients(target, raw, layout, layer, transform)) if needs_grad else None,
+            target_scores=target.scores.detach(),
+        )
+
+    def _weights(self, ctx: WeightContext, target: "Target") -> Weights:
+        weights = self.method.weights(ctx)
+        if weights.kind == "class" and not (target.multi and weights.tensor.shape[0] == target.scores.shape[1]):
+            raise ValueError("class weights (K, C) are for K targets shared by every sample")
+        return weights
+
+    def _classifier(self, num_channels: int, batch: ModelInputs, scored: Any) -> Any:
+        if getattr(scored, "ndim", 0) != 2:
+            raise ValueError(f"CAM needs a classifier's (N, classes) logits; the model output is "
+                             f"{describe(scored)}: use a gradient method such as 'gradcam' with a callable target")
+        weights = self.classifier_weights
+        if weights is None:
+            weights = self._located(batch).classifier
+        return _check_classifier(weights, num_channels, scored.shape[-1])
+
+    def _size(self, layout: Layout, input_sizes: Mapping[str, int]) -> dict[str, int] | None:
         if self.output_size is not None:
             return self.output_size
         if not self.upsample:
             return None
-        return {ch: input_sizes[ch] for ch in layout.continuous_letters
-                if ch in input_sizes and ch in letters and ch not in self.reduce}
+        return {ch: input_sizes[ch] for ch in layout.continuous_letters if ch in input_sizes and ch not in self.reduce}
 
-    def _plain_forward(self, inputs: Any) -> Any:
-        """The model's logits for ``inputs`` (used by perturbation methods such as Score-CAM)."""
-        return self.model(inputs)
+    def _plain_forward(self, batch: ModelInputs, inputs: Any, owners: Any = None) -> Any:
+        """The scored output for ``inputs`` in place of the primary input (perturbation methods such as
+        Score-CAM); other inputs follow ``owners`` (the sample each row comes from)."""
+        return select_output(batch.with_primary(inputs, owners)(self.model), self.output)
 
 
-def _target_gradients(logits: Any, features: Any, ids: Any, layout: Layout, layer: str,
+def _detached(value: Any) -> Any:
+    return value.detach() if hasattr(value, "detach") else value
+
+
+def _target_gradients(target: "Target", features: Any, layout: Layout, layer: str,
                       transform: Callable[[Any], Any] | None = None) -> Any:
-    """Gradients of the target logits with respect to the captured features (never ``.backward``)."""
+    """Gradients of the target scores with respect to the captured features (never ``.backward``)."""
     import torch
 
-    if logits.grad_fn is None:
-        raise RuntimeError(f"the logits do not depend on layer {layer!r}: is it part of the forward path?")
+    scores = target.scores
+    if scores.grad_fn is None:
+        raise RuntimeError(f"the target scores do not depend on {layer!r}: is it part of the forward path "
+                           f"(not detached before the head)?")
 
-    def grad_of(column: Any, retain: bool) -> Any:
+    def grad_of(column: int | None, retain: bool) -> Any:
         try:
-            with torch.enable_grad():
-                score = logits.gather(1, column[:, None]).sum()  # samples are independent in eval mode
-                return torch.autograd.grad(score, features, retain_graph=retain)[0]
+            with torch.enable_grad():  # samples are independent in eval mode: one sum serves the batch
+                score = (scores if column is None else scores[:, column]).sum()
+                (grad,) = torch.autograd.grad(score, features, retain_graph=retain, allow_unused=True)
         except RuntimeError as exc:
             if "inplace" in str(exc) or "in-place" in str(exc):
                 raise RuntimeError(f"the output of layer {layer!r} is modified in place later in the model "
                                    f"(e.g. ReLU(inplace=True)); choose the layer after that operation") from exc
             raise
+        if grad is None:
+            raise RuntimeError(f"the target scores do not depend on the features of {layer!r}: the model detaches "
+                               f"them (or does not use them) before the head; choose a layer the scores depend on")
+        return grad
 
     shaped = transform or (lambda g: g)  # gradients follow the features' reshaping
-    if ids.ndim == 1:
-        return shaped(grad_of(ids, retain=False))
-    k = ids.shape[1]
-    grads = [shaped(grad_of(ids[:, j], retain=j < k - 1)).movedim(layout.batch_axis, 0) for j in range(k)]
+    if scores.ndim == 1:
+        return shaped(grad_of(None, retain=False))
+    k = scores.shape[1]
+    grads = [shaped(grad_of(j, retain=j < k - 1)).movedim(layout.batch_axis, 0) for j in range(k)]
     return torch.stack(grads, dim=1)
 
 
@@ -336,8 +378,10 @@ def explain(
     """Class activation maps of ``model`` on the batch ``inputs`` in one call.
 
     ``method``: a registered name ("cam", "gradcam", "gradcam++", "xgradcam", "layercam", "hirescam",
-    "scorecam", "eigencam", or a plugin's). ``targets``: None (predicted class), an int, one id per
-    sample, an (N, K) array or "all"; or ``topk=k``. Other options as for ``Explainer``."""
+    "scorecam", "eigencam", or a plugin's). ``inputs``: a tensor batch, a tuple of positional inputs or a
+    dict of keyword inputs. ``targets``: None (predicted class), an int, one id per sample, an (N, K)
+    array, "all", or a callable scoring the model output (``camkit.targets``); or ``topk=k``. Other
+    options as for ``Explainer``."""
     return Explainer(model, method, layer, layout, **options)(inputs, targets, topk=topk)
 
 
@@ -346,17 +390,3 @@ def available_methods() -> Sequence[str]:
     from camkit.plugin_manager import registry
 
     return list(registry("methods"))
-
-
-def tokens_to_grid(height: int, width: int, prefix_tokens: int = 1) -> Callable[[Any], Any]:
-    """A ``feature_transform`` for token features ``(N, L, C)``: drop the ``prefix_tokens`` (class /
-    register tokens) and fold the rest into a ``(N, height, width, C)`` grid (layout ``NHWC``)."""
-
-    def transform(tokens: Any) -> Any:
-        n, length, channels = tokens.shape
-        if length - prefix_tokens != height * width:
-            raise ValueError(f"{length} tokens minus {prefix_tokens} prefix token(s) do not fill a "
-                             f"{height}x{width} grid")
-        return tokens[:, prefix_tokens:].reshape(n, height, width, channels)
-
-    return transform

@@ -1,4 +1,8 @@
-"""The interface of a model family (registered through ``camkit_register_model_families``)."""
+"""The interface of a model family (registered through ``camkit_register_model_families``).
+
+Most models need no family: the tensor global pooling receives is found by data flow
+(``camkit.locate``). A family is for models whose features need a model-specific view, e.g. ST-GCN,
+which folds persons into the batch: its family names a layer that unfolds them (layout ``NCTVM``)."""
 
 from __future__ import annotations
 
@@ -8,9 +12,9 @@ from typing import Any
 class ModelFamily:
     """Recognises models of one kind and knows where their CAM comes from.
 
-    Subclasses override ``matches``, ``target_layer`` and, when it is not channels-first,
-    ``feature_layout``; ``classifier_weights`` returns the ``(classes, channels)`` matrix after
-    global average pooling, or ``None`` to let the generic finder look."""
+    Subclasses override ``matches``, ``target_layer`` (a module name, ``"name:input"`` or a
+    ``CapturePoint``) and, when it is not channels-first, ``feature_layout``; ``classifier_weights``
+    returns the ``(classes, channels)`` matrix after global average pooling, or ``None`` for none."""
 
     name: str = ""
     layout: str = "NCHW"
@@ -18,7 +22,7 @@ class ModelFamily:
     def matches(self, model: Any) -> bool:
         raise NotImplementedError
 
-    def target_layer(self, model: Any) -> str:
+    def target_layer(self, model: Any) -> Any:
         raise NotImplementedError
 
     def feature_layout(self, model: Any) -> str:
@@ -26,3 +30,12 @@ class ModelFamily:
 
     def classifier_weights(self, model: Any) -> Any:
         return None
+
+    def locate(self, model: Any) -> Any:
+        """The ``camkit.FeatureSource`` of a model this family matches."""
+        from camkit.capture import CapturePoint
+        from camkit.layout import Layout
+        from camkit.locate import FeatureSource
+
+        return FeatureSource(CapturePoint.parse(model, self.target_layer(model)), Layout.parse(self.feature_layout(model)),
+                             classifier=self.classifier_weights(model), reason=f"model family {self.name!r}")

@@ -45,8 +45,8 @@ def camkit_register_methods() -> Mapping[str, Any]:
 
 @hookspec
 def camkit_register_model_families() -> Mapping[str, Any]:
-    """Model families: ``name -> camkit.ModelFamily`` (recognise a model, name its CAM layer,
-    its feature layout and its classifier)."""
+    """Model families: ``name -> camkit.ModelFamily`` (recognise a model whose features need a
+    model-specific view, and say where they come from)."""
 
 
 @hookspec
@@ -90,12 +90,8 @@ def camkit_select_kernel(device_type: str, dtype: Any) -> Any:
 
 
 @hookspec(firstresult=True)
-def camkit_find_target_layer(model: Any) -> Any:
-    """Return ``(dotted_layer_name, layout_string)`` for the layer whose features a CAM should
-    use (by default the one feeding the global average pool), or ``None`` to decline."""
-
-
-@hookspec(firstresult=True)
-def camkit_find_classifier(model: Any, num_channels: int) -> Any:
-    """Return the classifier weight matrix ``(num_classes, num_channels)`` applied after global
-    average pooling (bias ignored), or ``None`` to decline."""
+def camkit_locate_features(model: Any, inputs: Any) -> Any:
+    """Return a ``camkit.FeatureSource`` (capture point, layout, feature transform, classifier) saying
+    where the CAM features of ``model`` come from, or ``None`` to decline. ``inputs`` is a
+    ``camkit.adapters.ModelInputs`` batch of one sample (``inputs(model)`` runs the model). The built-in
+    (``trylast``) asks the model families, then traces the data flow of one forward pass."""

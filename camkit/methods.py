@@ -27,6 +27,17 @@ class Weights:
     kind: str
     tensor: Any
 
+    KINDS = ("channel", "site", "class")
+
+    def __post_init__(self) -> None:
+        if self.kind not in self.KINDS:
+            raise ValueError(f"weights kind {self.kind!r}: expected one of {', '.join(self.KINDS)}")
+
+    @property
+    def keyword(self) -> str:
+        """The keyword of ``class_activation_map`` taking these weights."""
+        return f"{self.kind}_weights"
+
     @classmethod
     def channel(cls, tensor: Any) -> "Weights":
         return cls("channel", tensor)
@@ -54,9 +65,10 @@ class WeightContext:
     input_size: Mapping[str, int]
     input_layout: Layout
     classifier: Callable[[int], Any]
-    forward: Callable[[Any], Any]
+    forward: Callable[..., Any]  # forward(inputs, owners=None): the scored output for a new primary input
     _gradient_fn: Callable[[], Any] | None = field(default=None, repr=False)
     _gradients: Any = field(default=None, repr=False)
+    target_scores: Any = None  # (N,) or (N, K): what the maps explain (a logit for class ids)
 
     @property
     def multi_target(self) -> bool:

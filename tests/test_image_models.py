@@ -1,4 +1,4 @@
-"""Image models and families: ResNets of any head size, output stride 16, the MNIST GAP CNN, CAM
+"""Image models: ResNets of any head size, output stride 16, the MNIST GAP CNN, CAM
 equal to the hand-written sum, the offline pretrained-weights error, and a torch-free plugin import."""
 
 import subprocess
@@ -9,12 +9,13 @@ import torch
 import torch.nn as nn
 
 import camkit
-from camkit_plugins.image.models import GapLinearFamily, PretrainedWeightsMissing, TorchvisionResNetFamily
+from camkit.adapters import ModelInputs
+from camkit_plugins.image.models import PretrainedWeightsMissing
 
 
-def test_registered_models_and_families():
+def test_registered_models_need_no_family():
     assert {"resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "mnist-gap"} <= set(camkit.registry("models"))
-    assert {"torchvision-resnet", "gap-linear"} <= set(camkit.registry("model_families"))
+    assert not {"torchvision-resnet", "gap-linear"} & set(camkit.registry("model_families"))  # data flow finds them
 
 
 def test_resnet_any_head_and_output_stride():
@@ -22,9 +23,8 @@ def test_resnet_any_head_and_output_stride():
     model, stride16, stride8 = build(num_classes=3), build(num_classes=3, output_stride=16), build(num_classes=3, output_stride=8)
     x = torch.randn(2, 3, 32, 32)
     assert model.eval()(x).shape == (2, 3) and stride8.eval()(x).shape == (2, 3)
-    family = TorchvisionResNetFamily()
-    assert family.matches(model) and family.target_layer(model) == "layer4"
-    assert family.classifier_weights(model) is model.fc.weight
+    source = camkit.locate_features(model.eval(), ModelInputs.of(x))
+    assert str(source.point) == "layer4" and source.classifier is model.fc.weight and str(source.layout) == "NCHW"
     assert camkit.explain(model, x, upsample=False, normalize=False).maps.shape == (2, 1, 1)
     assert camkit.explain(stride16.eval(), x, upsample=False).maps.shape == (2, 2, 2)  # twice the resolution
     assert camkit.explain(stride8.eval(), x, upsample=False).maps.shape == (2, 4, 4)
@@ -110,14 +110,15 @@ def test_mnist_gap_architecture_and_cam_oracle():
     assert torch.allclose(logits, result.logits.gather(1, result.targets[:, None])[:, 0], atol=1e-4)
 
 
-def test_gap_family_finds_any_cnn_ending_in_gap_and_linear():
+def test_data_flow_finds_any_cnn_ending_in_gap_and_linear():
     model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 16, 3), nn.AdaptiveAvgPool2d(1),
-                          nn.Flatten(), nn.Dropout(0.1), nn.Linear(16, 4))
-    family = GapLinearFamily()
-    assert family.matches(model) and family.target_layer(model) == "2"
-    assert family.classifier_weights(model) is model[6].weight
-    assert not family.matches(nn.Sequential(nn.Conv2d(3, 8, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-                                            nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 2)))
+                          nn.Flatten(), nn.Dropout(0.1), nn.Linear(16, 4)).eval()
+    source = camkit.locate_features(model, ModelInputs.of(torch.randn(1, 3, 12, 12)))
+    assert str(source.point) == "2" and source.classifier is model[6].weight
+    hidden = nn.Sequential(nn.Conv2d(3, 8, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                           nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 2)).eval()
+    with pytest.raises(ValueError, match="not a single linear layer"):  # the hidden Linear is no class matrix
+        camkit.explain(hidden, torch.randn(2, 3, 12, 12))
 
 
 def test_pretrained_weights_offline_without_cache_is_a_clear_error(tmp_path, monkeypatch):

@@ -20,13 +20,6 @@ def camkit_register_models() -> dict[str, Any]:
 
 
 @hookimpl
-def camkit_register_model_families() -> dict[str, Any]:
-    from camkit_plugins.image.models import GapLinearFamily, TorchvisionResNetFamily
-
-    return {"torchvision-resnet": TorchvisionResNetFamily(), "gap-linear": GapLinearFamily()}
-
-
-@hookimpl
 def camkit_register_datasets() -> dict[str, Any]:
     from camkit_plugins.image.datasets import build_digits, build_image_folder, build_mnist, build_shapes
 

@@ -1,13 +1,11 @@
-"""Image models: torchvision ResNets (optionally pretrained, offline) and the MNIST GAP CNN,
-plus the model families that tell camkit where their class activation maps come from."""
+"""Image models: torchvision ResNets (optionally pretrained, offline) and the MNIST GAP CNN. Where their
+class activation maps come from is found by data flow (``camkit.locate``): they need no model family."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 from typing import Any
-
-from camkit.families import ModelFamily
 
 RESNETS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
 
@@ -138,59 +136,3 @@ def model_builders() -> dict[str, Any]:
         builder.__doc__ = f"torchvision {name}: build(num_classes, weights=None|'DEFAULT', output_stride=32|16|8|4, dilate=None|True|False)"
     builders["mnist-gap"] = build_mnist_gap
     return builders
-
-
-# ---------------------------------------------------------------- model families
-
-
-def _gap_head(model: Any) -> tuple[str, Any] | None:
-    """``(features_layer_name, linear)`` when ``model`` ends in ... -> X -> global avg pool ->
-    [Flatten/Dropout] -> Linear as direct children of one module."""
-    import torch.nn as nn
-
-    for parent_name, parent in model.named_modules():
-        children = list(parent.named_children())
-        for position, (_, child) in enumerate(children):
-            if not (isinstance(child, nn.AdaptiveAvgPool2d) and child.output_size in (1, (1, 1))) or position == 0:
-                continue
-            rest = [module for _, module in children[position + 1:]]
-            while rest and isinstance(rest[0], (nn.Flatten, nn.Dropout, nn.Identity)):
-                rest.pop(0)
-            if len(rest) == 1 and isinstance(rest[0], nn.Linear):
-                before = children[position - 1][0]
-                return (f"{parent_name}.{before}" if parent_name else before), rest[0]
-    return None
-
-
-class GapLinearFamily(ModelFamily):
-    """Any CNN whose head is global average pooling + one linear layer (CAM's architecture)."""
-
-    name = "gap-linear"
-
-    def matches(self, model: Any) -> bool:
-        return _gap_head(model) is not None
-
-    def target_layer(self, model: Any) -> str:
-        return _gap_head(model)[0]
-
-    def classifier_weights(self, model: Any) -> Any:
-        return _gap_head(model)[1].weight
-
-
-class TorchvisionResNetFamily(ModelFamily):
-    """torchvision ResNets (18 ... 152, any head size): features from ``layer4``, classifier ``fc``."""
-
-    name = "torchvision-resnet"
-
-    def matches(self, model: Any) -> bool:
-        try:
-            from torchvision.models import ResNet
-        except ImportError:  # pragma: no cover - torchvision is a dependency
-            return False
-        return isinstance(model, ResNet)
-
-    def target_layer(self, model: Any) -> str:
-        return "layer4"
-
-    def classifier_weights(self, model: Any) -> Any:
-        return model.fc.weight
