@@ -296,7 +296,7 @@ class Explainer:
             input_layout=input_layout, classifier=functools.partial(self._classifier, batch=batch, scored=scored),
             forward=functools.partial(self._plain_forward, batch),
             _gradient_fn=(lambda: _target_gradients(target, raw, layout, layer, transform)) if needs_grad else None,
-            target_scores=target.scores.detach(),
+            target_scores=target.scores.detach(), other_inputs=len(batch.named_tensors()) > 1,
         )
 
     def _weights(self, ctx: WeightContext, target: "Target") -> Weights:

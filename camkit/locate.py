@@ -164,10 +164,10 @@ def trace_features(model: Any, run: Callable[[], Any], input_sizes: dict[str, in
     trace = record_forward(model, run)
     if trace.pools:
         return _from_pooling(trace, trace.pools[-1], input_sizes)
-    tokens = _from_token_blocks(trace, input_sizes or {})
+    tokens = _from_token_blocks(model, trace, input_sizes or {})
     if tokens is not None:
         return tokens
-    return _last_spatial_output(model, trace)
+    return _last_spatial_output(model, trace, input_sizes or {})
 
 
 def _from_pooling(trace: _Trace, pool: _Pool, input_sizes: dict[str, int] | None) -> FeatureSource:
@@ -222,20 +222,21 @@ def token_grid(length: int, input_sizes: dict[str, int]) -> tuple[int, int, int]
     return None
 
 
-def _from_token_blocks(trace: _Trace, input_sizes: dict[str, int]) -> FeatureSource | None:
+def _from_token_blocks(model: Any, trace: _Trace, input_sizes: dict[str, int]) -> FeatureSource | None:
     """The input of the last of a run of identical transformer blocks taking (N, L, C) tokens."""
     import torch.nn as nn
 
-    best: tuple[int, _Call, tuple[int, int, int]] | None = None
+    first_call = {}
     for call in trace.calls:
-        container = call.module
+        first_call.setdefault(id(call.module), call)
+    best: tuple[int, _Call, tuple[int, int, int]] | None = None
+    for container in model.modules():  # containers need not run themselves (a ModuleList never does)
         if not isinstance(container, (nn.Sequential, nn.ModuleList)):
             continue
         children = list(container.children())
         if len(children) < 2 or len({type(child) for child in children}) != 1:
             continue
-        last = children[-1]
-        block = next((c for c in trace.calls if c.module is last), None)
+        block = first_call.get(id(children[-1]))
         if block is None or trace.counts.get(block.name) != 1 or block.first_input is None \
                 or block.first_input.ndim != 3:
             continue
@@ -251,7 +252,7 @@ def _from_token_blocks(trace: _Trace, input_sizes: dict[str, int]) -> FeatureSou
                                      f"tokens after {prefix} prefix token(s)")
 
 
-def _last_spatial_output(model: Any, trace: _Trace) -> FeatureSource:
+def _last_spatial_output(model: Any, trace: _Trace, input_sizes: dict[str, int]) -> FeatureSource:
     """No global pooling and no token blocks (e.g. flatten + linear heads): the outermost module giving
     the last tensor with more than one site, as Grad-CAM users pick by hand."""
     spatial = [(order, name, tensor) for order, name, tensor, _ in trace.outputs
@@ -261,12 +262,14 @@ def _last_spatial_output(model: Any, trace: _Trace) -> FeatureSource:
                          f"transformer blocks and no layer with more than one site ran in the forward pass; "
                          f"pass layer=... (a module name, 'name:input' for the input of a module)")
     _, name, tensor = spatial[-1]
-    for order, other, same in trace.outputs:  # modules finishing later with the same tensor are parents
+    for order, other, same, _ in trace.outputs:  # modules finishing later with the same tensor are parents
         if same is tensor and order > spatial[-1][0] and other and trace.counts.get(other) == 1:
             name = other
-    return FeatureSource(CapturePoint(name), Layout.parse(CHANNELS_FIRST.get(tensor.ndim, "NCHW")), None, None,
-                         f"output of {name!r}, the last layer with more than one site (the model has no "
-                         f"global average pooling)")
+    reason = f"output of {name!r}, the last layer with more than one site (the model has no global average pooling)"
+    grid = token_grid(tensor.shape[1], input_sizes) if tensor.ndim == 3 else None
+    if grid is not None:  # tokens: shown on the input's patch grid
+        return FeatureSource(CapturePoint(name), Layout.parse("NHWC"), tokens_to_grid(*grid), None, reason)
+    return FeatureSource(CapturePoint(name), Layout.parse(CHANNELS_FIRST.get(tensor.ndim, "NCHW")), None, None, reason)
 
 
 def tokens_to_grid(height: int, width: int, prefix_tokens: int = 1) -> Callable[[Any], Any]:

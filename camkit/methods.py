@@ -69,6 +69,7 @@ class WeightContext:
     _gradient_fn: Callable[[], Any] | None = field(default=None, repr=False)
     _gradients: Any = field(default=None, repr=False)
     target_scores: Any = None  # (N,) or (N, K): what the maps explain (a logit for class ids)
+    other_inputs: bool = False  # the model takes other per-sample inputs beside ``inputs`` (see ``forward``)
 
     @property
     def multi_target(self) -> bool:

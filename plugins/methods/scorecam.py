@@ -49,8 +49,10 @@ class ScoreCam(CamMethod):
         live = (flat.amax(dim=1) > flat.amin(dim=1)).nonzero()[:, 0]
         scores = torch.empty(n * channels, ids.shape[1], device=f.device, dtype=torch.float32)
         if len(live) < n * channels:  # constant maps -> zero masks -> the all-zero input, forwarded once
-            blank = ctx.forward(torch.zeros_like(x[:1]).movedim(0, batch_axis)).float().softmax(dim=1)[0]
-            scores[:] = blank[ids].repeat_interleave(channels, dim=0)
+            # one zero input serves every sample, unless other model inputs differ per sample
+            rows = torch.arange(n if ctx.other_inputs else 1, device=x.device)
+            blank = ctx.forward(torch.zeros_like(x[rows]).movedim(0, batch_axis), owners=rows).float().softmax(dim=1)
+            scores[:] = blank.expand(n, -1).gather(1, ids).repeat_interleave(channels, dim=0)
         starts = range(0, len(live), self.chunk_size)
         if self.progress:
             from tqdm.auto import tqdm
@@ -63,7 +65,7 @@ class ScoreCam(CamMethod):
                 warnings.simplefilter("ignore", ConstantMapWarning)
                 masks = postprocess(pair_maps[pairs], letters, layout=layout, relu=False, normalize=True, size=size)
             masked = torch.einsum(equation, x[owner], masks[:, 0].to(x.dtype))
-            probs = ctx.forward(masked.movedim(0, batch_axis)).float().softmax(dim=1)
+            probs = ctx.forward(masked.movedim(0, batch_axis), owners=owner).float().softmax(dim=1)
             scores[pairs] = probs.gather(1, ids[owner])
         weights = scores.view(n, channels, -1).transpose(1, 2)  # (N, K, C)
         weights = weights.to(ctx.features.dtype)
