@@ -293,7 +293,8 @@ class Explainer:
         return WeightContext(
             model=self.model, inputs=batch.tensor, layer=layer, layout=layout, features=features,
             logits=_detached(scored), targets=target.class_ids, input_size=input_layout.sizes(batch.tensor.shape),
-            input_layout=input_layout, classifier=functools.partial(self._classifier, batch=batch, scored=scored),
+            input_layout=input_layout,
+            classifier=functools.partial(self._classifier, batch=batch, scored=scored, target=target),
             forward=functools.partial(self._plain_forward, batch),
             _gradient_fn=(lambda: _target_gradients(target, raw, layout, layer, transform)) if needs_grad else None,
             target_scores=target.scores.detach(), other_inputs=len(batch.named_tensors()) > 1,
@@ -305,7 +306,11 @@ class Explainer:
             raise ValueError("class weights (K, C) are for K targets shared by every sample")
         return weights
 
-    def _classifier(self, num_channels: int, batch: ModelInputs, scored: Any) -> Any:
+    def _classifier(self, num_channels: int, batch: ModelInputs, scored: Any, target: "Target") -> Any:
+        if target.class_ids is None:
+            raise ValueError(f"{self.method_name} reads the classifier's rows, so it needs class-id targets (ints, "
+                             f"topk, 'all', camkit.targets.ClassScore); for other targets use a gradient method "
+                             f"such as 'gradcam'")
         if getattr(scored, "ndim", 0) != 2:
             raise ValueError(f"CAM needs a classifier's (N, classes) logits; the model output is "
                              f"{describe(scored)}: use a gradient method such as 'gradcam' with a callable target")

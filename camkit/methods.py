@@ -73,7 +73,7 @@ class WeightContext:
 
     @property
     def multi_target(self) -> bool:
-        return self.targets.ndim == 2
+        return (self.targets if self.target_scores is None else self.target_scores).ndim == 2
 
     @property
     def gradients(self) -> Any:

@@ -30,6 +30,9 @@ class ScoreCam(CamMethod):
         from camkit.contraction import postprocess
 
         layout, in_layout = ctx.layout, ctx.input_layout
+        if ctx.targets is None:
+            raise ValueError("scorecam scores masked inputs by a class's probability: it needs class-id targets; "
+                             "for other targets use a gradient method such as 'gradcam'")
         missing = [ch for ch in layout.site_letters if ch not in in_layout.letters]
         if missing:
             raise ValueError(f"scorecam masks the input with the features: feature axes {''.join(missing)!r} "
