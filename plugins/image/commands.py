@@ -37,14 +37,41 @@ def dataset_input_size(dataset: Any) -> int:
     return int(dataset[0]["input"].shape[-1])
 
 
+# The settings that decide what a training run computes: recorded in the checkpoint as "training", so
+# --resume continues the same run (--workers and --out may change, they do not change the result).
+TRAIN_DEFAULTS: dict[str, Any] = {"arch": "resnet18", "epochs": 5, "seed": 0, "size": None, "lr": 3e-3,
+                                  "batch_size": 64, "weights": None, "output_stride": 32, "val_fraction": 0.2,
+                                  "flip": False}
+RECIPE = ("data", *TRAIN_DEFAULTS)
+
+
 def train_and_save(data: str, arch: str, out: str | Path, epochs: int, seed: int = 0, size: int | None = None,
                    lr: float = 3e-3, batch_size: int = 64, workers: int = 0, weights: str | None = None,
-                   output_stride: int = 32, val_fraction: float = 0.2, flip: bool = False) -> tuple[Any, dict[str, Any]]:
-    """Train ``arch`` on ``data`` and save a checkpoint in ``out``; returns ``(model, config)``."""
-    from camkit.checkpoint import save_checkpoint
+                   output_stride: int = 32, val_fraction: float = 0.2, flip: bool = False,
+                   resume: str | Path | None = None) -> tuple[Any, dict[str, Any]]:
+    """Train ``arch`` on ``data``, writing a checkpoint in ``out`` at the end of every epoch (atomically:
+    weights, config and the training state for ``resume``); returns ``(model, config)``.
+
+    ``resume``: a checkpoint directory of the same run (same settings) to continue from its last epoch;
+    the result is the same as without the interruption. Ctrl-C raises ``KeyboardInterrupt`` naming the
+    last good checkpoint; a non-finite loss stops training with ``NonFiniteError`` before anything
+    non-finite is written."""
+    from camkit.checkpoint import load_training_state, save_checkpoint, save_training_state
+    from camkit.io import output_folder
     from camkit.plugin_manager import lookup
+    from camkit.validation import NonFiniteError
     from camkit_plugins.image.train import seed_everything, train_classifier
 
+    recipe = {"data": data, "arch": arch, "epochs": epochs, "seed": seed, "size": size, "lr": lr,
+              "batch_size": batch_size, "weights": weights, "output_stride": output_stride,
+              "val_fraction": val_fraction, "flip": flip}
+    state = None
+    if resume is not None:
+        check_same_run(resume, recipe)
+        state = load_training_state(resume)
+        if int(state["epoch"]) >= epochs:
+            raise ValueError(f"--resume {resume}: the run already finished all {epochs} epoch(s); nothing to resume")
+    out = output_folder(out)
     train_set, val_set = resolve_data(data, seed, size, val_fraction)
     in_channels = int(train_set[0]["input"].shape[0])
     options: dict[str, Any] = {} if in_channels == (1 if arch == "mnist-gap" else 3) else {"in_channels": in_channels}
@@ -55,50 +82,107 @@ def train_and_save(data: str, arch: str, out: str | Path, epochs: int, seed: int
             options["output_stride"] = output_stride
             if weights:  # dilate after the removed strides: the pretrained layers keep their receptive field
                 options["dilate"] = True
+    # the checkpoint holds every weight: rebuilding (or resuming) must not look for the cache again
+    saved_options = {key: value for key, value in options.items() if key != "weights"}
     seed_everything(seed)
-    model = lookup("models", arch)(num_classes=len(train_set.classes), **options)
-    history = train_classifier(model, train_set, val_set, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed,
-                               workers=workers, flip=flip, desc=arch)
-    if weights:  # the checkpoint holds every weight: rebuilding must not look for the cache again
-        options.pop("weights")
-    config = {"model": arch, "model_options": options, "classes": list(train_set.classes), "domain": "image",
+    model = lookup("models", arch)(num_classes=len(train_set.classes), **(saved_options if state else options))
+    config = {"model": arch, "model_options": saved_options, "classes": list(train_set.classes), "domain": "image",
               "arch": arch, "input_size": dataset_input_size(train_set), "in_channels": in_channels,
               "mean": list(train_set.mean), "std": list(train_set.std), "input_layout": "NCHW", "data": data,
-              "seed": seed, "epochs": epochs, "val_accuracy": history["val_accuracy"],
-              "skipped_files": history["skipped"]}
-    save_checkpoint(out, model, config)
+              "seed": seed, "epochs": epochs, "training": recipe}
+    last_good = {"where": Path(resume) if state else None, "epoch": int(state["epoch"]) if state else 0}
+
+    def save_epoch(epoch: int, training: dict[str, Any]) -> None:
+        config.update(epochs_done=epoch, val_accuracy=training["history"]["val_accuracy"],
+                      skipped_files=training["skipped"])
+        save_checkpoint(out, model, config)  # refuses non-finite weights before writing anything
+        save_training_state(out, training)  # self-contained: a kill between the two files still resumes
+        last_good.update(where=out, epoch=epoch)
+
+    def where() -> str:
+        if last_good["where"] is None:
+            return "no checkpoint was written (no epoch finished)"
+        return f"the last good checkpoint is {last_good['where']} (epoch {last_good['epoch']} of {epochs})"
+
+    try:
+        history = train_classifier(model, train_set, val_set, epochs=epochs, lr=lr, batch_size=batch_size,
+                                   seed=seed, workers=workers, flip=flip, desc=arch, on_epoch_end=save_epoch,
+                                   resume=state)
+    except KeyboardInterrupt as exc:
+        resume_hint = f"; continue with: camkit train image --resume {last_good['where']}" if last_good["where"] else ""
+        raise KeyboardInterrupt(where() + resume_hint) from exc
+    except NonFiniteError as exc:  # resuming would diverge again: the advice is a new run
+        raise NonFiniteError(f"{exc}: training stopped; {where()}; try a lower --lr than {lr}, or check the "
+                             "data") from exc
     if history["skipped"]:
         print(f"warning: {len(history['skipped'])} unreadable image(s) skipped: {', '.join(history['skipped'])}",
               file=sys.stderr)
     return model, config
 
 
+def check_same_run(directory: str | Path, recipe: dict[str, Any]) -> None:
+    """``--resume DIR`` continues DIR's run: every setting in ``recipe`` must be the one DIR recorded."""
+    recorded = recorded_recipe(directory)
+    differing = [f"{name} {recipe[name]!r} (the run has {recorded[name]!r})" for name in RECIPE
+                 if name in recorded and not _same_setting(name, recipe[name], recorded[name])]
+    if differing:
+        raise ValueError(f"--resume {directory} continues the same run, but {', '.join(differing)}; drop these "
+                         "options to take the run's own, or train a new run without --resume")
+
+
+def recorded_recipe(directory: str | Path) -> dict[str, Any]:
+    """The training settings a checkpoint recorded (``config.json``'s "training")."""
+    from camkit.checkpoint import read_config
+
+    recorded = read_config(directory).get("training")
+    if not isinstance(recorded, dict):
+        raise ValueError(f"--resume {directory}: this checkpoint does not record its training settings "
+                         "(written by camkit demo, train skeleton or an older camkit?); it cannot be resumed")
+    return recorded
+
+
+def _same_setting(name: str, given: Any, recorded: Any) -> bool:
+    if name == "data" and given != recorded and Path(str(given)).is_dir() and Path(str(recorded)).is_dir():
+        return Path(str(given)).resolve() == Path(str(recorded)).resolve()  # one folder, named two ways
+    return bool(given == recorded)
+
+
 # ---------------------------------------------------------------- train image
 
 
 def _train_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--data", required=True, help="a folder of pictures, mnist:DIR, digits or shapes")
-    parser.add_argument("--arch", default="resnet18", help="resnet18..resnet152 or mnist-gap")
-    parser.add_argument("--epochs", type=int, default=5)
-    parser.add_argument("--out", required=True, help="checkpoint directory")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--size", type=int, default=None, help="input size (default: the dataset's)")
-    parser.add_argument("--lr", type=float, default=3e-3)
-    parser.add_argument("--batch-size", type=int, default=64)
+    # settings default to None here: with --resume, the ones not given come from the run being resumed
+    parser.add_argument("--data", help="a folder of pictures, mnist:DIR, digits or shapes")
+    parser.add_argument("--arch", help="resnet18..resnet152 or mnist-gap (default resnet18)")
+    parser.add_argument("--epochs", type=int, help=f"default {TRAIN_DEFAULTS['epochs']}")
+    parser.add_argument("--out", help="checkpoint directory, written at the end of every epoch "
+                                      "(default with --resume: that directory)")
+    parser.add_argument("--resume", metavar="DIR", help="continue an interrupted run from its last checkpoint")
+    parser.add_argument("--seed", type=int, help=f"default {TRAIN_DEFAULTS['seed']}")
+    parser.add_argument("--size", type=int, help="input size (default: the dataset's)")
+    parser.add_argument("--lr", type=float, help=f"default {TRAIN_DEFAULTS['lr']}")
+    parser.add_argument("--batch-size", type=int, help=f"default {TRAIN_DEFAULTS['batch_size']}")
     parser.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
-    parser.add_argument("--weights", default=None, help="pretrained torchvision weights (DEFAULT), from the local cache")
-    parser.add_argument("--output-stride", type=int, default=32, choices=(8, 16, 32),
-                        help="ResNet output stride: 16 or 8 give 2x or 4x finer maps for more compute")
-    parser.add_argument("--val-fraction", type=float, default=0.2)
-    parser.add_argument("--flip", action="store_true", help="random horizontal flips")
+    parser.add_argument("--weights", help="pretrained torchvision weights (DEFAULT), from the local cache")
+    parser.add_argument("--output-stride", type=int, choices=(8, 16, 32),
+                        help="ResNet output stride: 16 or 8 give 2x or 4x finer maps for more compute (default 32)")
+    parser.add_argument("--val-fraction", type=float, help=f"default {TRAIN_DEFAULTS['val_fraction']}")
+    parser.add_argument("--flip", action="store_true", default=None, help="random horizontal flips")
 
 
 def _train_run(args: argparse.Namespace) -> int:
-    _, config = train_and_save(args.data, args.arch, args.out, args.epochs, seed=args.seed, size=args.size,
-                               lr=args.lr, batch_size=args.batch_size, workers=args.workers, weights=args.weights,
-                               output_stride=args.output_stride, val_fraction=args.val_fraction, flip=args.flip)
+    given = {name: getattr(args, name) for name in RECIPE if getattr(args, name) is not None}
+    if args.resume:
+        settings = {**TRAIN_DEFAULTS, **recorded_recipe(args.resume), **given}  # a difference: train_and_save says
+        out = args.out or args.resume
+    else:
+        missing = [f"--{name}" for name in ("data", "out") if getattr(args, name) is None]
+        if missing:
+            raise ValueError(f"camkit train image needs {' and '.join(missing)} (or --resume DIR)")
+        settings, out = {**TRAIN_DEFAULTS, **given}, args.out
+    _, config = train_and_save(out=out, workers=args.workers, resume=args.resume, **settings)
     final = config["val_accuracy"][-1] if config["val_accuracy"] else float("nan")
-    print(f"saved {args.out} ({config['arch']}, {len(config['classes'])} classes, val accuracy {100 * final:.2f}%)")
+    print(f"saved {out} ({config['arch']}, {len(config['classes'])} classes, val accuracy {100 * final:.2f}%)")
     return 0
 
 
