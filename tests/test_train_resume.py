@@ -92,7 +92,7 @@ def test_resume_into_another_folder_keeps_the_interrupted_one(pets, tmp_path, mo
 
 
 def test_ctrl_c_in_the_first_epoch_says_nothing_was_written(pets, tmp_path, monkeypatch):
-    _interrupt_after(monkeypatch, 2)
+    _interrupt_after(monkeypatch, 4)
     with pytest.raises(KeyboardInterrupt, match="no checkpoint was written"):
         main(_train(pets, tmp_path / "early"))
     assert list((tmp_path / "early").iterdir()) == []

@@ -14,6 +14,8 @@ def resolve_data(spec: str, seed: int, size: int | None, val_fraction: float) ->
     """``(train, val)`` datasets for ``--data``: ``digits``, ``shapes``, ``mnist:DIR`` or a folder."""
     from camkit.plugin_manager import lookup
 
+    if size is not None and size < 1:
+        raise ValueError(f"--size {size}: an input size is a positive number of pixels")
     if spec in EMBEDDED:
         options = {} if size is None else {"size": size}
         build = lookup("datasets", spec)
@@ -39,10 +41,8 @@ def dataset_input_size(dataset: Any) -> int:
 
 # The settings that decide what a training run computes: recorded in the checkpoint as "training", so
 # --resume continues the same run (--workers and --out may change, they do not change the result).
-TRAIN_DEFAULTS: dict[str, Any] = {"arch": "resnet18", "epochs": 5, "seed": 0, "size": None, "lr": 3e-3,
-                                  "batch_size": 64, "weights": None, "output_stride": 32, "val_fraction": 0.2,
-                                  "flip": False}
-RECIPE = ("data", *TRAIN_DEFAULTS)
+RECIPE = ("data", "arch", "epochs", "seed", "size", "lr", "batch_size", "weights", "output_stride", "val_fraction",
+          "flip")
 
 
 def train_and_save(data: str, arch: str, out: str | Path, epochs: int, seed: int = 0, size: int | None = None,
@@ -73,7 +73,8 @@ def train_and_save(data: str, arch: str, out: str | Path, epochs: int, seed: int
             raise ValueError(f"--resume {resume}: the run already finished all {epochs} epoch(s); nothing to resume")
     out = output_folder(out)
     train_set, val_set = resolve_data(data, seed, size, val_fraction)
-    in_channels = int(train_set[0]["input"].shape[0])
+    sample = train_set[0]["input"]
+    in_channels = int(sample.shape[0])
     options: dict[str, Any] = {} if in_channels == (1 if arch == "mnist-gap" else 3) else {"in_channels": in_channels}
     if arch.startswith("resnet"):
         if weights:
@@ -86,6 +87,7 @@ def train_and_save(data: str, arch: str, out: str | Path, epochs: int, seed: int
     saved_options = {key: value for key, value in options.items() if key != "weights"}
     seed_everything(seed)
     model = lookup("models", arch)(num_classes=len(train_set.classes), **(saved_options if state else options))
+    check_model_takes(model, sample, arch)
     config = {"model": arch, "model_options": saved_options, "classes": list(train_set.classes), "domain": "image",
               "arch": arch, "input_size": dataset_input_size(train_set), "in_channels": in_channels,
               "mean": list(train_set.mean), "std": list(train_set.std), "input_layout": "NCHW", "data": data,
@@ -120,6 +122,22 @@ def train_and_save(data: str, arch: str, out: str | Path, epochs: int, seed: int
     return model, config
 
 
+def check_model_takes(model: Any, sample: Any, arch: str) -> None:
+    """One forward pass of ``sample`` (in eval mode, without gradients, the model left as it was), so inputs
+    too small for the architecture are one clear error before training, not a traceback in it."""
+    import torch
+
+    from camkit.capture import evaluation_mode
+
+    try:
+        with torch.no_grad(), evaluation_mode(model):
+            model(sample[None])
+    except RuntimeError as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ValueError(f"--arch {arch} cannot take {'x'.join(map(str, sample.shape))} inputs (--size): "
+                         f"{reason}") from exc
+
+
 def check_same_run(directory: str | Path, recipe: dict[str, Any]) -> None:
     """``--resume DIR`` continues DIR's run: every setting in ``recipe`` must be the one DIR recorded."""
     recorded = recorded_recipe(directory)
@@ -135,10 +153,10 @@ def recorded_recipe(directory: str | Path) -> dict[str, Any]:
     from camkit.checkpoint import read_config
 
     recorded = read_config(directory).get("training")
-    if not isinstance(recorded, dict):
+    if not isinstance(recorded, dict) or not set(RECIPE) <= set(recorded):
         raise ValueError(f"--resume {directory}: this checkpoint does not record its training settings "
                          "(written by camkit demo, train skeleton or an older camkit?); it cannot be resumed")
-    return recorded
+    return {name: recorded[name] for name in RECIPE}
 
 
 def _same_setting(name: str, given: Any, recorded: Any) -> bool:
@@ -149,37 +167,50 @@ def _same_setting(name: str, given: Any, recorded: Any) -> bool:
 
 # ---------------------------------------------------------------- train image
 
+CLI_DEFAULTS = {"arch": "resnet18", "epochs": 5}  # train_and_save's signature has the others
+
+
+def train_defaults() -> dict[str, Any]:
+    """The settings of a run whose options were not given."""
+    import inspect
+
+    parameters = inspect.signature(train_and_save).parameters
+    return {**CLI_DEFAULTS, **{name: parameters[name].default for name in RECIPE
+                               if parameters[name].default is not inspect.Parameter.empty}}
+
 
 def _train_arguments(parser: argparse.ArgumentParser) -> None:
     # settings default to None here: with --resume, the ones not given come from the run being resumed
+    defaults = train_defaults()
     parser.add_argument("--data", help="a folder of pictures, mnist:DIR, digits or shapes")
     parser.add_argument("--arch", help="resnet18..resnet152 or mnist-gap (default resnet18)")
-    parser.add_argument("--epochs", type=int, help=f"default {TRAIN_DEFAULTS['epochs']}")
+    parser.add_argument("--epochs", type=int, help=f"default {defaults['epochs']}")
     parser.add_argument("--out", help="checkpoint directory, written at the end of every epoch "
                                       "(default with --resume: that directory)")
     parser.add_argument("--resume", metavar="DIR", help="continue an interrupted run from its last checkpoint")
-    parser.add_argument("--seed", type=int, help=f"default {TRAIN_DEFAULTS['seed']}")
+    parser.add_argument("--seed", type=int, help=f"default {defaults['seed']}")
     parser.add_argument("--size", type=int, help="input size (default: the dataset's)")
-    parser.add_argument("--lr", type=float, help=f"default {TRAIN_DEFAULTS['lr']}")
-    parser.add_argument("--batch-size", type=int, help=f"default {TRAIN_DEFAULTS['batch_size']}")
+    parser.add_argument("--lr", type=float, help=f"default {defaults['lr']}")
+    parser.add_argument("--batch-size", type=int, help=f"default {defaults['batch_size']}")
     parser.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
     parser.add_argument("--weights", help="pretrained torchvision weights (DEFAULT), from the local cache")
     parser.add_argument("--output-stride", type=int, choices=(8, 16, 32),
-                        help="ResNet output stride: 16 or 8 give 2x or 4x finer maps for more compute (default 32)")
-    parser.add_argument("--val-fraction", type=float, help=f"default {TRAIN_DEFAULTS['val_fraction']}")
+                        help=f"ResNet output stride: 16 or 8 give 2x or 4x finer maps for more compute "
+                             f"(default {defaults['output_stride']})")
+    parser.add_argument("--val-fraction", type=float, help=f"default {defaults['val_fraction']}")
     parser.add_argument("--flip", action="store_true", default=None, help="random horizontal flips")
 
 
 def _train_run(args: argparse.Namespace) -> int:
     given = {name: getattr(args, name) for name in RECIPE if getattr(args, name) is not None}
     if args.resume:
-        settings = {**TRAIN_DEFAULTS, **recorded_recipe(args.resume), **given}  # a difference: train_and_save says
+        settings = {**recorded_recipe(args.resume), **given}  # one that differs: train_and_save says so
         out = args.out or args.resume
     else:
         missing = [f"--{name}" for name in ("data", "out") if getattr(args, name) is None]
         if missing:
             raise ValueError(f"camkit train image needs {' and '.join(missing)} (or --resume DIR)")
-        settings, out = {**TRAIN_DEFAULTS, **given}, args.out
+        settings, out = {**train_defaults(), **given}, args.out
     _, config = train_and_save(out=out, workers=args.workers, resume=args.resume, **settings)
     final = config["val_accuracy"][-1] if config["val_accuracy"] else float("nan")
     print(f"saved {out} ({config['arch']}, {len(config['classes'])} classes, val accuracy {100 * final:.2f}%)")
