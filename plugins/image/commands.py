@@ -17,7 +17,7 @@ def resolve_data(spec: str, seed: int, size: int | None, val_fraction: float) ->
     if size is not None and size < 1:
         raise ValueError(f"--size {size}: an input size is a positive number of pixels")
     if spec in EMBEDDED:
-        options = {} if size is None else {"size": size}
+        options: dict[str, Any] = {} if size is None else {"size": size}
         build = lookup("datasets", spec)
         return build("train", seed=seed, **options), build("val", seed=seed, **options)
     if spec.startswith("mnist:"):
@@ -92,7 +92,8 @@ def train_and_save(data: str, arch: str, out: str | Path, epochs: int, seed: int
               "arch": arch, "input_size": dataset_input_size(train_set), "in_channels": in_channels,
               "mean": list(train_set.mean), "std": list(train_set.std), "input_layout": "NCHW", "data": data,
               "seed": seed, "epochs": epochs, "training": recipe}
-    last_good = {"where": Path(resume) if state else None, "epoch": int(state["epoch"]) if state else 0}
+    last_good: dict[str, Any] = {"where": None if resume is None else Path(resume),
+                                 "epoch": 0 if state is None else int(state["epoch"])}
 
     def save_epoch(epoch: int, training: dict[str, Any]) -> None:
         config.update(epochs_done=epoch, val_accuracy=training["history"]["val_accuracy"],
@@ -142,7 +143,7 @@ def check_same_run(directory: str | Path, recipe: dict[str, Any]) -> None:
     """``--resume DIR`` continues DIR's run: every setting in ``recipe`` must be the one DIR recorded."""
     recorded = recorded_recipe(directory)
     differing = [f"{name} {recipe[name]!r} (the run has {recorded[name]!r})" for name in RECIPE
-                 if name in recorded and not _same_setting(name, recipe[name], recorded[name])]
+                 if not _same_setting(name, recipe[name], recorded[name])]
     if differing:
         raise ValueError(f"--resume {directory} continues the same run, but {', '.join(differing)}; drop these "
                          "options to take the run's own, or train a new run without --resume")
