@@ -19,8 +19,6 @@ TRAINING_FILE = "training.pt"
 
 def save_checkpoint(directory: str | Path, model: Any, config: Mapping[str, Any]) -> Path:
     """Write the model's state dict and its config; returns the directory."""
-    import torch
-
     missing = [key for key in ("model", "classes") if key not in config]
     if missing:
         raise ValueError(f"checkpoint config needs {', '.join(missing)}")
@@ -45,16 +43,41 @@ def save_training_state(directory: str | Path, state: Mapping[str, Any]) -> Path
 
 def load_training_state(directory: str | Path) -> dict[str, Any]:
     """The state written by :func:`save_training_state` (``weights_only=True``: no code runs)."""
-    import torch
-
     path = Path(directory) / TRAINING_FILE
     if not path.is_file():
         raise FileNotFoundError(f"{directory}: nothing to resume (no {TRAINING_FILE}; was it written by "
                                 "a camkit version that saves a checkpoint every epoch?)")
+    state = load_tensors(path, "the training state")
+    if not isinstance(state, dict):
+        raise ValueError(f"{path}: the training state is a {type(state).__name__}, not a dict")
+    return state
+
+
+def load_tensors(path: str | Path, what: str, map_location: Any = "cpu") -> Any:
+    """``torch.load(path, weights_only=True)``: tensors and plain containers, no code runs. A file that
+    is missing, cut short, not torch's, or holding objects is a one-line ``ValueError`` naming ``what``."""
+    import pickle
+
+    import torch
+
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except FileNotFoundError as exc:
+        raise ValueError(f"{path}: cannot load {what}: no such file") from exc
+    except pickle.UnpicklingError as exc:  # torch's text advises weights_only=False: camkit never does that
+        raise ValueError(f"{path}: cannot load {what}: not tensors that load without running code "
+                         f"({_first_sentence(str(exc).split('WeightsUnpickler error:')[-1])})") from exc
     except Exception as exc:
-        raise ValueError(f"{path}: cannot load the training state: {exc}") from exc
+        raise ValueError(f"{path}: cannot load {what}: {_first_sentence(str(exc)) or type(exc).__name__}") from exc
+
+
+def _first_sentence(text: str) -> str:
+    """``text``'s first sentence on one line (torch's load errors run to several paragraphs)."""
+    import re
+
+    paragraph = re.sub(r"\x1b\[[0-9;]*m", "", text).strip().split("\n\n")[0]
+    flat = " ".join(paragraph.split())
+    return flat.split(". ")[0].rstrip(".")
 
 
 def rng_state() -> dict[str, Any]:
@@ -82,28 +105,81 @@ def set_rng_state(state: Mapping[str, Any]) -> None:
 
 
 def read_config(directory: str | Path) -> dict[str, Any]:
+    """``config.json`` of a checkpoint, checked: a JSON object naming the ``model`` (a string), its
+    ``classes`` (a non-empty list) and, if present, ``model_options`` (an object)."""
     path = Path(directory) / CONFIG_FILE
     if not path.is_file():
         raise FileNotFoundError(f"{directory}: not a camkit checkpoint (no {CONFIG_FILE})")
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
+        config = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ValueError(f"{path}: unreadable checkpoint config: {exc}") from exc
+    if not isinstance(config, dict):
+        raise ValueError(f"{path}: a checkpoint config is a JSON object, not {type(config).__name__}")
+    problems = []
+    if not isinstance(config.get("model"), str):
+        problems.append('no "model" (the registered model name, e.g. "resnet18")' if "model" not in config
+                        else f'"model" must be a model name, not {config["model"]!r}')
+    classes = config.get("classes")
+    if not isinstance(classes, list) or not classes:
+        problems.append('no "classes" (the list of class names)' if "classes" not in config
+                        else f'"classes" must be a non-empty list of names, not {classes!r}')
+    if not isinstance(config.get("model_options", {}), dict):
+        problems.append(f'"model_options" must be an object, not {config["model_options"]!r}')
+    if problems:
+        raise ValueError(f"{path}: not a camkit checkpoint config: {'; '.join(problems)}")
+    return config
 
 
 def load_checkpoint(directory: str | Path, map_location: Any = "cpu") -> tuple[Any, dict[str, Any]]:
-    """``(model, config)``: the registered model rebuilt from the config, weights loaded, in eval mode."""
+    """``(model, config)``: the registered model rebuilt from the config, weights loaded, in eval mode.
+    Weights that do not fit the config's model, or are not finite, are a one-line ``ValueError``."""
     import torch
 
     from camkit.plugin_manager import lookup
+    from camkit.validation import require_finite
 
     config = read_config(directory)
     builder = lookup("models", config["model"])
-    model = builder(num_classes=len(config["classes"]), **config.get("model_options", {}))
-    path = Path(directory) / WEIGHTS_FILE
+    options = config.get("model_options", {})
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)  # tensors only: no code runs
-    except Exception as exc:
-        raise ValueError(f"{path}: cannot load checkpoint weights: {exc}") from exc
+        model = builder(num_classes=len(config["classes"]), **options)
+    except TypeError as exc:  # an option the builder does not take
+        raise ValueError(f"{Path(directory) / CONFIG_FILE}: model {config['model']!r} cannot be built with "
+                         f"model_options {options}: {exc}") from exc
+    path = Path(directory) / WEIGHTS_FILE
+    state = load_tensors(path, "checkpoint weights", map_location)  # tensors only: no code runs
+    if not isinstance(state, dict):
+        raise ValueError(f"{path}: not a state dict but {type(state).__name__}")
+    mismatch = describe_state_mismatch(model.state_dict(), state)
+    if mismatch:
+        raise ValueError(f"{path}: the weights do not fit {CONFIG_FILE} (model {config['model']!r}, "
+                         f"{len(config['classes'])} classes): {mismatch}; were the weights or the class list "
+                         f"copied from another checkpoint or edited?")
+    for name, tensor in state.items():
+        if isinstance(tensor, torch.Tensor) and tensor.is_floating_point():
+            require_finite(tensor, f"{path}: weight {name!r}")
     model.load_state_dict(state)
     return model.eval(), config
+
+
+def describe_state_mismatch(expected: Mapping[str, Any], found: Mapping[str, Any], shown: int = 3) -> str:
+    """One line on how the state dict ``found`` differs from the model's ``expected`` one (missing and
+    unexpected names, shapes that differ), or "" when it fits."""
+    missing = [name for name in expected if name not in found]
+    unexpected = [name for name in found if name not in expected]
+    shapes = [f"{name} {tuple(found[name].shape)} where the model has {tuple(tensor.shape)}"
+              for name, tensor in expected.items()
+              if name in found and hasattr(found[name], "shape") and tuple(found[name].shape) != tuple(tensor.shape)]
+
+    def some(names: list[str]) -> str:
+        return ", ".join(names[:shown]) + (f", ... ({len(names) - shown} more)" if len(names) > shown else "")
+
+    parts = []
+    if shapes:
+        parts.append(f"{len(shapes)} of another shape ({some(shapes)})")
+    if missing:
+        parts.append(f"{len(missing)} missing ({some(missing)})")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected ({some(unexpected)})")
+    return "; ".join(parts)

@@ -115,9 +115,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 2
 
 
+INTERRUPTED = 130  # the shell's status for a command ended by Ctrl-C (128 + SIGINT)
+
+
 def run() -> int:
     """The ``camkit`` console command: ``main`` with a user's mistakes (a bad option value, an unknown
-    name, a missing or unreadable file) reported as one line and exit status 2 instead of a traceback;
+    name, a missing, unreadable or unwritable file) reported as one line and exit status 2 instead of a
+    traceback, and Ctrl-C as one line (saying what was kept, when the command says) and status 130;
     ``CAMKIT_TRACEBACK=1`` shows the traceback. Anything else still raises."""
     import os
 
@@ -125,12 +129,17 @@ def run() -> int:
 
     try:
         return main()
-    except (ValueError, KeyError, FileNotFoundError, NotADirectoryError, PermissionError, PluginError) as exc:
+    except (ValueError, KeyError, OSError, PluginError) as exc:
         if os.environ.get("CAMKIT_TRACEBACK"):
             raise
         message = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
         print(f"camkit: error: {message}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as exc:
+        if os.environ.get("CAMKIT_TRACEBACK"):
+            raise
+        print(f"camkit: interrupted{f': {exc}' if str(exc) else ''}", file=sys.stderr)
+        return INTERRUPTED
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -11,14 +11,46 @@ from dataclasses import dataclass
 from typing import Any
 
 
-def local_device(name: Any = "auto") -> Any:
-    """The device of this process: "auto" is CUDA when available, else the CPU; plain "cuda" is this
-    ``torchrun`` process's own GPU, ``cuda:LOCAL_RANK``. More processes than GPUs is a clear error."""
+DEVICE_TYPES = ("cpu", "cuda", "mps", "xpu")
+
+
+def parse_device(name: Any) -> Any:
+    """``name`` ("auto", "cpu", "cuda", "cuda:1", "mps", a ``torch.device``) as a ``torch.device`` that this
+    machine has, or a ``ValueError`` that says what is wrong in one line. The one parser behind every
+    ``--device`` option; "auto" is CUDA when available, else the CPU."""
     import torch
 
-    if str(name) == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(name)
+    if isinstance(name, torch.device):
+        device = name
+    else:
+        text = str(name).strip().lower()
+        if text == "auto":
+            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        kind, colon, index = text.partition(":")
+        if kind not in DEVICE_TYPES or (colon and not index.isdigit()):
+            raise ValueError(f"device {str(name)!r}: not a device; use auto, cpu, cuda, cuda:N (N = 0, 1, ...), "
+                             f"mps or xpu")
+        device = torch.device(text)
+    if device.type == "cpu":
+        return device
+    backend = getattr(torch, device.type, None)
+    available = getattr(backend, "is_available", None)
+    if device.type == "mps":
+        available = torch.backends.mps.is_available
+    if available is None or not available():
+        hint = (f" (this torch {torch.__version__} was built without CUDA)"
+                if device.type == "cuda" and torch.version.cuda is None else "")
+        raise ValueError(f"device {str(name)!r}: this machine has no {device.type.upper()} device torch can use"
+                         f"{hint}; use --device cpu, or auto to take a GPU only when there is one")
+    return device
+
+
+def local_device(name: Any = "auto") -> Any:
+    """The device of this process (see :func:`parse_device`); plain "cuda" is this ``torchrun`` process's
+    own GPU, ``cuda:LOCAL_RANK``. More processes than GPUs is a clear error."""
+    import torch
+
+    device = parse_device(name)
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
     if device.type == "cuda" and device.index >= torch.cuda.device_count():

@@ -72,3 +72,29 @@ def save_torch_atomic(path: str | os.PathLike[str], obj: Any) -> Path:
     import torch
 
     return write_atomic(path, lambda temporary: torch.save(obj, temporary))
+
+
+def output_folder(path: str | os.PathLike[str], option: str = "--out") -> Path:
+    """The folder results go to, created with its parents, after checking that files can be written in it.
+
+    One clear error before any work is done, instead of a traceback after it: ``NotADirectoryError`` when
+    ``path`` (or a folder above it) is a file, ``PermissionError`` when the folder cannot be created or
+    written in (read-only folder or file system). ``option`` names the setting in the messages."""
+    folder = Path(path).expanduser()
+    if folder.exists() and not folder.is_dir():
+        raise NotADirectoryError(f"{option} {folder}: is a file, not a folder; name a folder "
+                                 "(it is created if missing)")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError) as exc:
+        blocking = next((parent for parent in folder.parents if parent.is_file()), exc.filename)
+        raise NotADirectoryError(f"{option} {folder}: cannot create the folder, {blocking} is a file") from exc
+    except OSError as exc:
+        raise PermissionError(f"{option} {folder}: cannot create the folder: {exc.strerror}") from exc
+    try:
+        handle, probe = tempfile.mkstemp(prefix=".camkit-write-test.", dir=folder)
+    except OSError as exc:
+        raise PermissionError(f"{option} {folder}: cannot write in this folder: {exc.strerror}") from exc
+    os.close(handle)
+    os.unlink(probe)
+    return folder

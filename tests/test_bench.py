@@ -280,6 +280,7 @@ def test_distributed_cuda_selects_the_local_gpu_and_a_cpu_capable_backend(monkey
     monkeypatch.setattr(dist, "get_world_size", lambda group=None: 2)
     monkeypatch.setattr(torch.cuda, "set_device", lambda device: calls["device"].append(torch.device(device)))
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
 
     place = Distributed.from_environment(torch.device("cuda"))
     assert calls["init"] == ["cpu:gloo,cuda:nccl"]  # NCCL alone cannot all_reduce the CPU sums

@@ -9,6 +9,7 @@ import math
 from pathlib import Path
 from typing import Any, Mapping
 
+from camkit.io import atomic_path, write_text_atomic
 from camkit_plugins.bench.config import BASELINE_METHODS, slug
 
 
@@ -128,11 +129,11 @@ def write_report(records: list[Mapping[str, Any]], config: Mapping[str, Any], ou
     out.mkdir(parents=True, exist_ok=True)
     rows = scalar_rows(records)
     fields = ["model", "dataset", "method", "metric", "value", "mean", "count", "samples", "primary", "higher_is_better", "options"]
-    with open(out / "results.csv", "w", newline="") as handle:
+    with atomic_path(out / "results.csv") as temporary, open(temporary, "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=fields)
         writer.writeheader()
         writer.writerows(rows)
-    with open(out / "curves.csv", "w", newline="") as handle:
+    with atomic_path(out / "curves.csv") as temporary, open(temporary, "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["model", "dataset", "method", "metric", "value", "point", "label", "mean", "count"])
         for r in records:
@@ -142,7 +143,7 @@ def write_report(records: list[Mapping[str, Any]], config: Mapping[str, Any], ou
                     for i, v in enumerate(value):
                         writer.writerow([r["model"], r["dataset"], r["method"], r["metric"], name, i, labels[i], v,
                                          r["counts"][name][i]])
-    (out / "results.md").write_text(markdown(records, config))
+    write_text_atomic(out / "results.md", markdown(records, config))
     if config.get("plots", True):
         plot(records, config, out)
 
@@ -176,8 +177,7 @@ def plot(records: list[Mapping[str, Any]], config: Mapping[str, Any], out: Path)
             ax.set_title(f"{metric}\n{rows[0]['primary']} {arrow}", fontsize=9)
         fig.suptitle(f"{model} on {dataset}", fontsize=10)
         fig.tight_layout()
-        fig.savefig(out / f"bars_{stem}.png", dpi=110)
-        plt.close(fig)
+        _save_figure(fig, out / f"bars_{stem}.png")
         curves = sorted({(r["metric"], name) for r in group for name, v in r["values"].items() if _is_curve(v)})
         if not curves:
             continue
@@ -199,5 +199,14 @@ def plot(records: list[Mapping[str, Any]], config: Mapping[str, Any], out: Path)
         axes[0][0].legend(fontsize=7)
         fig.suptitle(f"{model} on {dataset}", fontsize=10)
         fig.tight_layout()
-        fig.savefig(out / f"curves_{stem}.png", dpi=110)
-        plt.close(fig)
+        _save_figure(fig, out / f"curves_{stem}.png")
+
+
+def _save_figure(figure: Any, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    try:
+        with atomic_path(path) as temporary:
+            figure.savefig(temporary, dpi=110)
+    finally:
+        plt.close(figure)

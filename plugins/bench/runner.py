@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from camkit.distributed import Distributed, local_device
+from camkit.io import output_folder, write_text_atomic
 from camkit_plugins.bench.config import BASELINE_METHODS, fingerprint, is_checkpoint, slug
 
 # bumped whenever a metric's definition changes, so cells computed under the old one are not reused
@@ -132,14 +133,27 @@ def _cell_path(out: Path, model: Mapping[str, Any], dataset: Mapping[str, Any], 
     return out / "cells" / f"{name}__{fingerprint(key)}.json"
 
 
+CELL_FIELDS = {"key": dict, "model": str, "dataset": str, "method": str, "metric": str, "values": dict,
+               "counts": dict, "labels": dict, "primary": str, "higher_is_better": bool}
+
+
 def _read_cell(path: Path, key: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The cached record at ``path`` if it was computed for ``key``, else None; a file that is not a
+    record (cut short, edited, replaced) is an error naming it, never a crash later in the report."""
     if not path.is_file():
         return None
     try:
         record = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ValueError(f"{path}: corrupt cached cell ({exc}); delete it to recompute") from exc
-    return record if record.get("key") == json.loads(json.dumps(key)) else None
+    if not isinstance(record, dict):
+        raise ValueError(f"{path}: corrupt cached cell (a JSON {type(record).__name__}, not a record); "
+                         "delete it to recompute")
+    wrong = [name for name, kind in CELL_FIELDS.items() if not isinstance(record.get(name), kind)]
+    if wrong:
+        raise ValueError(f"{path}: corrupt cached cell (missing or malformed {', '.join(wrong)}); "
+                         "delete it to recompute")
+    return record if record["key"] == json.loads(json.dumps(key)) else None
 
 
 class MapMaker:
@@ -178,7 +192,7 @@ def run_suite(raw_config: Mapping[str, Any], progress: bool = True) -> list[dict
     validate_names(config)
     device = local_device(config["device"])  # "cuda": one GPU per torchrun process
     dist = Distributed.from_environment(device)
-    out = Path(config["out"])
+    out = output_folder(config["out"]) if dist.rank == 0 else Path(config["out"])
     try:
         records = []
         for model_entry in config["models"]:
@@ -321,9 +335,8 @@ def _run_method(config: Mapping[str, Any], model: Any, dataset: Any, count: int,
         else:
             record.update(sums[metric["label"]].reduce(dist))
             record["seconds"] = {"maps": map_seconds, "metric": seconds[metric["label"]]}
-        if dist.rank == 0:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(json.dumps(record, indent=1, default=float))
+        if dist.rank == 0:  # atomic: a run killed here leaves no half-written cell behind
+            write_text_atomic(path, json.dumps(record, indent=1, default=float))
         records.append(json.loads(json.dumps(record, default=float)))
     return records
 

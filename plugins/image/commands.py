@@ -14,8 +14,10 @@ def resolve_data(spec: str, seed: int, size: int | None, val_fraction: float) ->
     """``(train, val)`` datasets for ``--data``: ``digits``, ``shapes``, ``mnist:DIR`` or a folder."""
     from camkit.plugin_manager import lookup
 
+    if size is not None and size < 1:
+        raise ValueError(f"--size {size}: an input size is a positive number of pixels")
     if spec in EMBEDDED:
-        options = {} if size is None else {"size": size}
+        options: dict[str, Any] = {} if size is None else {"size": size}
         build = lookup("datasets", spec)
         return build("train", seed=seed, **options), build("val", seed=seed, **options)
     if spec.startswith("mnist:"):
@@ -37,16 +39,42 @@ def dataset_input_size(dataset: Any) -> int:
     return int(dataset[0]["input"].shape[-1])
 
 
+# The settings that decide what a training run computes: recorded in the checkpoint as "training", so
+# --resume continues the same run (--workers and --out may change, they do not change the result).
+RECIPE = ("data", "arch", "epochs", "seed", "size", "lr", "batch_size", "weights", "output_stride", "val_fraction",
+          "flip")
+
+
 def train_and_save(data: str, arch: str, out: str | Path, epochs: int, seed: int = 0, size: int | None = None,
                    lr: float = 3e-3, batch_size: int = 64, workers: int = 0, weights: str | None = None,
-                   output_stride: int = 32, val_fraction: float = 0.2, flip: bool = False) -> tuple[Any, dict[str, Any]]:
-    """Train ``arch`` on ``data`` and save a checkpoint in ``out``; returns ``(model, config)``."""
-    from camkit.checkpoint import save_checkpoint
+                   output_stride: int = 32, val_fraction: float = 0.2, flip: bool = False,
+                   resume: str | Path | None = None) -> tuple[Any, dict[str, Any]]:
+    """Train ``arch`` on ``data``, writing a checkpoint in ``out`` at the end of every epoch (atomically:
+    weights, config and the training state for ``resume``); returns ``(model, config)``.
+
+    ``resume``: a checkpoint directory of the same run (same settings) to continue from its last epoch;
+    the result is the same as without the interruption. Ctrl-C raises ``KeyboardInterrupt`` naming the
+    last good checkpoint; a non-finite loss stops training with ``NonFiniteError`` before anything
+    non-finite is written."""
+    from camkit.checkpoint import load_training_state, save_checkpoint, save_training_state
+    from camkit.io import output_folder
     from camkit.plugin_manager import lookup
+    from camkit.validation import NonFiniteError
     from camkit_plugins.image.train import seed_everything, train_classifier
 
+    recipe = {"data": data, "arch": arch, "epochs": epochs, "seed": seed, "size": size, "lr": lr,
+              "batch_size": batch_size, "weights": weights, "output_stride": output_stride,
+              "val_fraction": val_fraction, "flip": flip}
+    state = None
+    if resume is not None:
+        check_same_run(resume, recipe)
+        state = load_training_state(resume)
+        if int(state["epoch"]) >= epochs:
+            raise ValueError(f"--resume {resume}: the run already finished all {epochs} epoch(s); nothing to resume")
+    out = output_folder(out)
     train_set, val_set = resolve_data(data, seed, size, val_fraction)
-    in_channels = int(train_set[0]["input"].shape[0])
+    sample = train_set[0]["input"]
+    in_channels = int(sample.shape[0])
     options: dict[str, Any] = {} if in_channels == (1 if arch == "mnist-gap" else 3) else {"in_channels": in_channels}
     if arch.startswith("resnet"):
         if weights:
@@ -55,50 +83,138 @@ def train_and_save(data: str, arch: str, out: str | Path, epochs: int, seed: int
             options["output_stride"] = output_stride
             if weights:  # dilate after the removed strides: the pretrained layers keep their receptive field
                 options["dilate"] = True
+    # the checkpoint holds every weight: rebuilding (or resuming) must not look for the cache again
+    saved_options = {key: value for key, value in options.items() if key != "weights"}
     seed_everything(seed)
-    model = lookup("models", arch)(num_classes=len(train_set.classes), **options)
-    history = train_classifier(model, train_set, val_set, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed,
-                               workers=workers, flip=flip, desc=arch)
-    if weights:  # the checkpoint holds every weight: rebuilding must not look for the cache again
-        options.pop("weights")
-    config = {"model": arch, "model_options": options, "classes": list(train_set.classes), "domain": "image",
+    model = lookup("models", arch)(num_classes=len(train_set.classes), **(saved_options if state else options))
+    check_model_takes(model, sample, arch)
+    config = {"model": arch, "model_options": saved_options, "classes": list(train_set.classes), "domain": "image",
               "arch": arch, "input_size": dataset_input_size(train_set), "in_channels": in_channels,
               "mean": list(train_set.mean), "std": list(train_set.std), "input_layout": "NCHW", "data": data,
-              "seed": seed, "epochs": epochs, "val_accuracy": history["val_accuracy"],
-              "skipped_files": history["skipped"]}
-    save_checkpoint(out, model, config)
+              "seed": seed, "epochs": epochs, "training": recipe}
+    last_good: dict[str, Any] = {"where": None if resume is None else Path(resume),
+                                 "epoch": 0 if state is None else int(state["epoch"])}
+
+    def save_epoch(epoch: int, training: dict[str, Any]) -> None:
+        config.update(epochs_done=epoch, val_accuracy=training["history"]["val_accuracy"],
+                      skipped_files=training["skipped"])
+        save_checkpoint(out, model, config)  # refuses non-finite weights before writing anything
+        save_training_state(out, training)  # self-contained: a kill between the two files still resumes
+        last_good.update(where=out, epoch=epoch)
+
+    def where() -> str:
+        if last_good["where"] is None:
+            return "no checkpoint was written (no epoch finished)"
+        return f"the last good checkpoint is {last_good['where']} (epoch {last_good['epoch']} of {epochs})"
+
+    try:
+        history = train_classifier(model, train_set, val_set, epochs=epochs, lr=lr, batch_size=batch_size,
+                                   seed=seed, workers=workers, flip=flip, desc=arch, on_epoch_end=save_epoch,
+                                   resume=state)
+    except KeyboardInterrupt as exc:
+        resume_hint = f"; continue with: camkit train image --resume {last_good['where']}" if last_good["where"] else ""
+        raise KeyboardInterrupt(where() + resume_hint) from exc
+    except NonFiniteError as exc:  # resuming would diverge again: the advice is a new run
+        raise NonFiniteError(f"{exc}: training stopped; {where()}; try a lower --lr than {lr}, or check the "
+                             "data") from exc
     if history["skipped"]:
         print(f"warning: {len(history['skipped'])} unreadable image(s) skipped: {', '.join(history['skipped'])}",
               file=sys.stderr)
     return model, config
 
 
+def check_model_takes(model: Any, sample: Any, arch: str) -> None:
+    """One forward pass of ``sample`` (in eval mode, without gradients, the model left as it was), so inputs
+    too small for the architecture are one clear error before training, not a traceback in it."""
+    import torch
+
+    from camkit.capture import evaluation_mode
+
+    try:
+        with torch.no_grad(), evaluation_mode(model):
+            model(sample[None])
+    except RuntimeError as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ValueError(f"--arch {arch} cannot take {'x'.join(map(str, sample.shape))} inputs (--size): "
+                         f"{reason}") from exc
+
+
+def check_same_run(directory: str | Path, recipe: dict[str, Any]) -> None:
+    """``--resume DIR`` continues DIR's run: every setting in ``recipe`` must be the one DIR recorded."""
+    recorded = recorded_recipe(directory)
+    differing = [f"{name} {recipe[name]!r} (the run has {recorded[name]!r})" for name in RECIPE
+                 if not _same_setting(name, recipe[name], recorded[name])]
+    if differing:
+        raise ValueError(f"--resume {directory} continues the same run, but {', '.join(differing)}; drop these "
+                         "options to take the run's own, or train a new run without --resume")
+
+
+def recorded_recipe(directory: str | Path) -> dict[str, Any]:
+    """The training settings a checkpoint recorded (``config.json``'s "training")."""
+    from camkit.checkpoint import read_config
+
+    recorded = read_config(directory).get("training")
+    if not isinstance(recorded, dict) or not set(RECIPE) <= set(recorded):
+        raise ValueError(f"--resume {directory}: this checkpoint does not record its training settings "
+                         "(written by camkit demo, train skeleton or an older camkit?); it cannot be resumed")
+    return {name: recorded[name] for name in RECIPE}
+
+
+def _same_setting(name: str, given: Any, recorded: Any) -> bool:
+    if name == "data" and given != recorded and Path(str(given)).is_dir() and Path(str(recorded)).is_dir():
+        return Path(str(given)).resolve() == Path(str(recorded)).resolve()  # one folder, named two ways
+    return bool(given == recorded)
+
+
 # ---------------------------------------------------------------- train image
+
+CLI_DEFAULTS = {"arch": "resnet18", "epochs": 5}  # train_and_save's signature has the others
+
+
+def train_defaults() -> dict[str, Any]:
+    """The settings of a run whose options were not given."""
+    import inspect
+
+    parameters = inspect.signature(train_and_save).parameters
+    return {**CLI_DEFAULTS, **{name: parameters[name].default for name in RECIPE
+                               if parameters[name].default is not inspect.Parameter.empty}}
 
 
 def _train_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--data", required=True, help="a folder of pictures, mnist:DIR, digits or shapes")
-    parser.add_argument("--arch", default="resnet18", help="resnet18..resnet152 or mnist-gap")
-    parser.add_argument("--epochs", type=int, default=5)
-    parser.add_argument("--out", required=True, help="checkpoint directory")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--size", type=int, default=None, help="input size (default: the dataset's)")
-    parser.add_argument("--lr", type=float, default=3e-3)
-    parser.add_argument("--batch-size", type=int, default=64)
+    # settings default to None here: with --resume, the ones not given come from the run being resumed
+    defaults = train_defaults()
+    parser.add_argument("--data", help="a folder of pictures, mnist:DIR, digits or shapes")
+    parser.add_argument("--arch", help="resnet18..resnet152 or mnist-gap (default resnet18)")
+    parser.add_argument("--epochs", type=int, help=f"default {defaults['epochs']}")
+    parser.add_argument("--out", help="checkpoint directory, written at the end of every epoch "
+                                      "(default with --resume: that directory)")
+    parser.add_argument("--resume", metavar="DIR", help="continue an interrupted run from its last checkpoint")
+    parser.add_argument("--seed", type=int, help=f"default {defaults['seed']}")
+    parser.add_argument("--size", type=int, help="input size (default: the dataset's)")
+    parser.add_argument("--lr", type=float, help=f"default {defaults['lr']}")
+    parser.add_argument("--batch-size", type=int, help=f"default {defaults['batch_size']}")
     parser.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
-    parser.add_argument("--weights", default=None, help="pretrained torchvision weights (DEFAULT), from the local cache")
-    parser.add_argument("--output-stride", type=int, default=32, choices=(8, 16, 32),
-                        help="ResNet output stride: 16 or 8 give 2x or 4x finer maps for more compute")
-    parser.add_argument("--val-fraction", type=float, default=0.2)
-    parser.add_argument("--flip", action="store_true", help="random horizontal flips")
+    parser.add_argument("--weights", help="pretrained torchvision weights (DEFAULT), from the local cache")
+    parser.add_argument("--output-stride", type=int, choices=(8, 16, 32),
+                        help=f"ResNet output stride: 16 or 8 give 2x or 4x finer maps for more compute "
+                             f"(default {defaults['output_stride']})")
+    parser.add_argument("--val-fraction", type=float, help=f"default {defaults['val_fraction']}")
+    parser.add_argument("--flip", action="store_true", default=None, help="random horizontal flips")
 
 
 def _train_run(args: argparse.Namespace) -> int:
-    _, config = train_and_save(args.data, args.arch, args.out, args.epochs, seed=args.seed, size=args.size,
-                               lr=args.lr, batch_size=args.batch_size, workers=args.workers, weights=args.weights,
-                               output_stride=args.output_stride, val_fraction=args.val_fraction, flip=args.flip)
+    given = {name: getattr(args, name) for name in RECIPE if getattr(args, name) is not None}
+    if args.resume:
+        settings = {**recorded_recipe(args.resume), **given}  # one that differs: train_and_save says so
+        out = args.out or args.resume
+    else:
+        missing = [f"--{name}" for name in ("data", "out") if getattr(args, name) is None]
+        if missing:
+            raise ValueError(f"camkit train image needs {' and '.join(missing)} (or --resume DIR)")
+        settings, out = {**train_defaults(), **given}, args.out
+    _, config = train_and_save(out=out, workers=args.workers, resume=args.resume, **settings)
     final = config["val_accuracy"][-1] if config["val_accuracy"] else float("nan")
-    print(f"saved {args.out} ({config['arch']}, {len(config['classes'])} classes, val accuracy {100 * final:.2f}%)")
+    print(f"saved {out} ({config['arch']}, {len(config['classes'])} classes, val accuracy {100 * final:.2f}%)")
     return 0
 
 

@@ -325,8 +325,8 @@ def torchvision_decoding() -> Any:
 
 
 def decode_image_file(path: str | Path) -> Any:
-    """``uint8 (3, H, W)`` tensor of an image file (torchvision.io, else PIL); ``CorruptImageError``
-    names a bad file."""
+    """``uint8 (3, H, W)`` tensor of an image file (torchvision.io, else PIL), turned upright by its EXIF
+    orientation, 16-bit pictures scaled to 8 bits; ``CorruptImageError`` names a bad file."""
     import torch
 
     tvio = torchvision_decoding()
@@ -334,28 +334,85 @@ def decode_image_file(path: str | Path) -> Any:
         image = _decode_with_pil(path)
     else:
         try:
-            image = tvio.decode_image(tvio.read_file(str(path)), mode=tvio.ImageReadMode.RGB)
+            image = tvio.decode_image(tvio.read_file(str(path)), mode=tvio.ImageReadMode.RGB,
+                                      apply_exif_orientation=True)
         except (RuntimeError, OSError, ValueError) as exc:
             image = _decode_with_pil(path, exc)  # BMP and TIFF: torchvision decodes only JPEG, PNG, GIF, WebP
+    if image.dtype == torch.uint16:  # 16-bit PNGs
+        image = sixteen_to_eight_bits(image)
     if image.dtype != torch.uint8 or image.ndim != 3 or min(image.shape[1:]) == 0:
         raise CorruptImageError(path, f"decoded to an unusable tensor {tuple(image.shape)} {image.dtype}")
     return image
 
 
+def sixteen_to_eight_bits(image: Any) -> Any:
+    """uint8 of 16-bit pixels (torch or numpy), rounded: 65535 -> 255, 32896 -> 128 (65535 = 255 x 257)."""
+    import torch
+
+    if isinstance(image, np.ndarray):
+        return ((image.astype(np.int32) + 128) // 257).astype(np.uint8)
+    return ((image.to(torch.int32) + 128) // 257).to(torch.uint8)
+
+
+_SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N")
+
+
+def _pil_rgb(image: Any, path: str | Path) -> np.ndarray:
+    """``uint8 (H, W, 3)`` of an opened PIL image: 16-bit grey scaled to 8 bits (``convert`` would clip it
+    to white); 32-bit integer or float pixels, whose range nobody knows, are an error rather than a guess."""
+    if image.mode in _SIXTEEN_BIT_MODES:
+        grey = sixteen_to_eight_bits(np.asarray(image))
+        return np.repeat(grey[..., None], 3, axis=2)
+    if image.mode in ("I", "F"):
+        kind = "32-bit integer" if image.mode == "I" else "floating-point"
+        raise CorruptImageError(path, f"{kind} pixels (PIL mode {image.mode}) have no known range; "
+                                      f"save the picture with 8 or 16 bits per channel")
+    return np.array(image.convert("RGB"))
+
+
 def _decode_with_pil(path: str | Path, first: BaseException | None = None) -> Any:
     """The file decoded by PIL (after torchvision failed on it: ``first``; both reasons when PIL fails too)."""
     import torch
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image, ImageOps, UnidentifiedImageError
 
     try:
         with Image.open(path) as opened:
-            pixels = np.array(opened.convert("RGB"))
+            pixels = _pil_rgb(ImageOps.exif_transpose(opened), path)
+    except CorruptImageError:
+        raise
     except (OSError, ValueError, UnidentifiedImageError) as exc:
         if first is None:
             raise CorruptImageError(path, f"PIL: {exc}") from exc
         reason = str(first).splitlines()[0] if str(first) else type(first).__name__
         raise CorruptImageError(path, f"{reason} (PIL: {exc})") from first
     return torch.from_numpy(pixels).permute(2, 0, 1).contiguous()
+
+
+EXIF_ORIENTATION_TAG = 0x0112
+
+
+def exif_orientation(data: bytes) -> int:
+    """The EXIF orientation (1 = upright ... 8) of an encoded picture, 1 when it has none (PIL reads only
+    the header here, nothing is decoded)."""
+    import io
+
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(io.BytesIO(data)) as opened:
+            value = opened.getexif().get(EXIF_ORIENTATION_TAG, 1)
+    except (OSError, ValueError, UnidentifiedImageError, SyntaxError):
+        return 1  # the decoder will name the broken file
+    return int(value) if int(value) in range(1, 9) else 1
+
+
+def apply_orientation(image: Any, orientation: int) -> Any:
+    """``image`` (..., H, W) turned upright for EXIF ``orientation`` 1-8, on its own device (nvjpeg, unlike
+    the CPU decoders, does not apply it)."""
+    if orientation in (5, 6, 7, 8):  # the stored picture is transposed relative to the upright one
+        image = image.transpose(-1, -2)
+    flips = {2: (-1,), 3: (-1, -2), 4: (-2,), 6: (-1,), 7: (-1, -2), 8: (-2,)}.get(orientation, ())
+    return image.flip(flips) if flips else image
 
 
 def prepare_image(image_uint8: Any, size: int, mean: Sequence[float], std: Sequence[float]) -> Any:

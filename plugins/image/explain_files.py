@@ -10,8 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from camkit_plugins.image.datasets import (IMAGE_SUFFIXES, CorruptImageError, decode_image_file, prepare_image,
-                                           torchvision_decoding)
+from camkit_plugins.image.datasets import (IMAGE_SUFFIXES, CorruptImageError, apply_orientation, decode_image_file,
+                                           exif_orientation, prepare_image, torchvision_decoding)
 
 
 def collect_image_files(paths: Sequence[str | Path]) -> list[Path]:
@@ -39,7 +39,8 @@ class PictureFiles:
     ``{"path", "error"}`` for a file that cannot be read (so the caller can report it by name).
 
     With ``jpeg_bytes=True`` a JPEG (found by its magic bytes, not its suffix) is only read:
-    ``{"path", "jpeg": uint8 bytes}``, for `decode_jpeg_items` to decode a whole batch on the device."""
+    ``{"path", "jpeg": uint8 bytes, "orientation": EXIF 1-8}``, for `decode_jpeg_items` to decode a whole
+    batch on the device."""
 
     def __init__(self, files: Sequence[Path], size: int, mean: Sequence[float], std: Sequence[float],
                  in_channels: int, jpeg_bytes: bool = False) -> None:
@@ -59,7 +60,8 @@ class PictureFiles:
             if data.startswith(JPEG_MAGIC):
                 import torch
 
-                return {"path": str(path), "jpeg": torch.frombuffer(bytearray(data), dtype=torch.uint8)}
+                return {"path": str(path), "jpeg": torch.frombuffer(bytearray(data), dtype=torch.uint8),
+                        "orientation": exif_orientation(data)}
         try:
             picture = decode_image_file(path)
         except CorruptImageError as exc:
@@ -76,7 +78,8 @@ def decode_jpeg_items(items: list[dict[str, Any]], files: PictureFiles, device: 
     """Items with ``"jpeg"`` bytes decoded in one batched call on ``device`` (nvjpeg on a GPU) and
     prepared there; the others are returned as they are. A batch with a bad file fails as a whole
     (torchvision returns no partial result), so it is decoded again file by file; a file the device
-    cannot decode goes to the CPU decoders, which name it if they cannot either."""
+    cannot decode goes to the CPU decoders, which name it if they cannot either. Pictures are turned
+    upright by their EXIF orientation, as the CPU decoders do."""
     encoded = [index for index, item in enumerate(items) if "jpeg" in item]
     if not encoded:
         return items
@@ -90,13 +93,14 @@ def decode_jpeg_items(items: list[dict[str, Any]], files: PictureFiles, device: 
     for position, index in enumerate(encoded):
         path = items[index]["path"]
         if decoded:
-            out[index] = files.prepared(path, decoded[position])
+            out[index] = files.prepared(path, apply_orientation(decoded[position], items[index]["orientation"]))
             continue
         try:
-            picture = decode_jpeg(items[index]["jpeg"], mode=ImageReadMode.RGB, device=device)
+            picture = apply_orientation(decode_jpeg(items[index]["jpeg"], mode=ImageReadMode.RGB, device=device),
+                                        items[index]["orientation"])
         except RuntimeError:  # a bad file, or a JPEG flavour the device decoder lacks (nvjpeg: e.g. CMYK)
             try:
-                picture = decode_image_file(path)  # the CPU decoders, libjpeg then PIL; the error names the file
+                picture = decode_image_file(path)  # the CPU decoders (upright already); the error names the file
             except CorruptImageError as exc:
                 out[index] = {"path": path, "error": str(exc)}
                 continue
@@ -130,14 +134,18 @@ class ExplainReport:
     images_per_second: float = 0.0
 
 
-class OverlayWriteError(RuntimeError):
+class OverlayWriteError(OSError):
     """Some output files could not be written: ``failures`` lists ``(path, exception)`` for every one
-    (the first exception is also the ``__cause__``); ``report`` is what was done otherwise."""
+    (the first exception is also the ``__cause__``); ``report`` is what was done otherwise. The message
+    is one line naming the first few."""
+
+    SHOWN = 3
 
     def __init__(self, failures: list[tuple[Path, BaseException]], report: "ExplainReport") -> None:
         self.failures, self.report = failures, report
-        lines = "\n".join(f"  {path}: {type(exc).__name__}: {exc}" for path, exc in failures)
-        super().__init__(f"could not write {len(failures)} file(s):\n{lines}")
+        named = "; ".join(f"{path}: {type(exc).__name__}: {exc}" for path, exc in failures[:self.SHOWN])
+        more = f"; and {len(failures) - self.SHOWN} more" if len(failures) > self.SHOWN else ""
+        super().__init__(f"could not write {len(failures)} file(s): {' '.join(named.split())}{more}")
 
 
 MAX_PENDING_WRITES = 32  # writes in flight at once: each holds an overlay, so memory stays bounded
@@ -202,10 +210,12 @@ def explain_files(model: Any, config: dict[str, Any], files: Sequence[Path], out
     from tqdm import tqdm
 
     import camkit
+    from camkit.distributed import local_device
+    from camkit.io import output_folder
     from camkit_plugins.image.render import label_text, overlay, overlay_file_name, save_grid, write_overlay
 
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    device = local_device(device)
+    out = output_folder(out)
     classes = list(config["classes"])
     size = int(config["input_size"])
     dataset = PictureFiles(files, size, config["mean"], config["std"], int(config.get("in_channels", 3)),
@@ -281,6 +291,6 @@ def explain_files(model: Any, config: dict[str, Any], files: Sequence[Path], out
 
 
 def _save_npy(path: Path, maps: Any) -> None:
-    import numpy as np
+    from camkit.io import save_numpy_atomic
 
-    np.save(path, maps.numpy())
+    save_numpy_atomic(path, maps.numpy())

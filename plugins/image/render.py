@@ -6,6 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Sequence
 
+from camkit.io import atomic_path
+
 _JET_CACHE: dict[Any, Any] = {}
 
 
@@ -95,10 +97,10 @@ def write_overlay(path: str | Path, overlay_rgb: Any, text: str | None = None, q
     if text:
         image = draw_label(image, text)
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     params = [cv2.IMWRITE_JPEG_QUALITY, quality] if path.suffix.lower() in (".jpg", ".jpeg") else []
-    if not cv2.imwrite(str(path), cv2.cvtColor(image, cv2.COLOR_RGB2BGR), params):
-        raise OSError(f"{path}: could not write the overlay")
+    with atomic_path(path) as temporary:  # the temporary keeps the suffix: cv2 picks the format from it
+        if not cv2.imwrite(str(temporary), cv2.cvtColor(image, cv2.COLOR_RGB2BGR), params):
+            raise OSError(f"{path}: could not write the overlay")
     return path
 
 
@@ -136,9 +138,11 @@ def save_grid(path: str | Path, images: Any, maps: Any, titles: Sequence[str], n
         figure.suptitle(suptitle, fontsize=10)
     figure.tight_layout()
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=80)
-    plt.close(figure)
+    try:
+        with atomic_path(path) as temporary:
+            figure.savefig(temporary, dpi=80)  # the format from the suffix, which the temporary keeps
+    finally:
+        plt.close(figure)
     return path
 
 

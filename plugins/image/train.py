@@ -1,10 +1,11 @@
-"""Training an image classifier: seeded, with a progress bar, validation accuracy per epoch, and a
-skip-with-warning policy for unreadable pictures."""
+"""Training an image classifier: seeded, with a progress bar, validation accuracy per epoch, a
+skip-with-warning policy for unreadable pictures, a stop at the first non-finite loss, and a state at
+the end of every epoch from which training resumes exactly."""
 
 from __future__ import annotations
 
 import warnings
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 from camkit_plugins.image.datasets import SkipCorrupt, collate_skipping
 
@@ -48,12 +49,21 @@ def evaluate_accuracy(model: Any, dataset: Any, batch_size: int = 256, workers: 
 
 def train_classifier(model: Any, train_set: Any, val_set: Any | None, epochs: int = 5, lr: float = 3e-3,
                      batch_size: int = 64, seed: int = 0, workers: int = 0, flip: bool = False,
-                     log: Callable[[str], None] = print, desc: str = "train") -> dict[str, Any]:
+                     log: Callable[[str], None] = print, desc: str = "train",
+                     on_epoch_end: Callable[[int, dict[str, Any]], None] | None = None,
+                     resume: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """AdamW + one-cycle schedule, cross-entropy. Returns ``{"val_accuracy": [...], "skipped": [...],
-    "loss": [...]}``; a bad picture is skipped with a warning naming it, and counted at the end."""
+    "loss": [...]}``; a bad picture is skipped with a warning naming it, and counted at the end.
+
+    ``on_epoch_end(epoch, state)`` gets, after every epoch, the state (weights, optimizer, schedule,
+    data order, RNG, history) from which ``resume=state`` continues with the next epoch and ends with
+    the weights of an uninterrupted run. The first non-finite loss stops training with
+    ``camkit.validation.NonFiniteError``."""
     import torch
     import torch.nn.functional as F
     from tqdm import tqdm
+
+    from camkit.validation import require_finite
 
     if epochs < 1:
         raise ValueError(f"epochs must be >= 1, got {epochs}")
@@ -63,11 +73,12 @@ def train_classifier(model: Any, train_set: Any, val_set: Any | None, epochs: in
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=epochs * max(1, len(loader)))
     skipped: set[str] = set()
     history: dict[str, Any] = {"val_accuracy": [], "loss": []}
-    for epoch in range(1, epochs + 1):
+    done = 0 if resume is None else restore_training(resume, model, optimizer, schedule, loader, history, skipped)
+    for epoch in range(done + 1, epochs + 1):
         model.train()
         running, seen = 0.0, 0
         with tqdm(loader, desc=f"{desc} epoch {epoch}/{epochs}", unit="batch", leave=False) as bar:
-            for batch in bar:
+            for step, batch in enumerate(bar, 1):
                 skipped.update(batch["skipped"])
                 if "input" in batch:
                     inputs, labels = batch["input"], batch["label"]
@@ -76,6 +87,7 @@ def train_classifier(model: Any, train_set: Any, val_set: Any | None, epochs: in
                         inputs = torch.where(mirror[:, None, None, None], inputs.flip(-1), inputs)
                     optimizer.zero_grad(set_to_none=True)
                     loss = F.cross_entropy(model(inputs), labels)
+                    require_finite(loss.detach(), f"the training loss (epoch {epoch}, batch {step})")
                     loss.backward()
                     optimizer.step()
                     running += float(loss.detach()) * len(labels)
@@ -88,8 +100,36 @@ def train_classifier(model: Any, train_set: Any, val_set: Any | None, epochs: in
             history["val_accuracy"].append(evaluate_accuracy(model, val_set, workers=workers, skipped=skipped))
             message += f", val accuracy {100 * history['val_accuracy'][-1]:.2f}%"
         log(message)
+        if on_epoch_end is not None:
+            on_epoch_end(epoch, training_state(epoch, model, optimizer, schedule, loader, history, skipped))
     model.eval()
     history["skipped"] = sorted(skipped)
     if skipped:
         warnings.warn(f"{len(skipped)} unreadable image(s) skipped: {', '.join(history['skipped'])}", stacklevel=2)
     return history
+
+
+def training_state(epoch: int, model: Any, optimizer: Any, schedule: Any, loader: Any, history: Mapping[str, Any],
+                   skipped: set[str]) -> dict[str, Any]:
+    """What `restore_training` needs to continue after ``epoch`` (``torch.load(weights_only=True)`` reads it)."""
+    from camkit.checkpoint import rng_state
+
+    return {"epoch": epoch, "model": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+            "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
+            "data_order": loader.generator.get_state(), "rng": rng_state(),
+            "history": {k: list(v) for k, v in history.items()}, "skipped": sorted(skipped)}
+
+
+def restore_training(state: Mapping[str, Any], model: Any, optimizer: Any, schedule: Any, loader: Any,
+                     history: dict[str, Any], skipped: set[str]) -> int:
+    """Put a `training_state` back (``history`` and ``skipped`` are filled in place); returns its epoch."""
+    from camkit.checkpoint import set_rng_state
+
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    schedule.load_state_dict(state["schedule"])
+    loader.generator.set_state(state["data_order"])  # the shuffles of the epochs still to come
+    set_rng_state(state["rng"])  # flips and any other draw
+    history.update({k: list(v) for k, v in state["history"].items()})
+    skipped.update(state["skipped"])
+    return int(state["epoch"])
