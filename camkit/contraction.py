@@ -14,6 +14,7 @@ import numpy as np
 
 from camkit.kernels import select_kernel
 from camkit.layout import CONTINUOUS, Layout
+from camkit.validation import NonFiniteError
 
 if TYPE_CHECKING:
     from camkit.methods import Weights
@@ -33,7 +34,7 @@ def _check_finite(array: Any, what: str) -> None:
         # the sum non-finite; a sum that merely overflows is rechecked element by element
         finite = bool(torch.isfinite(array.sum(dtype=torch.float32))) or bool(array.isfinite().all())
     if not finite:
-        raise ValueError(f"{what} contain NaN or infinite values")
+        raise NonFiniteError(f"{what} contain NaN or infinite values")
 
 
 def class_activation_map(
@@ -44,6 +45,7 @@ def class_activation_map(
     channel_weights: Any = None,
     site_weights: Any = None,
     class_weights: Any = None,
+    dtype: Any = None,
 ) -> Any:
     """Contract ``features`` with weights over the channel axis of ``layout``.
 
@@ -55,14 +57,17 @@ def class_activation_map(
     * ``class_weights``: ``(K, C)`` shared by all samples (e.g. a classifier) -> ``(N, K, *sites)``.
 
     Sites keep the layout's order (``NHWC`` features give ``(N, H, W)`` maps). Works on torch tensors
-    (on their device, in their dtype) and numpy arrays alike.
+    (on their device, in their dtype) and numpy arrays alike. ``float16`` features are summed in
+    ``float32`` (a sum over hundreds of channels overflows 65504 easily); the maps come back in ``dtype``
+    (default: the features'), and a map that does not fit it is an error, never ``inf``. A non-finite
+    map (NaN features or weights) is an error too.
     """
     layout = Layout.parse(layout)
     layout.check(features.shape)
     if weights is not None:
         if any(w is not None for w in (channel_weights, site_weights, class_weights)):
             raise ValueError("pass weights either as a Weights or by keyword, not both")
-        return class_activation_map(features, layout, **{weights.keyword: weights.tensor})
+        return class_activation_map(features, layout, dtype=dtype, **{weights.keyword: weights.tensor})
     given = [w is not None for w in (channel_weights, site_weights, class_weights)]
     if sum(given) != 1:
         raise ValueError("pass exactly one of channel_weights, site_weights, class_weights")
@@ -98,7 +103,24 @@ def class_activation_map(
             raise ValueError(f"class_weights of shape {tuple(weights.shape)} do not fit features with "
                              f"C={n_channels} channels: expected (K, {n_channels})")
         equation = f"{f},kc->nk{sites}"
-    return select_kernel(features).contract(equation, features, weights)
+    if _is_numpy(features):
+        maps = select_kernel(features).contract(equation, features, weights)
+        _check_finite(maps, "class activation maps (from the features and weights)")
+        return maps if dtype is None else maps.astype(dtype)
+    import torch
+
+    out_dtype = dtype or features.dtype
+    if features.dtype == torch.float16:  # accumulate in fp32; the fp16 cast is checked below
+        features = features.float()
+    maps = select_kernel(features).contract(equation, features, weights)
+    _check_finite(maps, "class activation maps (from the features and weights)")
+    if maps.dtype != out_dtype:
+        maps = maps.to(out_dtype)
+        if not bool(maps.isfinite().all()):
+            raise ValueError(f"class activation maps overflow {out_dtype}: values reach "
+                             f"{float(maps.float().abs().nan_to_num(float('inf')).amax()):.3g}; ask for dtype="
+                             f"torch.float32 (camkit.explain does) or compute the features in float32 / bfloat16")
+    return maps
 
 
 def postprocess(
@@ -119,6 +141,7 @@ def postprocess(
     all zeros with a ``ConstantMapWarning``, never NaN.
     """
     layout = Layout.parse(layout)
+    _check_finite(maps, "maps to post-process")  # one NaN site would make the normalised map all NaN
     kernel = select_kernel(maps)
     for letter in reduce:
         if letter not in map_letters:

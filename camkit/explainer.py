@@ -167,6 +167,10 @@ class Explainer:
         else:
             self.method_name = getattr(method, "name", type(method).__name__)
             self.method = method
+        if not eval_mode and getattr(self.method, "runs_model", False):
+            raise ValueError(f"{self.method_name} runs the model on masked inputs; with eval_mode=False those "
+                             f"forwards would update BatchNorm's running statistics and change the model: keep "
+                             f"eval_mode=True")
         self.point = CapturePoint.parse(model, layer) if layer is not None else None
         self.layout = Layout.parse(layout) if layout is not None else None
         self.input_layout = Layout.parse(input_layout) if input_layout is not None else None
@@ -218,10 +222,12 @@ class Explainer:
             ctx = self._context(batch, features, raw, scored, target, layout, transform, str(point))
             with torch.no_grad() if needs_grad else torch.inference_mode():
                 weights = self._weights(ctx, target)
-                maps = class_activation_map(ctx.features, layout, weights)
+                half = ctx.features.dtype == torch.float16  # summed and post-processed in fp32: no overflow
+                maps = class_activation_map(ctx.features, layout, weights, dtype=torch.float32 if half else None)
                 letters = ("NK" if target.multi else "N") + layout.site_letters
                 maps = postprocess(maps, letters, layout=layout, relu=self.relu, normalize=self.normalize,
                                    size=self._size(layout, ctx.input_size), reduce=self.reduce)
+                maps = maps.to(ctx.features.dtype) if half and self.normalize else maps
                 letters = "".join(ch for ch in letters if ch not in self.reduce)
         return CamResult(maps=maps, targets=target.class_ids, logits=_detached(scored), method=self.method_name,
                          layer=str(point), layout=str(layout), map_letters=letters,
@@ -295,6 +301,7 @@ class Explainer:
             logits=_detached(scored), targets=target.class_ids, input_size=input_layout.sizes(batch.tensor.shape),
             input_layout=input_layout,
             classifier=functools.partial(self._classifier, batch=batch, scored=scored, target=target),
+            classifier_bias=functools.partial(self._classifier_bias, batch),
             forward=functools.partial(self._plain_forward, batch),
             _gradient_fn=(lambda: _target_gradients(target, raw, layout, layer, transform)) if needs_grad else None,
             target_scores=target.scores.detach(), other_inputs=len(batch.named_tensors()) > 1,
@@ -318,6 +325,13 @@ class Explainer:
         if weights is None:
             weights = self._located(batch).classifier
         return _check_classifier(weights, num_channels, scored.shape[-1])
+
+    def _classifier_bias(self, batch: ModelInputs) -> Any:
+        """The bias of the located classifier (unknown for ``classifier_weights=``)."""
+        if self.classifier_weights is not None:
+            return None
+        bias = self._located(batch).classifier_bias
+        return None if bias is None else bias.detach()
 
     def _size(self, layout: Layout, input_sizes: Mapping[str, int]) -> dict[str, int] | None:
         if self.output_size is not None:

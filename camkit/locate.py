@@ -43,6 +43,7 @@ class FeatureSource:
     layout: Layout
     transform: Callable[[Any], Any] | None = None
     classifier: Any = None  # (classes, channels) weight of the layer after pooling, or None
+    classifier_bias: Any = None  # its (classes,) bias, when it has one
     reason: str = ""  # how it was found, for messages and ``camkit explain --verbose``
 
 
@@ -183,17 +184,17 @@ def _from_pooling(trace: _Trace, pool: _Pool, input_sizes: dict[str, int] | None
         point = CapturePoint(pool.owner, "call", pool.function, pool.index)
         reason = f"input of the global pooling call {pool.function} (call {pool.index} of the forward)"
     channels = pool.tensor.shape[layout.channel_axis]
-    classifier = _classifier_after(trace, pool.order, channels)
+    classifier, bias = _classifier_after(trace, pool.order, channels)
     transform = None
     if layout.letters == "NLC" and input_sizes:  # tokens averaged: show them on the input's grid
         grid = token_grid(pool.tensor.shape[1], input_sizes)
         if grid is not None and grid[2] == 0:
             transform, layout = tokens_to_grid(grid[0], grid[1], 0), Layout.parse("NHWC")
-    return FeatureSource(point, layout, transform, classifier, reason)
+    return FeatureSource(point, layout, transform, classifier, bias, reason)
 
 
-def _classifier_after(trace: _Trace, order: int, channels: int) -> Any:
-    """The weight of the first Linear / 1x1 conv run after ``order`` that takes ``channels`` inputs."""
+def _classifier_after(trace: _Trace, order: int, channels: int) -> tuple[Any, Any]:
+    """``(weight, bias)`` of the first Linear / 1x1 conv run after ``order`` that takes ``channels`` inputs."""
     import torch.nn as nn
 
     for call in trace.calls:
@@ -201,11 +202,11 @@ def _classifier_after(trace: _Trace, order: int, channels: int) -> Any:
         if call.order < order:
             continue
         if isinstance(module, nn.Linear) and module.in_features == channels:
-            return module.weight
+            return module.weight, module.bias
         if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d)) and module.in_channels == channels \
                 and all(k == 1 for k in module.kernel_size) and module.groups == 1:
-            return module.weight.flatten(1)
-    return None
+            return module.weight.flatten(1), module.bias
+    return None, None
 
 
 def token_grid(length: int, input_sizes: dict[str, int]) -> tuple[int, int, int] | None:
@@ -246,9 +247,9 @@ def _from_token_blocks(model: Any, trace: _Trace, input_sizes: dict[str, int]) -
     if best is None:
         return None
     _, block, (rows, cols, prefix) = best
-    classifier = _classifier_after(trace, best[0], block.first_input.shape[2])
+    classifier, bias = _classifier_after(trace, best[0], block.first_input.shape[2])
     return FeatureSource(CapturePoint(block.name, "input"), Layout.parse("NHWC"), tokens_to_grid(rows, cols, prefix),
-                         classifier, f"input of the last transformer block {block.name!r}: {rows}x{cols} patch "
+                         classifier, bias, f"input of the last transformer block {block.name!r}: {rows}x{cols} patch "
                                      f"tokens after {prefix} prefix token(s)")
 
 
@@ -268,8 +269,8 @@ def _last_spatial_output(model: Any, trace: _Trace, input_sizes: dict[str, int])
     reason = f"output of {name!r}, the last layer with more than one site (the model has no global average pooling)"
     grid = token_grid(tensor.shape[1], input_sizes) if tensor.ndim == 3 else None
     if grid is not None:  # tokens: shown on the input's patch grid
-        return FeatureSource(CapturePoint(name), Layout.parse("NHWC"), tokens_to_grid(*grid), None, reason)
-    return FeatureSource(CapturePoint(name), Layout.parse(CHANNELS_FIRST.get(tensor.ndim, "NCHW")), None, None, reason)
+        return FeatureSource(CapturePoint(name), Layout.parse("NHWC"), tokens_to_grid(*grid), reason=reason)
+    return FeatureSource(CapturePoint(name), Layout.parse(CHANNELS_FIRST.get(tensor.ndim, "NCHW")), reason=reason)
 
 
 def tokens_to_grid(height: int, width: int, prefix_tokens: int = 1) -> Callable[[Any], Any]:

@@ -69,6 +69,7 @@ class WeightContext:
     _gradient_fn: Callable[[], Any] | None = field(default=None, repr=False)
     _gradients: Any = field(default=None, repr=False)
     target_scores: Any = None  # (N,) or (N, K): what the maps explain (a logit for class ids)
+    classifier_bias: Callable[[], Any] = lambda: None  # the bias of ``classifier``'s layer, None if unknown
     other_inputs: bool = False  # the model takes other per-sample inputs beside ``inputs`` (see ``forward``)
 
     @property
@@ -129,6 +130,9 @@ class CamMethod:
 
     name: str = ""
     needs_gradients: bool = False
+    # runs the model again on perturbed inputs (Score-CAM): refused with eval_mode=False, where the
+    # masked batches would update BatchNorm's running statistics
+    runs_model: bool = False
 
     def __init__(self, **options: Any) -> None:
         if options:

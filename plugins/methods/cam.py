@@ -12,15 +12,20 @@ DEFAULT_HEAD_TOLERANCE = 1e-3
 
 
 def check_gap_linear_head(ctx: WeightContext, matrix: Any) -> None:
-    """Warn when the logits are not ``mean over sites of the features`` times ``matrix`` plus one bias
-    per class: CAM's identity (mean of the map = class score - bias) then fails. Needs two samples."""
-    import torch
-
-    if ctx.logits.shape[0] < 2:
-        return
+    """Warn when the logits are not ``mean over sites of the features`` times ``matrix`` plus the
+    classifier's bias: CAM's identity (mean of the map = class score - bias) then fails. With the bias
+    known one sample suffices; without it (``classifier_weights=``) the biases implied by two samples
+    must agree."""
     pooled = ctx.sum_over_sites(ctx.features.float(), keep_targets=False) / ctx.num_sites
-    bias = ctx.logits.float() - pooled @ matrix.float().T  # (N, classes): equal rows for GAP + linear
-    spread = float((bias - bias[:1]).abs().amax())
+    bias = ctx.logits.float() - pooled @ matrix.float().T  # (N, classes): the bias on every row for GAP + linear
+    known = ctx.classifier_bias()
+    if known is not None:
+        reference = known.float().to(bias.device)[None]
+    elif ctx.logits.shape[0] >= 2:
+        reference = bias[:1]
+    else:
+        return
+    spread = float((bias - reference).abs().amax())
     scale = float(ctx.logits.float().abs().amax()) + 1e-6
     tolerance = HEAD_TOLERANCE.get(str(ctx.logits.dtype).removeprefix("torch."), DEFAULT_HEAD_TOLERANCE)
     if not spread <= tolerance * scale:  # NaN-safe

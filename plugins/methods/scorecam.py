@@ -17,6 +17,7 @@ from camkit.methods import CamMethod, WeightContext, Weights
 class ScoreCam(CamMethod):
     name = "scorecam"
     needs_gradients = False
+    runs_model = True
 
     def __init__(self, chunk_size: int = 256, progress: bool = False) -> None:
         if chunk_size < 1:
