@@ -185,8 +185,10 @@ class _CallCapture:
 
 
 def function_name(func: Any) -> str:
-    """``"adaptive_avg_pool2d"`` for ``F.adaptive_avg_pool2d``, ``"mean"`` for ``Tensor.mean`` ..."""
-    return getattr(func, "__name__", "") or str(func)
+    """``"adaptive_avg_pool2d"`` for ``F.adaptive_avg_pool2d``, ``"mean"`` for ``Tensor.mean`` and for
+    the ATen op ``aten.mean.dim`` (what ``torch.export`` graphs call)."""
+    packet = getattr(func, "overloadpacket", None)
+    return getattr(packet, "__name__", None) or getattr(func, "__name__", "") or str(func)
 
 
 def resolve_layer(model: Any, layer: Any) -> tuple[str, Any]:

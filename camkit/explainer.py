@@ -160,6 +160,12 @@ class Explainer:
         output: Any = None,
         primary_input: int | str | None = None,
     ) -> None:
+        import torch
+
+        if isinstance(model, torch.jit.ScriptModule):
+            raise TypeError("a TorchScript model cannot be explained: TorchScript modules take no forward hooks, "
+                            "which capture the features; use the eager model (or a torch.export archive, "
+                            "torch.export.unflatten(...))")
         self.model = model
         if isinstance(method, str):
             self.method_name = method

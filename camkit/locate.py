@@ -201,8 +201,12 @@ def _classifier_after(trace: _Trace, order: int, channels: int) -> tuple[Any, An
         module = call.module
         if call.order < order:
             continue
+        weight = getattr(module, "weight", None)
         if isinstance(module, nn.Linear) and module.in_features == channels:
             return module.weight, module.bias
+        if not isinstance(module, (nn.Linear, nn.Embedding)) and isinstance(weight, nn.Parameter) \
+                and weight.ndim == 2 and weight.shape[1] == channels and not list(module.children()):
+            return weight, getattr(module, "bias", None)  # a linear layer by its weights (torch.export modules)
         if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d)) and module.in_channels == channels \
                 and all(k == 1 for k in module.kernel_size) and module.groups == 1:
             return module.weight.flatten(1), module.bias

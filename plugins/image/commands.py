@@ -225,7 +225,18 @@ def _explain_arguments(parser: argparse.ArgumentParser) -> None:
     from camkit_plugins.image.explain_files import DECODE_MODES
 
     parser.add_argument("inputs", nargs="+", help="picture files and/or directories")
-    parser.add_argument("--checkpoint", required=True, help="directory written by camkit train image")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--checkpoint", help="directory written by camkit train image")
+    source.add_argument("--model", metavar="SPEC", help="a pretrained network: torchvision:NAME, timm:NAME, "
+                        "hf:NAME_OR_PATH, package.module:callable, file.py:callable, or a TorchScript / torch.export "
+                        "file (weights from the local cache only)")
+    parser.add_argument("--weights", default="DEFAULT", help="with --model: DEFAULT, a weight name, or none")
+    parser.add_argument("--labels", help="with --model: class names, 'imagenet' or a file with one name per line")
+    parser.add_argument("--size", type=int, help="with --model: input size (default: the weights' own, else 224)")
+    parser.add_argument("--mean", type=_floats, help="with --model: normalisation mean R,G,B")
+    parser.add_argument("--std", type=_floats, help="with --model: normalisation std R,G,B")
+    parser.add_argument("--layer", help="features to explain: a module name, or NAME:input (default: what global "
+                        "pooling receives)")
     parser.add_argument("--out", required=True, help="directory for the overlays")
     parser.add_argument("--method", default="cam", help="cam, gradcam, gradcam++, ... (camkit list methods)")
     parser.add_argument("--topk", type=int, default=None, help="also one panel per class for the top k")
@@ -240,13 +251,30 @@ def _explain_arguments(parser: argparse.ArgumentParser) -> None:
                              "(nvjpeg on a GPU); auto = device on CUDA, workers elsewhere")
 
 
+def _floats(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(value) for value in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected numbers separated by commas, e.g. 0.5,0.5,0.5") from None
+
+
 def _explain_run(args: argparse.Namespace) -> int:
     from camkit.checkpoint import load_checkpoint
     from camkit_plugins.image.explain_files import collect_image_files, explain_files
+    from camkit_plugins.image.model_spec import load_model_spec
 
-    model, config = load_checkpoint(args.checkpoint)
+    if args.model:
+        model, config = load_model_spec(args.model, args.weights, args.labels, args.size, args.mean, args.std)
+    else:
+        given = [f"--{name}" for name in ("labels", "size", "mean", "std") if getattr(args, name) is not None]
+        if given or args.weights != "DEFAULT":
+            raise ValueError(f"{', '.join(given or ['--weights'])}: only with --model (a checkpoint carries its own "
+                             f"weights, preprocessing and classes)")
+        model, config = load_checkpoint(args.checkpoint)
     if config.get("domain", "image") != "image":
         raise ValueError(f"{args.checkpoint}: a {config.get('domain')} checkpoint; camkit explain handles images")
+    if args.layer:
+        config = {**config, "layer": args.layer}
     files = collect_image_files(args.inputs)
     report = explain_files(model, config, files, args.out, method=args.method, topk=args.topk,
                            save_maps=args.save_maps, grid=not args.no_grid, batch_size=args.batch_size,

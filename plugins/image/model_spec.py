@@ -1,0 +1,264 @@
+"""``camkit explain --model SPEC``: any pretrained network, loaded the way its library loads it, offline.
+
+SPEC is one of
+
+- ``torchvision:NAME`` (weights from the local torch cache; ``--weights DEFAULT|none|<enum name>``),
+- ``timm:NAME`` (weights from the local Hugging Face cache),
+- ``hf:NAME_OR_PATH`` (a transformers image classifier, ``local_files_only``),
+- ``package.module:callable`` or ``path/to/file.py:callable`` (called with no arguments, returns a module),
+- a ``torch.export`` archive (``.pt2``, exported with a dynamic batch dimension); TorchScript files
+  (``.pt``, ``.pth``, ``.ts``) load, but cannot be explained: TorchScript modules take no hooks.
+
+Nothing downloads: a weight file that is not cached is an error saying how to get it. Preprocessing comes
+from the weights' own transforms where the library has them (crop size, mean, std), else ``--size``,
+``--mean``, ``--std``; class names from the weights' metadata, ``--labels imagenet`` or ``--labels FILE``
+(one name per line). camkit resizes the whole picture to the input size (no centre crop), so the overlay
+covers all of it.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+DEFAULT_SIZE = 224
+SCRIPT_SUFFIXES = (".pt", ".pth", ".ts")
+EXPORT_SUFFIXES = (".pt2",)
+
+
+class ModelSpecError(ValueError):
+    """A ``--model`` spec that cannot be turned into a model (the message says why and what to do)."""
+
+
+@dataclass
+class Preprocessing:
+    size: int | None = None
+    mean: Sequence[float] | None = None
+    std: Sequence[float] | None = None
+    classes: list[str] = field(default_factory=list)
+
+
+def load_model_spec(spec: str, weights: str = "DEFAULT", labels: str | None = None, size: int | None = None,
+                    mean: Sequence[float] | None = None, std: Sequence[float] | None = None) -> tuple[Any, dict]:
+    """``(model in eval mode, config)`` for ``spec``; ``config`` has what ``explain_files`` needs
+    (classes, input_size, mean, std, in_channels). Given ``size`` / ``mean`` / ``std`` win over the
+    weights' own."""
+    import torch
+
+    prefix, _, rest = spec.partition(":")
+    loaders = {"torchvision": _torchvision, "timm": _timm, "hf": _transformers}
+    if prefix in loaders and rest:
+        model, found = loaders[prefix](rest, weights)
+    elif Path(spec).suffix in SCRIPT_SUFFIXES + EXPORT_SUFFIXES and Path(spec).is_file():
+        model, found = _serialized(Path(spec)), Preprocessing()
+    elif ":" in spec:
+        model, found = _callable(spec), Preprocessing()
+    else:
+        raise ModelSpecError(f"--model {spec!r}: use torchvision:NAME, timm:NAME, hf:NAME_OR_PATH, "
+                             f"package.module:callable, path/to/file.py:callable, or a TorchScript (.pt/.ts) or "
+                             f"torch.export (.pt2) file")
+    if not isinstance(model, torch.nn.Module):
+        raise ModelSpecError(f"--model {spec!r} gave a {type(model).__name__}, not a torch.nn.Module")
+    model.eval()
+    input_size = int(size or found.size or DEFAULT_SIZE)
+    mean = tuple(mean or found.mean or IMAGENET_MEAN)
+    std = tuple(std or found.std or IMAGENET_STD)
+    if len(mean) != 3 or len(std) != 3:
+        raise ModelSpecError(f"--mean and --std take 3 values (R,G,B), got {len(mean)} and {len(std)}")
+    num_classes = _num_classes(model, input_size)
+    classes = read_labels(labels, num_classes) if labels else found.classes or [str(i) for i in range(num_classes)]
+    if len(classes) != num_classes:
+        raise ModelSpecError(f"{len(classes)} class names for a model with {num_classes} outputs")
+    config = {"model": spec, "classes": classes, "input_size": input_size, "mean": list(mean), "std": list(std),
+              "in_channels": 3, "domain": "image", "input_layout": "NCHW"}
+    return model, config
+
+
+def read_labels(labels: str, num_classes: int) -> list[str]:
+    """Class names: ``"imagenet"`` (torchvision's list, offline) or a file with one name per line."""
+    if labels == "imagenet":
+        names = imagenet_classes()
+        source = "ImageNet"
+    else:
+        path = Path(labels).expanduser()
+        if not path.is_file():
+            raise ModelSpecError(f"--labels {labels!r}: no such file (or use --labels imagenet)")
+        names = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        source = str(path)
+    if len(names) != num_classes:
+        raise ModelSpecError(f"--labels {source} has {len(names)} class names but the model outputs {num_classes} "
+                             f"classes")
+    return names
+
+
+def imagenet_classes() -> list[str]:
+    from torchvision.models import ResNet18_Weights
+
+    return list(ResNet18_Weights.DEFAULT.meta["categories"])
+
+
+def _num_classes(model: Any, size: int) -> int:
+    """The number of scores the model gives one picture (one forward pass of a blank input)."""
+    import torch
+
+    from camkit.adapters import select_output
+    from camkit.capture import evaluation_mode
+
+    with torch.inference_mode(), evaluation_mode(model):
+        output = select_output(model(torch.zeros(1, 3, size, size, device=_device_of(model))))
+    if getattr(output, "ndim", 0) != 2:
+        raise ModelSpecError(f"the model returns {getattr(output, 'shape', type(output).__name__)} for a picture; "
+                             f"camkit explain needs a classifier's (N, classes) logits")
+    return int(output.shape[1])
+
+
+def _device_of(model: Any) -> Any:
+    parameter = next(iter(model.parameters()), None)
+    return parameter.device if parameter is not None else "cpu"
+
+
+def _torchvision(name: str, weights: str) -> tuple[Any, Preprocessing]:
+    import torch
+    import torchvision
+
+    try:
+        enum = torchvision.models.get_model_weights(name)
+    except (ValueError, KeyError):
+        available = ", ".join(torchvision.models.list_models()[:8])
+        raise ModelSpecError(f"torchvision has no model {name!r} (e.g. {available}, ...: torchvision.models."
+                             f"list_models())") from None
+    if weights.lower() == "none":
+        return torchvision.models.get_model(name, weights=None), Preprocessing()
+    try:
+        chosen = enum.DEFAULT if weights == "DEFAULT" else enum[weights]
+    except KeyError:
+        raise ModelSpecError(f"unknown weights {weights!r} for {name}; available: DEFAULT, "
+                             f"{', '.join(w.name for w in enum)}, none") from None
+    path = Path(torch.hub.get_dir()) / "checkpoints" / Path(chosen.url).name
+    if not path.is_file():
+        raise ModelSpecError(f"torchvision weights {name} {chosen.name} are not in the local torch cache ({path}); "
+                             f"camkit never downloads. On a machine with internet run: python -c \"import "
+                             f"torchvision; torchvision.models.get_model('{name}', weights='{chosen.name}')\" and copy "
+                             f"{path.name} into {path.parent} (or point TORCH_HOME at that cache), or pass --weights none")
+    model = torchvision.models.get_model(name, weights=None, num_classes=len(chosen.meta["categories"]))
+    model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    transforms = chosen.transforms()
+    crop = getattr(transforms, "crop_size", [DEFAULT_SIZE])
+    return model, Preprocessing(int(crop[0]), tuple(transforms.mean), tuple(transforms.std),
+                                list(chosen.meta["categories"]))
+
+
+def _timm(name: str, weights: str) -> tuple[Any, Preprocessing]:
+    timm = _require("timm", "timm")
+    pretrained = weights.lower() != "none"
+    try:
+        with _hub_offline():
+            model = timm.create_model(name, pretrained=pretrained)
+    except RuntimeError as exc:
+        if "Unknown model" in str(exc):
+            raise ModelSpecError(f"timm has no model {name!r} (timm.list_models('*{name[:6]}*'))") from None
+        raise
+    except (OSError, ValueError) as exc:
+        raise ModelSpecError(f"timm weights for {name} are not in the local Hugging Face cache ({exc.__class__.__name__});"
+                             f" camkit never downloads. On a machine with internet run: python -c \"import timm; "
+                             f"timm.create_model('{name}', pretrained=True)\" and copy the cache (HF_HOME), or pass "
+                             f"--weights none") from None
+    config = timm.data.resolve_model_data_config(model)
+    classes = imagenet_classes() if getattr(model, "num_classes", 0) == 1000 else []
+    return model, Preprocessing(int(config["input_size"][-1]), tuple(config["mean"]), tuple(config["std"]), classes)
+
+
+def _transformers(name: str, weights: str) -> tuple[Any, Preprocessing]:
+    transformers = _require("transformers", "transformers")
+    try:
+        model = transformers.AutoModelForImageClassification.from_pretrained(name, local_files_only=True)
+    except OSError as exc:
+        raise ModelSpecError(f"hf:{name}: not found locally ({str(exc).splitlines()[0][:160]}); camkit never "
+                             f"downloads. Pass a folder written by save_pretrained(), or on a machine with internet "
+                             f"run: python -c \"import transformers; transformers.AutoModelForImageClassification."
+                             f"from_pretrained('{name}')\" and copy the cache (HF_HOME)") from None
+    found = Preprocessing(classes=[model.config.id2label[i] for i in range(model.config.num_labels)])
+    try:
+        processor = transformers.AutoImageProcessor.from_pretrained(name, local_files_only=True)
+    except OSError:
+        return model, found
+    size = getattr(processor, "crop_size", None) or getattr(processor, "size", None) or {}
+    size = dict(size) if hasattr(size, "keys") else vars(size) if hasattr(size, "__dict__") else {}
+    found.size = size.get("height") or size.get("shortest_edge")
+    found.mean, found.std = getattr(processor, "image_mean", None), getattr(processor, "image_std", None)
+    return model, found
+
+
+def _serialized(path: Path) -> Any:
+    import torch
+
+    try:
+        if path.suffix in EXPORT_SUFFIXES:
+            return torch.export.unflatten(torch.export.load(str(path)))  # keeps the module tree hooks need
+        return torch.jit.load(str(path), map_location="cpu")
+    except Exception as exc:
+        kind = "torch.export archive" if path.suffix in EXPORT_SUFFIXES else "TorchScript file"
+        raise ModelSpecError(f"{path}: not a readable {kind} ({type(exc).__name__}: {str(exc)[:160]})") from exc
+
+
+def _callable(spec: str) -> Any:
+    """``module:callable`` or ``file.py:callable``, called with no arguments."""
+    target, _, attribute = spec.rpartition(":")
+    if target.endswith(".py"):
+        path = Path(target).expanduser()
+        if not path.is_file():
+            raise ModelSpecError(f"--model {spec!r}: no such file {path}")
+        module_spec = importlib.util.spec_from_file_location(f"camkit_user_model_{path.stem}", path)
+        module = importlib.util.module_from_spec(module_spec)
+        sys.modules[module_spec.name] = module
+        module_spec.loader.exec_module(module)
+    else:
+        try:
+            module = importlib.import_module(target)
+        except ImportError as exc:
+            raise ModelSpecError(f"--model {spec!r}: cannot import {target!r} ({exc})") from None
+    factory = getattr(module, attribute, None)
+    if factory is None or not callable(factory):
+        raise ModelSpecError(f"--model {spec!r}: {target} has no callable {attribute!r}")
+    return factory()
+
+
+def _require(module: str, package: str) -> Any:
+    try:
+        return importlib.import_module(module)
+    except ModuleNotFoundError:
+        raise ModelSpecError(f"--model {module}:... needs the package {package!r}: pip install {package} "
+                             f"(or pip install 'camkit[zoo]')") from None
+
+
+class _hub_offline:
+    """Hugging Face Hub in offline mode for the block: cached files only, never the network."""
+
+    def __enter__(self) -> None:
+        import os
+
+        self.saved = os.environ.get("HF_HUB_OFFLINE")
+        os.environ["HF_HUB_OFFLINE"] = "1"
+        try:
+            from huggingface_hub import constants
+        except ImportError:
+            self.constants = None
+            return
+        self.constants, self.flag = constants, constants.HF_HUB_OFFLINE
+        constants.HF_HUB_OFFLINE = True
+
+    def __exit__(self, *exc: Any) -> None:
+        import os
+
+        if self.saved is None:
+            os.environ.pop("HF_HUB_OFFLINE", None)
+        else:
+            os.environ["HF_HUB_OFFLINE"] = self.saved
+        if self.constants is not None:
+            self.constants.HF_HUB_OFFLINE = self.flag
