@@ -132,7 +132,7 @@ def run() -> int:
     except (ValueError, KeyError, OSError, PluginError) as exc:
         if os.environ.get("CAMKIT_TRACEBACK"):
             raise
-        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
+        message = str(exc) if type(exc) is not KeyError else (exc.args[0] if exc.args else "")
         print(f"camkit: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as exc:

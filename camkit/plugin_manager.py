@@ -2,14 +2,15 @@
 
 Environment switches:
 
-* ``CAMKIT_DISABLE_PLUGIN_AUTOLOAD=1``: load only camkit's built-in plugins, no third-party ones.
-* ``CAMKIT_BLOCK_PLUGINS=name1,name2``: never load the named plugins (entry-point names).
+* ``CAMKIT_DISABLE_PLUGIN_AUTOLOAD=1``: load only camkit's built-in plugins (the entry points of the
+  camkit distribution itself), no third-party ones.
+* ``CAMKIT_BLOCK_PLUGINS=name1,name2``: never load the named plugins (entry-point names); pluggy's
+  ``set_blocked``, so nothing can register under those names later either.
 """
 
 from __future__ import annotations
 
 import contextlib
-import importlib
 import os
 import threading
 import warnings
@@ -22,25 +23,8 @@ import pluggy
 from camkit import hookspecs
 
 ENTRY_POINT_GROUP = "camkit"
-
-# The built-ins, by entry-point name. They are declared as entry points too (pyproject.toml);
-# this list is what loads when autoload is disabled.
-DEFAULT_PLUGINS: dict[str, str] = {
-    "core": "camkit_plugins.core",
-    "cam": "camkit_plugins.methods.cam",
-    "gradcam": "camkit_plugins.methods.gradcam",
-    "gradcampp": "camkit_plugins.methods.gradcampp",
-    "xgradcam": "camkit_plugins.methods.xgradcam",
-    "layercam": "camkit_plugins.methods.layercam",
-    "hirescam": "camkit_plugins.methods.hirescam",
-    "scorecam": "camkit_plugins.methods.scorecam",
-    "eigencam": "camkit_plugins.methods.eigencam",
-    "image": "camkit_plugins.image",
-    "skeleton": "camkit_plugins.skeleton",
-    "gpu": "camkit_plugins.gpu",
-    "metrics": "camkit_plugins.metrics",
-    "bench": "camkit_plugins.bench",
-}
+# camkit's built-ins are the entry points of its own distribution (pyproject.toml is the one list)
+BUILTIN_DISTRIBUTION = "camkit"
 
 REGISTRY_HOOKS = {
     "axes": "camkit_register_axes",
@@ -60,13 +44,27 @@ class PluginError(RuntimeError):
     """A plugin misbehaved (duplicate registration, bad hook answer)."""
 
 
+class UnknownNameError(KeyError):
+    """A name no registry (or option list) knows; the message lists close matches and what exists."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+    @classmethod
+    def of(cls, what: str, name: str, known: "list[str] | tuple[str, ...]") -> "UnknownNameError":
+        import difflib
+
+        close = difflib.get_close_matches(name, list(known), n=3)
+        hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
+        return cls(f"unknown {what} {name!r}.{hint} Available: {', '.join(known) or '(none)'}")
+
+
 @dataclass
 class PluginManager:
     """A pluggy manager plus the record of what was loaded and what failed."""
 
     pm: pluggy.PluginManager
     failed: dict[str, str] = field(default_factory=dict)  # entry-point name -> error text
-    blocked: set[str] = field(default_factory=set)
     distributions: dict[str, str] = field(default_factory=dict)  # plugin name -> "dist version"
     _cache: dict[Any, tuple[list[Any], dict[str, Any]]] = field(default_factory=dict, repr=False)
     _lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
@@ -81,7 +79,7 @@ class PluginManager:
         A name registered twice is a ``PluginError`` naming both plugins. Cached until the set of
         registered plugins changes (``temporary_plugin`` included)."""
         if kind not in REGISTRY_HOOKS:
-            raise KeyError(f"unknown registry {kind!r}; known: {', '.join(sorted(REGISTRY_HOOKS))}")
+            raise UnknownNameError(f"unknown registry {kind!r}; known: {', '.join(sorted(REGISTRY_HOOKS))}")
         with self._lock:  # threads may look up while another registers a plugin
             plugins = list(self.pm.get_plugins())
             key = (kind, frozenset(map(id, plugins)))
@@ -111,24 +109,32 @@ class PluginManager:
         return dict(sorted(merged.items()))
 
     def describe(self) -> list[dict[str, Any]]:
-        """One entry per loaded plugin: name, module, hooks it implements; then failed ones."""
+        """One entry per plugin: name, module, distribution, hooks it implements, status (loaded, failed,
+        blocked)."""
         rows = []
         for name, plugin in sorted(self.pm.list_name_plugin(), key=lambda kv: kv[0]):
-            if plugin is None:
+            if plugin is None:  # pluggy records a blocked name with no plugin
+                rows.append({"name": name, "module": None, "distribution": None, "hooks": [], "status": "blocked"})
                 continue
-            hooks = sorted(h.name for h in self.pm.get_hookcallers(plugin) or [])
             rows.append({
                 "name": name,
                 "module": getattr(plugin, "__name__", repr(plugin)),
                 "distribution": self.distributions.get(name),
-                "hooks": hooks,
+                "hooks": sorted(h.name for h in self.pm.get_hookcallers(plugin) or []),
                 "status": "loaded",
             })
         for name, error in sorted(self.failed.items()):
             rows.append({"name": name, "module": None, "distribution": None, "hooks": [], "status": f"failed: {error}"})
-        for name in sorted(self.blocked):
-            rows.append({"name": name, "module": None, "distribution": None, "hooks": [], "status": "blocked"})
-        return rows
+        return sorted(rows, key=lambda row: row["name"])
+
+    def register_module(self, module: Any, name: str) -> None:
+        """Register an extra plugin module once (e.g. named in a bench config); blocked names refused."""
+        with self._lock:
+            if self.pm.is_blocked(name):
+                raise PluginError(f"plugin {name!r} is blocked (CAMKIT_BLOCK_PLUGINS)")
+            if self.pm.get_plugin(name) is None and not self.pm.is_registered(module):
+                self.pm.register(module, name=name)
+            self.pm.check_pending()
 
 
 def _blocked_names() -> set[str]:
@@ -140,45 +146,42 @@ def _truthy(value: str | None) -> bool:
     return (value or "").strip().lower() in {"1", "true", "yes", "on"}
 
 
-def _register_module(manager: PluginManager, name: str, module_name: str, dist: Any = None) -> None:
-    try:
-        module = importlib.import_module(module_name)
-        manager.pm.register(module, name=name)
-    except Exception as exc:  # a broken plugin is reported, never fatal
-        manager.failed[name] = f"{type(exc).__name__}: {exc}"
-        warnings.warn(f"camkit: plugin {name!r} ({module_name}) failed to load and was skipped: "
-                      f"{type(exc).__name__}: {exc}", RuntimeWarning, stacklevel=3)
-        return
-    if dist is not None:
-        manager.distributions[name] = f"{dist.metadata['Name']} {dist.version}"
+def _load_entry_points(manager: PluginManager, builtin_only: bool) -> None:
+    """Register every entry point of the ``camkit`` group (``module`` or ``module:attr``), as pluggy's
+    ``load_setuptools_entrypoints`` does, except that a broken plugin is reported, not fatal."""
+    seen: set[str] = set()
+    for dist in sorted(metadata.distributions(), key=lambda d: (d.metadata["Name"] or "").lower()):
+        if builtin_only and (dist.metadata["Name"] or "").lower() != BUILTIN_DISTRIBUTION:
+            continue
+        for ep in dist.entry_points:
+            if ep.group != ENTRY_POINT_GROUP or ep.name in seen or manager.pm.is_blocked(ep.name):
+                continue
+            seen.add(ep.name)  # one plugin per name, as pluggy does, even when metadata is duplicated
+            try:
+                plugin = ep.load()
+                manager.pm.register(plugin, name=ep.name)
+            except Exception as exc:  # a broken plugin is reported, never fatal
+                manager.failed[ep.name] = f"{type(exc).__name__}: {exc}"
+                warnings.warn(f"camkit: plugin {ep.name!r} ({ep.value}) failed to load and was skipped: "
+                              f"{type(exc).__name__}: {exc}", RuntimeWarning, stacklevel=3)
+                continue
+            manager.distributions[ep.name] = f"{dist.metadata['Name']} {dist.version}"
 
 
 def create_plugin_manager(autoload: bool | None = None) -> PluginManager:
-    """A fresh manager with the hookspecs, the built-ins and (unless disabled) every entry point."""
+    """A fresh manager with the hookspecs and the entry points: camkit's own (its built-ins) and, unless
+    autoload is disabled, every other distribution's."""
     pm = pluggy.PluginManager(hookspecs.PROJECT_NAME)
     pm.add_hookspecs(hookspecs)
     manager = PluginManager(pm)
     if autoload is None:
         autoload = not _truthy(os.environ.get("CAMKIT_DISABLE_PLUGIN_AUTOLOAD"))
-    blocked = _blocked_names()
-    seen: set[str] = set()
-    if autoload:
-        for ep in sorted(metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
-            if ep.name in seen:
-                continue
-            seen.add(ep.name)
-            if ep.name in blocked:
-                manager.blocked.add(ep.name)
-                continue
-            _register_module(manager, ep.name, ep.value.split(":")[0], getattr(ep, "dist", None))
-    # Built-ins missing from the installed metadata (e.g. run from a source tree) still load.
-    for name, module_name in DEFAULT_PLUGINS.items():
-        if name in seen:
-            continue
-        if name in blocked:
-            manager.blocked.add(name)
-            continue
-        _register_module(manager, name, module_name)
+    for name in _blocked_names():
+        pm.set_blocked(name)
+    _load_entry_points(manager, builtin_only=not autoload)
+    if not pm.get_plugins():
+        warnings.warn("camkit: no plugins found; is camkit installed (pip install -e .)? Its built-ins are "
+                      "entry points of the installed distribution", RuntimeWarning, stacklevel=2)
     pm.check_pending()
     return manager
 
@@ -212,12 +215,7 @@ def lookup(kind: str, name: str) -> Any:
     """One entry of a registry; an unknown name is a ``KeyError`` listing the available ones."""
     entries = registry(kind)
     if name not in entries:
-        import difflib
-
-        close = difflib.get_close_matches(name, list(entries), n=3)
-        hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
-        raise KeyError(f"unknown {kind[:-1] if kind.endswith('s') else kind} {name!r}.{hint} "
-                       f"Available: {', '.join(entries) or '(none)'}")
+        raise UnknownNameError.of(kind[:-1] if kind.endswith("s") else kind, name, list(entries))
     return entries[name]
 
 
@@ -226,9 +224,11 @@ def temporary_plugin(plugin: Any, name: str | None = None) -> Iterator[Any]:
     """Register ``plugin`` (a module or object with hookimpls) for the duration of the block."""
     manager = get_plugin_manager()
     with manager._lock:  # not while another thread reads the registries
+        if name is not None and manager.pm.is_blocked(name):
+            raise PluginError(f"plugin {name!r} is blocked (CAMKIT_BLOCK_PLUGINS)")
         registered_name = manager.pm.register(plugin, name=name)
     if registered_name is None:
-        raise PluginError(f"plugin {name or plugin!r} is blocked or already registered")
+        raise PluginError(f"plugin {name or plugin!r} is already registered")
     try:
         manager.pm.check_pending()
         yield plugin

@@ -248,4 +248,35 @@ def test_the_command_reports_user_errors_in_one_line_with_status_2():
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert done.stderr.startswith("camkit: error: unknown registry 'no-such-kind'; known: axes,")
     traced = run_camkit("list", "no-such-kind", env={"CAMKIT_TRACEBACK": "1"})
-    assert traced.returncode == 1 and "Traceback" in traced.stderr and "KeyError" in traced.stderr
+    assert traced.returncode == 1 and "Traceback" in traced.stderr and "UnknownNameError" in traced.stderr
+
+
+def test_a_blocked_name_cannot_be_taken_by_a_temporary_plugin(monkeypatch):
+    from camkit.plugin_manager import PluginError, set_plugin_manager
+
+    monkeypatch.setenv("CAMKIT_BLOCK_PLUGINS", "eigencam")
+    set_plugin_manager(None)
+    try:
+        assert "eigencam" not in camkit.registry("methods")
+        rows = {row["name"]: row for row in camkit.list_plugins()}
+        assert rows["eigencam"]["status"] == "blocked" and rows["gradcam"]["distribution"].startswith("camkit ")
+
+        class Impostor:
+            @camkit.hookimpl
+            def camkit_register_methods(self):
+                return {"eigencam": object}
+
+        with pytest.raises(PluginError, match="'eigencam' is blocked"):
+            with camkit.temporary_plugin(Impostor(), name="eigencam"):
+                pass
+    finally:
+        set_plugin_manager(None)
+
+
+def test_unknown_names_list_close_matches_without_quotes():
+    from camkit.plugin_manager import UnknownNameError
+
+    with pytest.raises(UnknownNameError) as caught:
+        camkit.lookup("methods", "gradcm")
+    assert str(caught.value).startswith("unknown method 'gradcm'. Did you mean 'gradcam'")
+    assert isinstance(caught.value, KeyError)

@@ -214,7 +214,7 @@ def _load_plugins(modules: list[str]) -> None:
 
     from camkit.plugin_manager import get_plugin_manager
 
-    pm = get_plugin_manager().pm
+    manager = get_plugin_manager()
     for spec in modules:
         if spec.endswith(".py"):
             path = Path(spec)
@@ -226,9 +226,7 @@ def _load_plugins(modules: list[str]) -> None:
             module_spec.loader.exec_module(module)
         else:
             name, module = spec, importlib.import_module(spec)
-        if pm.get_plugin(name) is None and not pm.is_registered(module):
-            pm.register(module, name=name)
-    pm.check_pending()
+        manager.register_module(module, name)
 
 
 def _run_pair(config: Mapping[str, Any], model_entry: Mapping[str, Any], dataset_entry: Mapping[str, Any],
