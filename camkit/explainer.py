@@ -228,16 +228,10 @@ class Explainer:
             ctx = self._context(batch, features, raw, scored, target, layout, transform, str(point))
             with torch.no_grad() if needs_grad else torch.inference_mode():
                 weights = self._weights(ctx, target)
-                half = ctx.features.dtype == torch.float16  # summed and post-processed in fp32: no overflow
-                maps = class_activation_map(ctx.features, layout, weights, dtype=torch.float32 if half else None)
-                letters = ("NK" if target.multi else "N") + layout.site_letters
-                maps = postprocess(maps, letters, layout=layout, relu=self.relu, normalize=self.normalize,
-                                   size=self._size(layout, ctx.input_size), reduce=self.reduce)
-                maps = maps.to(ctx.features.dtype) if half and self.normalize else maps
-                letters = "".join(ch for ch in letters if ch not in self.reduce)
+                maps = self._maps(ctx, weights, target)
         return CamResult(maps=maps, targets=target.class_ids, logits=_detached(scored), method=self.method_name,
-                         layer=str(point), layout=str(layout), map_letters=letters,
-                         target_scores=target.scores.detach())
+                         layer=str(point), layout=str(layout), target_scores=target.scores.detach(),
+                         map_letters=layout.map_letters(target.multi, self.reduce))
 
     def _where(self, batch: ModelInputs) -> tuple[CapturePoint, Layout | None, Callable[[Any], Any] | None]:
         """The capture point, its layout and feature transform: as given, else located by data flow. An
@@ -318,6 +312,17 @@ class Explainer:
         if weights.kind == "class" and not (target.multi and weights.tensor.shape[0] == target.scores.shape[1]):
             raise ValueError("class weights (K, C) are for K targets shared by every sample")
         return weights
+
+    def _maps(self, ctx: WeightContext, weights: Weights, target: "Target") -> Any:
+        """The contraction, then ReLU, reduction, resampling and normalisation. float16 features are summed
+        and post-processed in float32 (no overflow), and normalised maps come back in float16."""
+        import torch
+
+        half = ctx.features.dtype == torch.float16
+        maps = class_activation_map(ctx.features, ctx.layout, weights, dtype=torch.float32 if half else None)
+        maps = postprocess(maps, ctx.layout.map_letters(target.multi), layout=ctx.layout, relu=self.relu,
+                           normalize=self.normalize, size=self._size(ctx.layout, ctx.input_size), reduce=self.reduce)
+        return maps.to(ctx.features.dtype) if half and self.normalize else maps
 
     def _classifier(self, num_channels: int, batch: ModelInputs, scored: Any, target: "Target") -> Any:
         if target.class_ids is None:

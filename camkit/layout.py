@@ -14,7 +14,7 @@ Plugins add letters through ``camkit_register_axes`` and names through
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Iterable, Sequence
+from typing import Any, Sequence
 
 CONTINUOUS = "continuous"
 DISCRETE = "discrete"
@@ -113,10 +113,10 @@ class Layout:
     def reducible_letters(self) -> str:
         return "".join(ch for ch, k in zip(self.site_letters, self.kinds) if k == REDUCIBLE)
 
-    @property
-    def map_letters(self) -> str:
-        """Letters of a map computed from these features: batch first, then the sites in order."""
-        return "N" + self.site_letters
+    def map_letters(self, multi_target: bool = False, reduce: str = "") -> str:
+        """Letters of a map computed from these features: batch first, ``K`` for several targets per
+        sample, then the sites in order, without the ``reduce``d ones (``"NKHW"``, ``"NTV"``)."""
+        return ("NK" if multi_target else "N") + "".join(ch for ch in self.site_letters if ch not in reduce)
 
     # -- einsum subscripts (no hand-written broadcasting anywhere)
     @property
@@ -153,7 +153,3 @@ def layout_for_rank(rank: int) -> Layout:
     if rank not in by_rank:
         raise ValueError(f"cannot guess a layout for a rank-{rank} feature tensor; pass layout=...")
     return Layout.parse(by_rank[rank])
-
-
-def letters_of(items: Iterable[Any]) -> str:
-    return "".join(str(i) for i in items)
