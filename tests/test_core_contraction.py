@@ -114,7 +114,8 @@ def test_layout_knows_axes():
     assert (layout.batch_axis, layout.channel_axis) == (0, 1)
     assert layout.continuous_letters == "T" and layout.reducible_letters == "M"
     assert layout.kind("V") == "discrete"
-    assert Layout.parse("NHWC").map_letters == "NHW"
+    assert Layout.parse("NHWC").map_letters() == "NHW"
+    assert layout.map_letters(multi_target=True) == "NKTVM" and layout.map_letters(reduce="M") == "NTV"
 
 
 def test_relu_normalize_resample_postprocess():
