@@ -173,7 +173,7 @@ def test_numpy_parity_for_all_layouts_end_to_end():
         f = rng.normal(size=shape)
         w = rng.normal(size=(shape[layout.index("N")], shape[layout.index("C")]))
         lay = Layout.parse(layout)
-        letters = lay.map_letters
+        letters = lay.map_letters()
         with warnings.catch_warnings():
             warnings.simplefilter("error")
             a = postprocess(class_activation_map(f, layout, channel_weights=w), letters, layout=layout,
