@@ -17,7 +17,9 @@ import camkit
 from camkit.kernels import ConstantMapWarning, NumpyKernel, TorchKernel, select_kernel
 from camkit_plugins import gpu as gpu_plugin
 from camkit_plugins.gpu.accelerate import accelerate, autocast_dtype
-from camkit_plugins.gpu.colormap import jet_lut, jet_overlay_torch
+from camkit.kernels import TorchKernel, jet_table as jet_lut
+
+jet_overlay_torch = TorchKernel().overlay
 from camkit_plugins.gpu.kernel import CudaKernel
 
 

@@ -49,7 +49,7 @@ def test_overlay_prefers_a_kernels_fused_version():
 
 
 def test_overlay_rejects_mismatched_shapes():
-    with pytest.raises(ValueError, match="matching the images"):
+    with pytest.raises(ValueError, match="do not fit images"):
         overlay_torch(torch.zeros(1, 3, 4, 4, dtype=torch.uint8), torch.zeros(1, 4, 5))
     with pytest.raises(ValueError, match=r"\(N, 3, H, W\)"):
         overlay_torch(torch.zeros(1, 1, 4, 4, dtype=torch.uint8), torch.zeros(1, 4, 4))
@@ -84,3 +84,16 @@ def test_grid_figure_is_written(tmp_path):
     assert picture is not None and picture.shape[0] > 100 and picture.shape[1] > 200
     with pytest.raises(ValueError, match="must match"):
         save_grid(tmp_path / "x.png", images, torch.rand(3, 12, 12), ["a"] * 4)
+
+
+def test_every_kernel_follows_the_protocol_and_overlays_alike():
+    from camkit.kernels import Kernel, NumpyKernel, TorchKernel
+    from camkit_plugins.gpu.kernel import CudaKernel
+
+    kernels = [NumpyKernel(), TorchKernel(), CudaKernel(use_triton=False)]
+    assert all(isinstance(kernel, Kernel) for kernel in kernels)
+    images = torch.randint(0, 256, (2, 3, 5, 6), dtype=torch.uint8)
+    maps = torch.rand(2, 5, 6)
+    reference = kernels[1].overlay(images, maps, 0.3)
+    assert np.array_equal(kernels[0].overlay(images.numpy(), maps.numpy(), 0.3), reference.numpy())
+    assert torch.equal(kernels[2].overlay(images, maps, 0.3), reference)

@@ -12,9 +12,7 @@ import os
 import warnings
 from typing import Any, Mapping
 
-from camkit.kernels import ConstantMapWarning, TorchKernel
-
-from camkit_plugins.gpu.colormap import check_overlay_inputs, jet_lut, jet_overlay_torch
+from camkit.kernels import ConstantMapWarning, TorchKernel, check_overlay_inputs
 
 TRITON_ENV = "CAMKIT_TRITON"
 TRITON_DTYPES = ("float32", "float16", "bfloat16")
@@ -47,9 +45,9 @@ class CudaKernel(TorchKernel):
     name = "cuda"
 
     def __init__(self, use_triton: bool | None = None) -> None:
+        super().__init__()
         self.use_triton = triton_requested() if use_triton is None else bool(use_triton)
         self._triton = _load_triton() if self.use_triton else None
-        self._luts: dict[Any, Any] = {}
 
     def _triton_fits(self, tensor: Any) -> bool:
         return self._triton is not None and str(tensor.dtype).removeprefix("torch.") in TRITON_DTYPES
@@ -74,18 +72,9 @@ class CudaKernel(TorchKernel):
         _warn_constant(flags)
         return out.reshape(*maps.shape[:-2], out_h, out_w)
 
-    def _lut(self, device: Any, alpha: float) -> Any:
-        import torch
-
-        key = (str(device), float(alpha))
-        if key not in self._luts:
-            self._luts[key] = torch.from_numpy(jet_lut()).to(device).mul_(255.0 * float(alpha))
-        return self._luts[key]
-
     def overlay(self, images: Any, maps: Any, alpha: float = 0.5) -> Any:
-        """Blend JET-coloured ``maps`` (N, H, W) in [0, 1] over uint8 ``images`` (N, 3, H, W):
-        ``round((1 - alpha) * image + alpha * 255 * jet(map))`` as uint8 (N, 3, H, W)."""
+        """The torch overlay, or the same formula as one Triton kernel."""
         if self._triton is None:
-            return jet_overlay_torch(images, maps, alpha)
+            return super().overlay(images, maps, alpha)
         check_overlay_inputs(images, maps, alpha)
-        return self._triton.jet_overlay(images, maps, self._lut(images.device, alpha), alpha)
+        return self._triton.jet_overlay(images, maps, self.jet_lut(images.device, alpha), alpha)

@@ -8,57 +8,30 @@ from typing import Any, Sequence
 
 from camkit.io import atomic_path
 
-_JET_CACHE: dict[Any, Any] = {}
-
-
 def jet_lut(device: Any = "cpu") -> Any:
-    """The JET colormap as a ``(256, 3)`` float tensor of RGB values in [0, 255] on ``device``
-    (the piecewise-linear ramps of OpenCV's ``COLORMAP_JET``, within rounding). The GPU plugin's
-    fused overlay uses the same table (``camkit_plugins.gpu.colormap``)."""
+    """The JET colormap as a ``(256, 3)`` float tensor of RGB values in [0, 255] on ``device`` (the
+    table every overlay uses, ``camkit.kernels.jet_table``)."""
     import torch
 
-    key = str(device)
-    if key not in _JET_CACHE:
-        from camkit_plugins.gpu.colormap import jet_lut as table
+    from camkit.kernels import jet_table
 
-        _JET_CACHE[key] = torch.from_numpy(table()).mul_(255.0).to(device)
-    return _JET_CACHE[key]
+    return torch.from_numpy(jet_table()).mul_(255.0).to(device)
 
 
 def overlay_torch(images_uint8: Any, maps: Any, alpha: float = 0.5) -> Any:
-    """``uint8 (N, 3, H, W)``: JET(maps) x alpha + images x (1 - alpha), all on the maps' device.
+    """``uint8 (N, 3, H, W)``: JET(maps) x alpha + images x (1 - alpha) with the torch kernel, on the maps'
+    device. ``maps`` are ``(N, H, W)`` (values outside [0, 1] are clipped), the size of the images."""
+    from camkit.kernels import TorchKernel
 
-    ``maps`` are ``(N, H, W)`` in [0, 1] (values outside are clipped), the same size as the images."""
-    import torch
-    import torch.nn.functional as F
-
-    _check(images_uint8, maps, alpha)
-    index = (maps.float().clamp(0.0, 1.0) * 255.0 + 0.5).long()
-    heat = F.embedding(index, jet_lut(maps.device)).permute(0, 3, 1, 2)  # table lookup, (N, 3, H, W)
-    blended = heat.mul_(alpha).add_(images_uint8.to(device=maps.device, dtype=torch.float32), alpha=1.0 - alpha)
-    return blended.round_().clamp_(0, 255).to(torch.uint8)
+    return overlay(images_uint8, maps, alpha, kernel=TorchKernel())
 
 
-def _check(images_uint8: Any, maps: Any, alpha: float) -> None:
-    if images_uint8.ndim != 4 or images_uint8.shape[1] != 3:
-        raise ValueError(f"overlay needs images (N, 3, H, W), got {tuple(images_uint8.shape)}")
-    if maps.shape != (images_uint8.shape[0], *images_uint8.shape[2:]):
-        raise ValueError(f"overlay needs maps (N, H, W) matching the images {tuple(images_uint8.shape)}, "
-                         f"got {tuple(maps.shape)}")
-    if not 0.0 <= alpha <= 1.0:
-        raise ValueError(f"alpha must be in [0, 1], got {alpha}")
-
-
-def overlay(images_uint8: Any, maps: Any, alpha: float = 0.5) -> Any:
-    """The selected kernel's fused ``overlay`` when it has one (a GPU plugin), else ``overlay_torch``.
-    Both clip the maps to [0, 1] and use the same JET table, so CPU and GPU overlays agree."""
+def overlay(images_uint8: Any, maps: Any, alpha: float = 0.5, kernel: Any = None) -> Any:
+    """The selected kernel's overlay (a GPU plugin's fused one on CUDA); maps clipped to [0, 1] first."""
     from camkit.kernels import select_kernel
 
-    _check(images_uint8, maps, alpha)
-    fused = getattr(select_kernel(maps), "overlay", None)
-    if fused is None:
-        return overlay_torch(images_uint8, maps, alpha)
-    return fused(images_uint8.to(maps.device), maps.float().nan_to_num(0.0).clamp(0.0, 1.0), alpha)
+    kernel = kernel or select_kernel(maps)
+    return kernel.overlay(images_uint8.to(maps.device), maps.float().nan_to_num(0.0).clamp(0.0, 1.0), alpha)
 
 
 def label_text(class_name: str, probability: float) -> str:
