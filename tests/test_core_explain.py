@@ -297,14 +297,14 @@ def test_traced_target_layer_without_pool_module(images):
 
 
 @pytest.mark.parametrize("layout", ["NCL", "NCDHW", "NHWC"])
-def test_other_layouts_end_to_end(layout):
+def test_other_layouts_end_to_end(layout, gap_net_factory):
     if layout == "NCL":
-        net = nn.Sequential(nn.Conv1d(2, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool1d(1), nn.Flatten(), nn.Linear(4, 3))
+        net = gap_net_factory(rank=1, in_channels=2, channels=4, classes=3)
         x = torch.randn(2, 2, 10)
         res = explain(net, x, "gradcam")
         assert res.maps.shape == (2, 10)
     elif layout == "NCDHW":
-        net = nn.Sequential(nn.Conv3d(1, 4, 3, padding=1, stride=2), nn.ReLU(), nn.AdaptiveAvgPool3d(1), nn.Flatten(), nn.Linear(4, 3))
+        net = gap_net_factory(rank=3, in_channels=1, channels=4, classes=3, stride=2)
         x = torch.randn(2, 1, 4, 6, 6)
         res = explain(net, x, "cam")
         assert res.maps.shape == (2, 4, 6, 6)

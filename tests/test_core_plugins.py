@@ -42,8 +42,8 @@ class NegativeGradCam:
         return {"counterfactual": Counterfactual}
 
 
-def test_a_new_method_from_a_small_plugin():
-    net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3)).eval()
+def test_a_new_method_from_a_small_plugin(gap_net_factory):
+    net = gap_net_factory(channels=4, classes=3)
     x = torch.randn(2, 3, 6, 6)
     assert "counterfactual" not in camkit.registry("methods")
     with temporary_plugin(NegativeGradCam(), name="negative"):

@@ -12,10 +12,7 @@ from camkit.methods import HeadMismatchWarning
 from camkit.validation import NonFiniteError
 
 
-def gap_net() -> nn.Module:
-    torch.manual_seed(0)
-    return nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-                         nn.Linear(6, 4)).eval()
+from conftest import tiny_gap_net as gap_net
 
 
 def test_float16_maps_that_overflow_are_summed_in_float32():
