@@ -137,6 +137,8 @@ def test_resume_ends_with_the_weights_of_an_uninterrupted_run(tmp_path, monkeypa
     assert load_checkpoint(halted)[1]["epochs_done"] == 1
     monkeypatch.setattr(models, "ra_gcn_loss", real_loss)
 
+    code, err = run_cli(monkeypatch, capsys, "train", "skeleton", "--resume", str(halted), "--epochs", "5")
+    assert code == 2 and "epochs 5 (saved: 3) would change them" in err
     torch.manual_seed(123)  # the resumed run must not depend on the state it starts in
     np.random.seed(123)
     assert main(["train", "skeleton", "--resume", str(halted)]) == 0

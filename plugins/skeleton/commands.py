@@ -114,8 +114,15 @@ def _train_run(args: argparse.Namespace) -> int:
     resumed = None
     if args.resume is not None:
         resumed = load_training_state(args.resume)
+        saved = resumed["arguments"]
+        defaults = vars(_train_defaults())
+        changed = [key for key in RUN_SETTINGS if getattr(args, key) not in (defaults[key], saved[key])]
+        if changed:
+            raise ValueError(f"--resume continues {args.resume} with its own settings; "
+                             + ", ".join(f"{key} {getattr(args, key)!r} (saved: {saved[key]!r})" for key in changed)
+                             + " would change them: start a new run with another --out instead")
         for key in RUN_SETTINGS:
-            setattr(args, key, resumed["arguments"][key])
+            setattr(args, key, saved[key])
         args.out = args.out or args.resume
         print(f"resuming {args.resume} after epoch {resumed['epoch']} of {args.epochs}", flush=True)
     if args.out is None:
@@ -127,6 +134,12 @@ def _train_run(args: argparse.Namespace) -> int:
     if not 0 <= args.occlude_parts <= 1:
         raise ValueError(f"--occlude-parts is a probability in [0, 1], got {args.occlude_parts}")
     return train(args, resumed)
+
+
+def _train_defaults() -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    _train_arguments(parser)
+    return parser.parse_args([])
 
 
 def train(args: argparse.Namespace, resumed: dict[str, Any] | None = None) -> int:

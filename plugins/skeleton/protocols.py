@@ -40,12 +40,12 @@ def block_start(x: torch.Tensor, count: int, centre: int | None) -> torch.Tensor
     n, _, t = x.shape[:3]
     if centre is None:
         present = x.abs().sum(dim=(1, 3, 4)) > 0  # (N, T)
-        frame = torch.arange(t).expand(n, t)
+        frame = torch.arange(t, device=x.device).expand(n, t)
         first = torch.where(present, frame, t).amin(dim=1)
         last = torch.where(present, frame, -1).amax(dim=1)
         middle = torch.where(last >= 0, (first + last + 1) // 2, t // 2)
     else:
-        middle = torch.full((n,), int(centre))
+        middle = torch.full((n,), int(centre), device=x.device)
     return (middle - count // 2).clamp(0, max(t - count, 0))
 
 
@@ -53,7 +53,7 @@ def occlude_frame_block(x: torch.Tensor, count: int, centre: int | None = None) 
     """Zero ``count`` consecutive frames of every sample (all joints and bodies), see :func:`block_start`."""
     t = x.shape[2]
     start = block_start(x, count, centre)
-    frame = torch.arange(t)
+    frame = torch.arange(t, device=x.device)
     hidden = (frame[None] >= start[:, None]) & (frame[None] < start[:, None] + count)  # (N, T)
     return x * (~hidden).to(x.dtype)[:, None, :, None, None]
 
@@ -67,11 +67,11 @@ def jitter(x: torch.Tensor, kind: str, probability: float, sigma: float, generat
     n, c, t, v, m = x.shape
     present = (x != 0).any(dim=1, keepdim=True).to(x.dtype)  # noise never fills the zero padding
     if kind == "occlusion":
-        hidden = torch.rand(n, 1, t, v, 1, generator=generator) < probability
+        hidden = (torch.rand(n, 1, t, v, 1, generator=generator) < probability).to(x.device)
         return x * (~hidden).to(x.dtype)
     shape = (n, 1, t, v, m) if kind == "joint" else (n, 1, t, 1, 1)
-    chosen = (torch.rand(*shape, generator=generator) < probability).to(x.dtype)
-    noise = torch.randn(n, c, t, v, m, generator=generator).to(x.dtype) * sigma
+    chosen = (torch.rand(*shape, generator=generator) < probability).to(x)  # CPU draws: the generator's device
+    noise = torch.randn(n, c, t, v, m, generator=generator).to(x) * sigma
     return x + noise * chosen * present
 
 
