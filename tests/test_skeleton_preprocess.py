@@ -76,6 +76,9 @@ def test_each_prenormalisation_step_on_known_coordinates():
     np.testing.assert_array_equal(centred[:, 2, 0, 1], [2, 2, 2])  # frame 2: main body absent, centre 0
     with pytest.raises(ValueError, match="3-D coordinates"):
         preprocess.prenormalise(np.zeros((2, 4, 25, 1)))
+    flat = np.zeros((3, 2, 25, 1), np.float32)
+    flat[:, :, 2:] = 1.0  # spine base, spine mid and both shoulders untracked (zero): no turn, no NaN
+    np.testing.assert_array_equal(preprocess.align_axes(flat), flat)
 
 
 def test_rotation_between_maps_one_direction_onto_another():

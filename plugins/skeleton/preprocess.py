@@ -83,9 +83,11 @@ def align_axes(clip: np.ndarray, spine: tuple[int, int] = (0, 1), shoulders: tup
     if not first.size:
         return clip
     pose = clip[:, first[0], :, 0].T  # (V, 3)
-    to_z = rotation_between(pose[spine[1]] - pose[spine[0]], np.array([0.0, 0.0, 1.0]))
+    upward = pose[spine[1]] - pose[spine[0]]
+    # an untracked spine or shoulder (zero, or both joints in one place) leaves that turn out
+    to_z = rotation_between(upward, np.array([0.0, 0.0, 1.0])) if np.linalg.norm(upward) > 1e-6 else np.eye(3)
     across = to_z @ (pose[shoulders[1]] - pose[shoulders[0]])
-    angle = -np.arctan2(across[1], across[0])
+    angle = -np.arctan2(across[1], across[0]) if np.linalg.norm(across[:2]) > 1e-6 else 0.0
     about_z = np.array([[np.cos(angle), -np.sin(angle), 0], [np.sin(angle), np.cos(angle), 0], [0, 0, 1]])
     return np.einsum("kc,ctvm->ktvm", about_z @ to_z, clip).astype(clip.dtype)
 
