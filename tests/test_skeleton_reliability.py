@@ -146,3 +146,17 @@ def test_resume_ends_with_the_weights_of_an_uninterrupted_run(tmp_path, monkeypa
     assert whole.keys() == resumed.keys()
     assert all(torch.equal(whole[k], resumed[k]) for k in whole)
     assert load_checkpoint(halted)[1]["epochs_done"] == 3
+
+
+def test_option_checks_name_the_option_and_read_numbers_given_for_text_as_text():
+    from camkit_plugins.skeleton.options import check_options, parse_key_values
+
+    accepted = {"root": str, "frames": int, "rate": float, "flag": bool, "graph": None}
+    given = parse_key_values(["root=2024", "frames=3", "rate=1", "flag=true", 'graph={"joints": 3, "bones": []}'], "-d")
+    assert check_options(given, accepted, "dataset d") == {"root": "2024", "frames": 3, "rate": 1, "flag": True,
+                                                           "graph": {"joints": 3, "bones": []}}
+    for pair, message in [("frames=2.5", "frames=2.5 must be a whole number"), ("frames=true", "must be a whole number"),
+                          ("flag=1", "flag=1 must be true or false"), ("rate=fast", "rate=fast must be a number"),
+                          ("frame=3", "unknown dataset d option 'frame'; dataset d accepts flag, frames, graph")]:
+        with pytest.raises(ValueError, match=message):
+            check_options(parse_key_values([pair], "-d"), accepted, "dataset d")

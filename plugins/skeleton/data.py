@@ -307,7 +307,7 @@ LABEL_SUFFIXES = (".pkl", ".npy", ".txt")
 
 def build_skeleton_npy(split: str = "train", seed: int = 0, root: str | None = None, data: str | None = None,
                        labels: str | None = None, classes: Sequence[str] | None = None,
-                       graph: str = "ntu25", **pipeline: Any) -> SkeletonDataset:
+                       graph: Any = "ntu25", **pipeline: Any) -> SkeletonDataset:
     """Registered as ``stgcn-npy`` and ``skeleton-npy``: ST-GCN's ``(N, C, T, V, M)`` ``.npy``
     (memory-mapped) and its labels.
 

@@ -112,7 +112,7 @@ def pyskl_clip(annotation: dict[str, Any], path: Path) -> np.ndarray:
 
 
 def build_pyskl(split: str = "train", seed: int = 0, path: str | None = None, protocol: str | None = None,
-                bodies: int = 2, num_classes: int | None = None, graph: str | None = None,
+                bodies: int = 2, num_classes: int | None = None, graph: Any = None,
                 **pipeline: Any) -> SkeletonDataset:
     """Registered as ``pyskl``: a pyskl / mmaction2 annotation pickle ``{"split": {name: [frame_dir]},
     "annotations": [{"frame_dir", "label", "keypoint" (M, T, V, C), "keypoint_score"?, ...}]}``.

@@ -40,12 +40,15 @@ def accepted_options(functions: Iterable[Callable[..., Any]], skip: Iterable[str
 
 
 def _kind(parameter: inspect.Parameter) -> type | None:
+    """The kind the annotation names (``int``, ``str | None`` ...; anything richer, e.g. ``Any``:
+    ``None``), else the default value's kind."""
+    annotation = parameter.annotation
+    if annotation is not inspect.Parameter.empty:
+        names = [part.strip() for part in str(getattr(annotation, "__name__", annotation)).split("|")]
+        named = [name for name in names if name != "None"]
+        return _KINDS.get(named[0]) if len(named) == 1 else None
     default = parameter.default
-    if default is not inspect.Parameter.empty and default is not None:
-        return type(default) if type(default) in _KINDS.values() else None
-    annotation = str(parameter.annotation).replace("Optional[", "").strip()
-    first = annotation.split("|")[0].strip()
-    return _KINDS.get(first)
+    return type(default) if type(default) in _KINDS.values() else None
 
 
 def check_options(options: dict[str, Any], accepted: dict[str, type | None], what: str) -> dict[str, Any]:
