@@ -392,6 +392,14 @@ def _eval_arguments(parser: argparse.ArgumentParser) -> None:
                                                      "a confusion matrix per checkpoint")
 
 
+def _describe(config: dict[str, Any]) -> str:
+    """``2 streams``, ``1 stream`` or ``ensemble of 4`` for a column name."""
+    if config["model"] == "skeleton-ensemble":
+        return f"ensemble of {len(config['model_options']['members'])}"
+    streams = config["model_options"].get("streams", 1)
+    return f"{streams} stream{'s' if streams > 1 else ''}"
+
+
 def _apply_mask_options(model: Any, path: str, overrides: dict[str, Any]) -> None:
     from camkit_plugins.skeleton.models import RAGCN
 
@@ -426,8 +434,7 @@ def _eval_run(args: argparse.Namespace) -> int:
             dataset = _data_for_checkpoint(args, config, args.split)
             if len(dataset) == 0:
                 raise ValueError(f"split {args.split!r} has no clips to evaluate")
-        streams = config["model_options"].get("streams", 1)
-        label = args.label[i] if args.label else f"{Path(path).name} ({streams} stream{'s' if streams > 1 else ''})"
+        label = args.label[i] if args.label else f"{Path(path).name} ({_describe(config)})"
         conditions = ragcn_conditions(dataset, args.block_centre) if args.protocol == "ragcn" else None
         metrics = evaluate(model, dataset, frames_hidden=args.hidden_frames, seed=args.seed, conditions=conditions)
         report = class_report(model, dataset)
