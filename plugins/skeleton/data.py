@@ -2,7 +2,9 @@
 
 Every dataset yields ``{"input": float tensor (C, T, V, M), "label": int}`` (plus ``"mask"``, a bool
 ``(T, V)`` ground-truth relevance map, for generated clips) and has ``classes``, ``input_layout``
-(``"NCTVM"``), ``domain`` (``"skeleton"``), ``graph`` and ``sample_shape`` (C, T, V, M).
+(``"NCTVM"``), ``domain`` (``"skeleton"``), ``graph`` and ``sample_shape`` (C, T, V, M). Readers
+return clips of their own length; a :class:`ClipPipeline` fits them to the model's window (with
+``test_clips=K``, a test item is ``(K, C, T, V, M)``). The other formats are in ``formats.py``.
 """
 
 from __future__ import annotations
