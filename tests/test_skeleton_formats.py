@@ -50,6 +50,10 @@ def test_pyskl_3d_ntu_reads_keypoints_by_split_and_trains(tmp_path):
         expected[..., : keypoint.shape[0]] = keypoint.transpose(3, 1, 2, 0)
         np.testing.assert_array_equal(by_name[i]["input"].numpy(), expected)
         assert by_protocol[i]["label"] == annotation["label"]
+    broken = {**content, "annotations": [{"frame_dir": "x", "label": 0}]}
+    (tmp_path / "broken.pkl").write_bytes(pickle.dumps(broken))
+    with pytest.raises(ValueError, match="broken.pkl: annotation 0 lacks frame_dir, label or keypoint"):
+        build(split="xsub_val", path=str(tmp_path / "broken.pkl"))
     with pytest.raises(ValueError, match="no split 'xview_val'"):
         build(split="val", path=str(tmp_path / "ntu60_3danno.pkl"), protocol="xview")
 
@@ -171,6 +175,11 @@ def test_kinetics_json_centres_xy_keeps_the_best_scored_people_and_trains(tmp_pa
     np.testing.assert_allclose(clip[:2, 0, :, 1], np.full((2, 18), 0.2), atol=1e-6)  # the weaker one second
     np.testing.assert_array_equal(clip[:, 2, :, 0], clip[:, 0, :, 0])  # frame_index 3: the strong person alone
     assert not clip[:, 2, :, 1].any() and not clip[:, 1].any() and not clip[:, 3].any()
+
+    (tmp_path / "kinetics_val" / "clip1.json").write_text(json.dumps({"data": [{"skeleton": []}]}))
+    with pytest.raises(ValueError, match=r"clip1.json: not a Kinetics-skeleton clip .*'frame_index'"):
+        data[1]
+    (tmp_path / "kinetics_val" / "clip1.json").unlink()  # the index may list clips that are not there
 
     _, config = train_one_epoch(tmp_path / "model", "kinetics-json", "-d", f"root={tmp_path / 'kinetics_{split}'}",
                                 "-d", f"labels={tmp_path / 'kinetics_{split}_label.json'}", "-d", "frames=4")

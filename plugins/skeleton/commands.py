@@ -196,7 +196,8 @@ def train(args: argparse.Namespace, resumed: dict[str, Any] | None = None) -> in
         history, first_epoch = list(resumed["history"]), int(resumed["epoch"])
     config = {"model": args.model, "model_options": model_options, "classes": list(train_set.classes),
               "domain": "skeleton", "input_layout": "NCTVM", "input_shape": list(train_set.sample_shape),
-              "graph": model_options.get("graph", "ntu25"), "dataset": dataset_name, "modality": args.modality,
+              "graph": model_options.get("graph", "ntu25"), "dataset": dataset_name,
+              "modality": model_options["modality"],
               "dataset_options": data_options, "seed": args.seed, "epochs": args.epochs,
               "world_size": world, "occlude_parts": args.occlude_parts}
     settings = {key: getattr(args, key) for key in RUN_SETTINGS}

@@ -128,6 +128,10 @@ def build_pyskl(split: str = "train", seed: int = 0, path: str | None = None, pr
     content = load_pickle(file)
     if not isinstance(content, dict) or not {"split", "annotations"} <= set(content):
         raise ValueError(f"{file}: not a pyskl annotation pickle (a dict with 'split' and 'annotations')")
+    broken = next((i for i, a in enumerate(content["annotations"])
+                   if not isinstance(a, dict) or not {"frame_dir", "label", "keypoint"} <= set(a)), None)
+    if broken is not None:
+        raise ValueError(f"{file}: annotation {broken} lacks frame_dir, label or keypoint")
     name = resolve_pyskl_split(split, list(content["split"]), protocol, file)
     wanted = set(content["split"][name])
     annotations = [a for a in content["annotations"] if a["frame_dir"] in wanted]
@@ -193,6 +197,14 @@ def read_kinetics_clip(path: Path, bodies: int = 2) -> np.ndarray:
         raise ValueError(f"{path}: a Kinetics-skeleton clip is a dict with a 'data' list of frames")
     if not frames:
         return np.zeros((3, 1, 18, bodies), np.float32)
+    try:
+        return _kinetics_frames(frames, path, bodies)
+    except (KeyError, TypeError) as exc:
+        raise ValueError(f"{path}: not a Kinetics-skeleton clip (each frame needs frame_index and skeleton, "
+                         f"each skeleton pose and score): {exc!r}") from None
+
+
+def _kinetics_frames(frames: list[Any], path: Path, bodies: int) -> np.ndarray:
     indices = [int(frame["frame_index"]) for frame in frames]
     first = min(indices)
     out = np.zeros((3, max(indices) - first + 1, 18, bodies), np.float32)
