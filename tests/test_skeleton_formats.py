@@ -11,6 +11,7 @@ import torch
 import camkit
 from camkit.checkpoint import load_checkpoint
 from camkit.cli import main
+from camkit_plugins.skeleton.graph import COCO17_JOINTS
 from test_skeleton import write_skeleton
 
 TINY = ["--model", "stgcn", "-m", "config=tiny", "--epochs", "1", "--batch-size", "4"]
@@ -84,6 +85,11 @@ def test_pyskl_2d_coco_keypoints_get_their_score_as_a_channel_and_train(tmp_path
     _, config = train_one_epoch(tmp_path / "model", "pyskl", "-d", f"path={path}", "-d", "bodies=1",
                                 "-d", "frames=6", "-d", "rotate=0.3", "-d", "scale=0.1")
     assert config["graph"] == "coco17" and config["input_shape"] == [3, 6, 17, 1]
+    assert main(["explain", "skeleton", "--checkpoint", str(tmp_path / "model"), "--split", "sub_val", "--count", "1",
+                 "--out", str(tmp_path / "maps")]) == 0
+    assert np.load(tmp_path / "maps" / "maps.npy").shape == (1, 6, 17)
+    summary = json.loads((tmp_path / "maps" / "summary.json").read_text())
+    assert set(summary[0]["top joints"]) <= set(COCO17_JOINTS)
 
 
 def test_pickles_that_would_run_code_are_refused(tmp_path):
