@@ -2,14 +2,15 @@
 
 Every dataset yields ``{"input": float tensor (C, T, V, M), "label": int}`` (plus ``"mask"``, a bool
 ``(T, V)`` ground-truth relevance map, for generated clips) and has ``classes``, ``input_layout``
-(``"NCTVM"``), ``domain`` (``"skeleton"``), ``graph`` and ``sample_shape`` (C, T, V, M).
+(``"NCTVM"``), ``domain`` (``"skeleton"``), ``graph`` and ``sample_shape`` (C, T, V, M). Readers
+return clips of their own length; a :class:`ClipPipeline` fits them to the model's window (with
+``test_clips=K``, a test item is ``(K, C, T, V, M)``). The other formats are in ``formats.py``.
 """
 
 from __future__ import annotations
 
-import warnings
-
 import re
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -17,6 +18,7 @@ import numpy as np
 from torch.utils.data import Dataset
 
 from camkit_plugins.skeleton.graph import NTU25_PARTS
+from camkit_plugins.skeleton.preprocess import ClipPipeline, body_activity
 
 SPLITS = ("train", "val", "test")
 
@@ -27,19 +29,33 @@ def _check_split(split: str) -> None:
 
 
 class SkeletonDataset(Dataset):
-    """Items from ``load(i) -> (C, T, V, M) array`` and integer labels (optionally ground-truth masks)."""
+    """Items from ``load(i) -> (C, T, V, M) array`` and integer labels (optionally ground-truth masks).
+
+    ``pipeline`` (a :class:`ClipPipeline`) fits each clip to the model's window, pre-normalises and
+    augments it (``training``: the random choices of a training split); ``coordinates``: how many
+    leading channels are coordinates (the rest, e.g. a keypoint score, are not rotated or scaled);
+    ``source(i)`` names where sample ``i`` comes from, for error messages."""
 
     input_layout = "NCTVM"
     domain = "skeleton"
 
     def __init__(self, load: Callable[[int], np.ndarray], labels: Sequence[int], classes: Sequence[str],
-                 sample_shape: tuple[int, int, int, int], masks: np.ndarray | None = None, graph: str = "ntu25") -> None:
+                 sample_shape: tuple[int, int, int, int], masks: np.ndarray | None = None, graph: Any = "ntu25",
+                 pipeline: ClipPipeline | None = None, training: bool = False, coordinates: int | None = None,
+                 source: Callable[[int], str] | None = None) -> None:
         self._load = load
         self.labels = np.asarray(labels, dtype=np.int64)
         self.classes = list(classes)
         self.sample_shape = tuple(int(s) for s in sample_shape)
         self.masks = masks
         self.graph = graph
+        self.pipeline = pipeline
+        self.training = training
+        self.coordinates = coordinates if coordinates is not None else self.sample_shape[0]
+        self.source = source or (lambda i: f"sample {i}")
+        if pipeline is not None and pipeline.prenormalise and (self.sample_shape[0] != 3 or self.sample_shape[2] != 25):
+            raise ValueError("prenormalise=true needs 3-D NTU-25 joints (x, y, z); this data is "
+                             f"{self.sample_shape[0]} channels x {self.sample_shape[2]} joints")
         bad = self.labels[(self.labels < 0) | (self.labels >= len(self.classes))]
         if bad.size:
             raise ValueError(f"labels {sorted(set(bad.tolist()))[:10]} are outside 0..{len(self.classes) - 1} "
@@ -51,18 +67,38 @@ class SkeletonDataset(Dataset):
     def __getitem__(self, index: int) -> dict[str, Any]:
         import torch
 
-        item = {"input": torch.from_numpy(np.array(self._load(index), dtype=np.float32)), "label": int(self.labels[index])}
+        from camkit.validation import require_finite
+
+        clip = np.array(self._load(index), dtype=np.float32)
+        require_finite(clip, f"skeleton data of {self.source(index)}")
+        if self.pipeline is not None:
+            clip = self.pipeline(clip, self.training, self.coordinates)
+        item = {"input": torch.from_numpy(np.ascontiguousarray(clip, dtype=np.float32)), "label": int(self.labels[index])}
         if self.masks is not None:
             item["mask"] = torch.from_numpy(np.asarray(self.masks[index], dtype=bool))
         return item
 
 
+def with_split(path: str, split: str) -> Path:
+    """``path`` with ``{split}`` replaced by the split's name (one option serves every split)."""
+    return Path(path.replace("{split}", split))
+
+
+def make_pipeline(split: str, default_frames: int, options: dict[str, Any]) -> tuple[ClipPipeline, bool]:
+    """The clip pipeline of ``options`` (frames defaulting to ``default_frames``) and whether the split trains."""
+    return ClipPipeline(**{"frames": default_frames, **options}), split == "train"
+
+
 # ---------------------------------------------------------------- NTU .skeleton text files
 
 NTU_NAME = re.compile(r"S(\d{3})C(\d{3})P(\d{3})R(\d{3})A(\d{3})")
-#: NTU RGB+D 60 cross-subject training subjects and cross-view training cameras.
-NTU_TRAIN_SUBJECTS = (1, 2, 4, 5, 8, 9, 13, 14, 15, 16, 17, 18, 19, 25, 27, 28, 31, 34, 35, 38)
+#: Cross-subject training subjects: NTU-60's 20, plus NTU-120's 33 (all above 40, so one list serves both).
+NTU_TRAIN_SUBJECTS = (1, 2, 4, 5, 8, 9, 13, 14, 15, 16, 17, 18, 19, 25, 27, 28, 31, 34, 35, 38,
+                      45, 46, 47, 49, 50, 52, 53, 54, 55, 56, 57, 58, 59, 70, 74, 78, 80, 81, 82, 83, 84, 85, 86,
+                      89, 91, 92, 93, 94, 95, 97, 98, 100, 103)
+#: Cross-view (NTU-60) training cameras; cross-setup (NTU-120) trains on even setup ids.
 NTU_TRAIN_CAMERAS = (2, 3)
+NTU_PROTOCOLS = ("xsub", "xview", "xset", "random", "all")
 
 
 class _Lines:
@@ -85,9 +121,11 @@ class _Lines:
             raise ValueError(f"{self.path}:{line_no}: expected {count} value(s) for {what}, got {len(fields)}")
         for field in fields:
             try:
-                float(field)
+                value = float(field)
             except ValueError:
                 raise ValueError(f"{self.path}:{line_no}: {what}: {field!r} is not a number") from None
+            if not np.isfinite(value):
+                raise ValueError(f"{self.path}:{line_no}: {what}: {field!r} is not a finite number")
         return fields
 
     def count(self, what: str, limit: int | None = None) -> int:
@@ -99,17 +137,19 @@ class _Lines:
         return int(field)
 
 
-def read_skeleton_file(path: str | Path, frames: int = 300, bodies: int = 2, joints: int = 25) -> np.ndarray:
-    """An NTU ``.skeleton`` file as a float32 ``(3, frames, joints, bodies)`` array of x, y, z (metres).
+def read_skeleton_file(path: str | Path, frames: int | None = None, bodies: int = 2, joints: int = 25) -> np.ndarray:
+    """An NTU ``.skeleton`` file as a float32 ``(3, T, joints, bodies)`` array of x, y, z (metres).
 
-    Shorter clips are zero-padded; a clip longer than ``frames`` is an error (never truncated). When
-    more than ``bodies`` bodies appear, the most active ones (largest joint variance over time) are
-    kept, in order of activity."""
+    ``T`` is the clip's own frame count, or ``frames``: shorter clips are then zero-padded and a
+    longer one is an error (the datasets fit long clips to the window instead). When more than
+    ``bodies`` bodies appear, the most active ones (largest joint variance over time) are kept, in
+    order of activity. A value that is not a finite number is an error naming file and line."""
     path = Path(path)
     lines = _Lines(path)
     frame_count = lines.count("the frame count")
-    if frame_count > frames:
+    if frames is not None and frame_count > frames:
         raise ValueError(f"{path}: {frame_count} frames do not fit in frames={frames}; raise frames")
+    length = frame_count if frames is None else frames
     tracks: dict[str, np.ndarray] = {}
     for frame in range(frame_count):
         body_count = lines.count(f"the body count of frame {frame + 1}", limit=8)
@@ -119,18 +159,17 @@ def read_skeleton_file(path: str | Path, frames: int = 300, bodies: int = 2, joi
             if joint_count != joints:
                 raise ValueError(f"{path}:{lines.position}: expected {joints} joints, got {joint_count}")
             xyz = np.array([lines.numbers(12, "a joint line (12 values)")[:3] for _ in range(joints)], dtype=np.float32)
-            track = tracks.setdefault(body_id, np.zeros((frames, joints, 3), dtype=np.float32))
+            track = tracks.setdefault(body_id, np.zeros((length, joints, 3), dtype=np.float32))
             track[frame] = xyz
     rest = [i + 1 for i in range(lines.position, len(lines.lines)) if lines.lines[i].strip()]
     if rest:
         raise ValueError(f"{path}:{rest[0]}: unexpected data after the last of {frame_count} frames")
-    activity = {body: float(track[np.abs(track).sum(axis=(1, 2)) > 0].var(axis=0).sum()) if track.any() else 0.0
-                for body, track in tracks.items()}
+    activity = {body: body_activity(track) for body, track in tracks.items()}
     chosen = sorted(tracks, key=lambda body: -activity[body])[:bodies]
     if len(tracks) > bodies:
         warnings.warn(f"{path}: {len(tracks)} bodies tracked, kept the {bodies} most active "
                       f"(raise bodies= to keep more)", RuntimeWarning, stacklevel=2)
-    out = np.zeros((3, frames, joints, bodies), dtype=np.float32)
+    out = np.zeros((3, length, joints, bodies), dtype=np.float32)
     for slot, body in enumerate(chosen):
         out[..., slot] = tracks[body].transpose(2, 0, 1)
     return out
@@ -138,17 +177,51 @@ def read_skeleton_file(path: str | Path, frames: int = 300, bodies: int = 2, joi
 
 def ntu_label(path: str | Path) -> int:
     """0-based action class from an NTU file name (``...A013.skeleton`` -> 12)."""
+    return _ntu_code(path)[4] - 1
+
+
+def _ntu_code(path: str | Path) -> tuple[int, int, int, int, int]:
+    """(setup, camera, subject, replication, action) from an NTU file name."""
     match = NTU_NAME.search(Path(path).name)
     if match is None:
-        raise ValueError(f"{path}: file name has no NTU SsssCcccPpppRrrrAaaa code to read the label from")
-    return int(match.group(5)) - 1
+        raise ValueError(f"{path}: file name has no NTU SsssCcccPpppRrrrAaaa code")
+    return tuple(int(g) for g in match.groups())  # type: ignore[return-value]
+
+
+def in_ntu_training_set(path: str | Path, protocol: str) -> bool:
+    """Whether the NTU file belongs to the training side of ``xsub``, ``xview`` or ``xset``."""
+    setup, camera, subject, _, _ = _ntu_code(path)
+    if protocol == "xsub":
+        return subject in NTU_TRAIN_SUBJECTS
+    if protocol == "xview":
+        return camera in NTU_TRAIN_CAMERAS
+    return setup % 2 == 0
+
+
+def read_missing_list(paths: str) -> set[str]:
+    """Sample names (``S001C002P005R002A008``) from text files, one per line, ``,``-separated paths;
+    the official lists of samples with missing skeletons look like this."""
+    names: set[str] = set()
+    for name in paths.split(","):
+        path = Path(name)
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: no such missing-skeleton list")
+        for number, line in enumerate(path.read_text().splitlines(), start=1):
+            entry = line.strip()
+            if not entry or entry.startswith("#"):
+                continue
+            match = NTU_NAME.search(entry)
+            if match is None:
+                raise ValueError(f"{path}:{number}: {entry!r} is not an NTU sample name (SsssCcccPpppRrrrAaaa)")
+            names.add(match.group(0))
+    return names
 
 
 def _split_files(files: list[Path], split: str, protocol: str, seed: int, val_fraction: float) -> list[Path]:
+    if protocol not in NTU_PROTOCOLS:
+        raise ValueError(f"unknown NTU protocol {protocol!r}; choose one of {', '.join(NTU_PROTOCOLS)}")
     if protocol == "all":
         return files
-    if protocol not in ("xsub", "xview", "random"):
-        raise ValueError(f"unknown NTU protocol {protocol!r}; choose xsub, xview, random or all")
     if protocol == "random":
         order = np.random.default_rng(seed).permutation(len(files))
         n_test = int(round(len(files) * val_fraction))
@@ -156,14 +229,8 @@ def _split_files(files: list[Path], split: str, protocol: str, seed: int, val_fr
         training = [f for i, f in enumerate(files) if i not in test]
         testing = [f for i, f in enumerate(files) if i in test]
     else:
-        def in_training(f: Path) -> bool:
-            match = NTU_NAME.search(f.name)
-            if match is None:
-                raise ValueError(f"{f}: file name has no NTU SsssCcccPpppRrrrAaaa code")
-            return int(match.group(3)) in NTU_TRAIN_SUBJECTS if protocol == "xsub" else int(match.group(2)) in NTU_TRAIN_CAMERAS
-
-        training = [f for f in files if in_training(f)]
-        testing = [f for f in files if not in_training(f)]
+        training = [f for f in files if in_ntu_training_set(f, protocol)]
+        testing = [f for f in files if not in_ntu_training_set(f, protocol)]
     if split == "test":
         return testing
     order = np.random.default_rng(seed + 1).permutation(len(training))
@@ -172,13 +239,16 @@ def _split_files(files: list[Path], split: str, protocol: str, seed: int, val_fr
     return [f for i, f in enumerate(training) if (i in val) == (split == "val")]
 
 
-def build_ntu_skeleton(split: str = "train", seed: int = 0, root: str | None = None, frames: int = 300,
-                       bodies: int = 2, protocol: str = "xsub", num_classes: int = 60,
-                       val_fraction: float = 0.1) -> SkeletonDataset:
+def build_ntu_skeleton(split: str = "train", seed: int = 0, root: str | None = None, bodies: int = 2,
+                       protocol: str = "xsub", num_classes: int = 60, val_fraction: float = 0.1,
+                       missing: str | None = None, **pipeline: Any) -> SkeletonDataset:
     """Registered as ``ntu-skeleton``: a folder of NTU ``.skeleton`` files, parsed lazily.
 
-    ``protocol``: ``xsub`` / ``xview`` (the NTU-60 training subjects / cameras), ``random`` or ``all``;
-    ``val`` is a seeded ``val_fraction`` of the training files."""
+    ``protocol``: ``xsub`` (cross-subject; NTU-60's and NTU-120's training subjects), ``xview``
+    (NTU-60 cross-view: cameras 2, 3), ``xset`` (NTU-120 cross-setup: even setups), ``random`` or
+    ``all``; ``val`` is a seeded ``val_fraction`` of the training files. ``missing``: the official
+    missing-skeleton list(s) (text files of sample names, ``,``-separated); those samples are skipped.
+    Clip options (``frames`` (300), ``sampling``, ``prenormalise`` ...): :class:`ClipPipeline`."""
     _check_split(split)
     if root is None:
         raise ValueError("ntu-skeleton needs root=FOLDER with .skeleton files")
@@ -186,26 +256,43 @@ def build_ntu_skeleton(split: str = "train", seed: int = 0, root: str | None = N
     files = sorted(folder.glob("*.skeleton"))
     if not files:
         raise FileNotFoundError(f"{folder}: no .skeleton files")
+    if missing is not None:
+        skipped = read_missing_list(missing)
+        files = [f for f in files if f.stem not in skipped]
     chosen = _split_files(files, split, protocol, seed, val_fraction)
     labels = [ntu_label(f) for f in chosen]
     too_big = [f.name for f, label in zip(chosen, labels) if label >= num_classes]
     if too_big:
         raise ValueError(f"{too_big[0]}: action beyond num_classes={num_classes}; pass num_classes=120 for NTU-120")
     classes = [f"A{i + 1:03d}" for i in range(num_classes)]
-    return SkeletonDataset(lambda i: read_skeleton_file(chosen[i], frames, bodies), labels, classes, (3, frames, 25, bodies))
+    clips, training = make_pipeline(split, 300, pipeline)
+    return SkeletonDataset(lambda i: read_skeleton_file(chosen[i], None, bodies), labels, classes,
+                           (3, clips.frames, 25, bodies), pipeline=clips, training=training,
+                           source=lambda i: str(chosen[i]))
 
 
 # ---------------------------------------------------------------- ST-GCN-style .npy arrays
 
 
 def read_labels(path: str | Path) -> np.ndarray:
-    """Integer labels from ``.npy`` or a text file with one label per line."""
+    """Integer labels from ``.npy``, ST-GCN's ``.pkl`` (a pickled ``(sample_names, labels)``) or a text
+    file with one label per line."""
     path = Path(path)
     if path.suffix == ".npy":
         labels = np.load(path, allow_pickle=False)
         if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
             raise ValueError(f"{path}: expected a 1-D integer array of labels, got {labels.dtype} {labels.shape}")
         return labels.astype(np.int64)
+    if path.suffix == ".pkl":
+        from camkit_plugins.skeleton.formats import load_pickle
+
+        content = load_pickle(path)
+        if not (isinstance(content, (tuple, list)) and len(content) == 2 and len(content[0]) == len(content[1])):
+            raise ValueError(f"{path}: expected ST-GCN's pickled (sample_names, labels) pair of equal lengths")
+        values = np.asarray(content[1])
+        if values.ndim != 1 or not np.issubdtype(values.dtype, np.integer):
+            raise ValueError(f"{path}: the labels are not whole numbers ({values.dtype})")
+        return values.astype(np.int64)
     values = []
     for number, line in enumerate(path.read_text().splitlines(), start=1):
         if not line.strip():
@@ -217,32 +304,42 @@ def read_labels(path: str | Path) -> np.ndarray:
     return np.asarray(values, dtype=np.int64)
 
 
+LABEL_SUFFIXES = (".pkl", ".npy", ".txt")
+
+
 def build_skeleton_npy(split: str = "train", seed: int = 0, root: str | None = None, data: str | None = None,
                        labels: str | None = None, classes: Sequence[str] | None = None,
-                       graph: str = "ntu25") -> SkeletonDataset:
-    """Registered as ``skeleton-npy``: an ``(N, C, T, V, M)`` ``.npy`` (memory-mapped) and its labels.
+                       graph: Any = "ntu25", **pipeline: Any) -> SkeletonDataset:
+    """Registered as ``stgcn-npy`` and ``skeleton-npy``: ST-GCN's ``(N, C, T, V, M)`` ``.npy``
+    (memory-mapped) and its labels.
 
-    Either ``root`` holding ``{split}_data.npy`` and ``{split}_label.npy`` (or ``.txt``), or explicit
-    ``data`` and ``labels`` paths. ``classes`` defaults to ``class 0 .. class max(label)``."""
+    Either ``root`` holding ``{split}_data.npy`` and ``{split}_label.pkl`` (ST-GCN's pickled
+    ``(names, labels)``), ``.npy`` or ``.txt``, or explicit ``data`` and ``labels`` paths (``{split}``
+    in them is replaced by the split). ``classes`` defaults to ``class 0 .. class max(label)``. Clip
+    options as :class:`ClipPipeline`; ``frames`` defaults to the array's ``T``."""
     _check_split(split)
     if root is not None:
         data = data or str(Path(root) / f"{split}_data.npy")
         if labels is None:
-            candidates = [Path(root) / f"{split}_label{ext}" for ext in (".npy", ".txt")]
+            candidates = [Path(root) / f"{split}_label{ext}" for ext in LABEL_SUFFIXES]
             found = [c for c in candidates if c.is_file()]
             if not found:
-                raise FileNotFoundError(f"{root}: no {split}_label.npy or {split}_label.txt")
+                raise FileNotFoundError(f"{root}: no {' or '.join(c.name for c in candidates)}")
             labels = str(found[0])
     if data is None or labels is None:
         raise ValueError("skeleton-npy needs root=FOLDER or both data=FILE.npy and labels=FILE")
-    array = np.load(data, mmap_mode="r", allow_pickle=False)
+    data_path, label_path = with_split(data, split), with_split(labels, split)
+    array = np.load(data_path, mmap_mode="r", allow_pickle=False)
     if array.ndim != 5:
-        raise ValueError(f"{data}: expected an (N, C, T, V, M) array, got shape {array.shape}")
-    label_array = read_labels(labels)
+        raise ValueError(f"{data_path}: expected an (N, C, T, V, M) array, got shape {array.shape}")
+    label_array = read_labels(label_path)
     if len(label_array) != array.shape[0]:
-        raise ValueError(f"{labels} has {len(label_array)} labels but {data} has {array.shape[0]} samples")
+        raise ValueError(f"{label_path} has {len(label_array)} labels but {data_path} has {array.shape[0]} samples")
     names = list(classes) if classes is not None else [f"class {i}" for i in range(int(label_array.max()) + 1)]
-    return SkeletonDataset(lambda i: array[i], label_array, names, tuple(array.shape[1:]), graph=graph)
+    clips, training = make_pipeline(split, array.shape[2], pipeline)
+    c, _, v, m = array.shape[1:]
+    return SkeletonDataset(lambda i: array[i], label_array, names, (c, clips.frames, v, m), graph=graph,
+                           pipeline=clips, training=training, source=lambda i: f"{data_path} sample {i}")
 
 
 # ---------------------------------------------------------------- procedural NTU-25 generator

@@ -1,4 +1,8 @@
-"""Evaluation of skeleton models: accuracy, CAM quality against ground-truth masks, occlusion robustness."""
+"""Evaluation of skeleton models: accuracy (top-1, top-5, per class, confusion), CAM quality against
+ground-truth masks, occlusion robustness.
+
+A batch may hold several windows per clip, ``(N, K, C, T, V, M)`` (``test_clips=K``): the windows
+are scored together and their softmax scores averaged, as the reference pipelines do at test time."""
 
 from __future__ import annotations
 
@@ -11,6 +15,7 @@ import torch
 
 from camkit_plugins.metrics import localization
 from camkit_plugins.skeleton.graph import NTU25_PARTS
+from camkit_plugins.skeleton.render import save_figure
 
 
 def joint_importance(cam: torch.Tensor) -> torch.Tensor:
@@ -55,6 +60,22 @@ def occlude_frames(x: torch.Tensor, count: int, generator: torch.Generator) -> t
     return x * keep[:, None, :, None, None]
 
 
+def clip_scores(model: Any, x: torch.Tensor) -> torch.Tensor:
+    """``(N, classes)`` softmax scores; for ``(N, K, C, T, V, M)`` windows, the mean over the K windows."""
+    if x.ndim == 6:
+        n, k = x.shape[:2]
+        return model(x.flatten(0, 1)).softmax(dim=1).view(n, k, -1).mean(dim=1)
+    return model(x).softmax(dim=1)
+
+
+def corrupt_windows(corrupt: Any, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Apply a ``corrupt(x, y, generator)`` made for ``(N, C, T, V, M)`` to every window of a 6-D batch."""
+    if x.ndim == 6:
+        n, k = x.shape[:2]
+        return corrupt(x.flatten(0, 1), y.repeat_interleave(k), generator).view(x.shape)
+    return corrupt(x, y, generator)
+
+
 def _batches(dataset: Any, batch_size: int) -> Iterable[dict[str, torch.Tensor]]:
     from torch.utils.data import DataLoader
 
@@ -83,14 +104,18 @@ def occlusion_conditions(dataset: Any, frames_hidden: int) -> dict[str, Any]:
 
 
 def evaluate(model: Any, dataset: Any, batch_size: int = 64, frames_hidden: int | None = None,
-             seed: int = 0, progress: bool = True) -> dict[str, float]:
+             seed: int = 0, progress: bool = True, conditions: dict[str, Any] | None = None) -> dict[str, float]:
     """Accuracy (clean and under each occlusion) and, with ground-truth masks, the joint pointing
-    game and energy share of the CAM of the true class (persons averaged, upsampled in time)."""
+    game and energy share of the CAM of the true class (persons averaged, upsampled in time).
+
+    ``conditions``: ``{name: corrupt(x, y, generator)}`` with a ``"clean"`` entry (default: camkit's
+    :func:`occlusion_conditions`; ``protocols.ragcn_conditions`` gives RA-GCN's)."""
     import camkit
     from tqdm import tqdm
 
-    frames_hidden = frames_hidden if frames_hidden is not None else dataset.sample_shape[1] // 3
-    conditions = occlusion_conditions(dataset, frames_hidden)
+    if conditions is None:
+        frames_hidden = frames_hidden if frames_hidden is not None else dataset.sample_shape[1] // 3
+        conditions = occlusion_conditions(dataset, frames_hidden)
     correct = {name: 0 for name in conditions}
     hits, energy, counted = 0.0, 0.0, 0
     generator = torch.Generator().manual_seed(seed)
@@ -101,7 +126,7 @@ def evaluate(model: Any, dataset: Any, batch_size: int = 64, frames_hidden: int 
             x, y = batch["input"], batch["label"]
             with torch.no_grad():
                 for name, corrupt in conditions.items():
-                    correct[name] += int((model(corrupt(x, y, generator)).argmax(1) == y).sum())
+                    correct[name] += int((clip_scores(model, corrupt_windows(corrupt, x, y, generator)).argmax(1) == y).sum())
             if "mask" in batch:
                 result = camkit.explain(model, x, targets=y, reduce="M", normalize=False)
                 hits += float(pointing_hits(result.maps, batch["mask"]).sum())
@@ -113,6 +138,29 @@ def evaluate(model: Any, dataset: Any, batch_size: int = 64, frames_hidden: int 
         out["pointing game"] = hits / counted
         out["energy share"] = energy / counted
     return out
+
+
+def class_report(model: Any, dataset: Any, batch_size: int = 64, progress: bool = True) -> dict[str, Any]:
+    """Clean ``top-1`` and ``top-5`` accuracy (top-k with k = min(5, classes)), ``per class`` accuracy
+    (``None`` for a class without test clips) and the ``confusion`` matrix ``(true, predicted)`` counts."""
+    from tqdm import tqdm
+
+    from camkit.capture import evaluation_mode
+
+    classes = len(dataset.classes)
+    confusion = np.zeros((classes, classes), dtype=np.int64)
+    top5 = 0
+    with evaluation_mode(model), torch.no_grad():
+        for batch in tqdm(_batches(dataset, batch_size), desc="classes", disable=not progress, leave=False):
+            scores = clip_scores(model, batch["input"])
+            y = batch["label"]
+            top5 += int((scores.topk(min(5, classes), dim=1).indices == y[:, None]).any(dim=1).sum())
+            np.add.at(confusion, (y.numpy(), scores.argmax(dim=1).numpy()), 1)
+    totals = confusion.sum(axis=1)
+    n = max(int(totals.sum()), 1)
+    return {"top-1": float(np.trace(confusion)) / n, "top-5": top5 / n,
+            "per class": [float(confusion[c, c] / totals[c]) if totals[c] else None for c in range(classes)],
+            "confusion": confusion}
 
 
 def summarise_runs(runs: Mapping[str, list[Mapping[str, float]]]) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, float]]]:
@@ -165,5 +213,29 @@ def plot_results(results: Mapping[str, Mapping[str, float]], path: str,
     ax.set_ylim(0, 100)
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path, dpi=110)
     plt.close(fig)
+
+
+def plot_confusion(confusion: np.ndarray, classes: list[str], path: str, title: str = "") -> None:
+    """The confusion matrix as a picture: rows true classes, columns predicted, each row as shares."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    shares = confusion / np.maximum(confusion.sum(axis=1, keepdims=True), 1)
+    size = min(2 + 0.3 * len(classes), 16)
+    fig, ax = plt.subplots(figsize=(size + 1, size))
+    image = ax.imshow(shares, cmap="Blues", vmin=0, vmax=1)
+    if len(classes) <= 30:  # beyond that the names overlap; the axes still count classes
+        ax.set_xticks(range(len(classes)), classes, rotation=90, fontsize=6)
+        ax.set_yticks(range(len(classes)), classes, fontsize=6)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title, fontsize=9)
+    fig.colorbar(image, ax=ax, fraction=0.04)
+    fig.tight_layout()
+    save_figure(fig, path, dpi=110)
+    plt.close(fig)
+

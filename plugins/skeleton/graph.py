@@ -1,4 +1,4 @@
-"""Skeleton graphs as data (NTU RGB+D 25, OpenPose 18, any edge list) and the ST-GCN partitions.
+"""Skeleton graphs as data (NTU RGB+D 25, OpenPose 18, COCO 17, any edge list) and the ST-GCN partitions.
 
 Only numpy here: the adjacency is a plain ``(K, V, V)`` array, normalised ``A D^-1`` so that every
 column sums to one over the partitions (each node averages its neighbourhood).
@@ -30,6 +30,16 @@ OPENPOSE18_JOINTS = (
 OPENPOSE18_BONES = (
     (4, 3), (3, 2), (7, 6), (6, 5), (13, 12), (12, 11), (10, 9), (9, 8), (11, 5), (8, 2), (5, 1), (2, 1),
     (0, 1), (15, 0), (14, 0), (17, 15), (16, 14),
+)
+
+COCO17_JOINTS = (
+    "nose", "left eye", "right eye", "left ear", "right ear", "left shoulder", "right shoulder", "left elbow",
+    "right elbow", "left wrist", "right wrist", "left hip", "right hip", "left knee", "right knee", "left ankle",
+    "right ankle",
+)
+COCO17_BONES = (
+    (15, 13), (13, 11), (16, 14), (14, 12), (11, 12), (5, 11), (6, 12), (5, 6), (5, 7), (6, 8), (7, 9), (8, 10),
+    (1, 2), (0, 1), (0, 2), (1, 3), (2, 4), (3, 5), (4, 6),
 )
 
 #: Body-part sets of NTU-25 used for occlusion tests (REFERENCE.md).
@@ -108,6 +118,22 @@ class SkeletonGraph:
                 parts += [normalised * (same | outer), normalised * inner]
         return np.stack(parts).astype(np.float32)
 
+    def parents(self) -> tuple[int, ...]:
+        """Each joint's parent: its neighbour one bone closer to the centre (the smallest index on a tie);
+        the centre, and joints not connected to it, are their own parent (their bone is zero).
+
+        For graphs whose bones are trees listed as (child, parent) towards the centre (NTU-25,
+        OpenPose-18) this is the second joint of each bone."""
+        hops = self.hop_distance(self.num_joints)
+        centre = hops[:, self.center]
+        parent = list(range(self.num_joints))
+        for i, j in sorted(self.bones):
+            for child, candidate in ((i, j), (j, i)):
+                closer = centre[candidate] == centre[child] - 1
+                if closer and (parent[child] == child or candidate < parent[child]):
+                    parent[child] = candidate
+        return tuple(parent)
+
 
 def _normalise_columns(a: np.ndarray) -> np.ndarray:
     """``A D^-1`` with D the column sums: each column averages (isolated columns stay zero)."""
@@ -118,11 +144,12 @@ def _normalise_columns(a: np.ndarray) -> np.ndarray:
 
 NTU25 = SkeletonGraph("ntu25", NTU25_JOINTS, NTU25_BONES, center=20)
 OPENPOSE18 = SkeletonGraph("openpose18", OPENPOSE18_JOINTS, OPENPOSE18_BONES, center=1)
-GRAPHS = {"ntu25": NTU25, "openpose18": OPENPOSE18}
+COCO17 = SkeletonGraph("coco17", COCO17_JOINTS, COCO17_BONES, center=0)
+GRAPHS = {"ntu25": NTU25, "openpose18": OPENPOSE18, "coco17": COCO17}
 
 
 def get_graph(spec: "str | SkeletonGraph | Mapping[str, Any]") -> SkeletonGraph:
-    """A graph by name (``"ntu25"``, ``"openpose18"``), as is, or from ``{"joints": names or count,
+    """A graph by name (``"ntu25"``, ``"openpose18"``, ``"coco17"``), as is, or from ``{"joints": names or count,
     "bones": [[i, j], ...], "center": c}`` (a custom edge list; JSON-friendly for checkpoints)."""
     if isinstance(spec, SkeletonGraph):
         return spec

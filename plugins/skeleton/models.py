@@ -1,6 +1,7 @@
-"""ST-GCN (Yan et al. 2018) and RA-GCN (Song et al. 2020) over ``(N, C, T, V, M)`` skeleton batches.
+"""ST-GCN (Yan et al. 2018), RA-GCN (Song et al. 2020) and their late-fusion ensemble over modalities,
+on ``(N, C, T, V, M)`` skeleton batches.
 
-Both expose their last features through an ``nn.Identity`` named ``features`` with layout
+All expose their last features through an ``nn.Identity`` named ``features`` with layout
 ``NCTVM`` (persons unfolded from the batch), so ``camkit.explain(model, x)`` gives joint-by-time maps.
 """
 
@@ -87,8 +88,12 @@ class STGCN(nn.Module):
         dropout: float = 0.0,
         edge_importance: bool = True,
         persons: int = 2,
+        modality: str = "joint",
     ) -> None:
         super().__init__()
+        from camkit_plugins.skeleton.modalities import check_modality
+
+        self.modality = check_modality(modality)
         if config not in CONFIGS:
             raise KeyError(f"unknown ST-GCN config {config!r}; available: {', '.join(sorted(CONFIGS))}")
         widths = tuple(widths) if widths is not None else CONFIGS[config][0]
@@ -97,6 +102,7 @@ class STGCN(nn.Module):
         if len(widths) != len(strides) or not widths:
             raise ValueError(f"widths {widths} and strides {strides} must be non-empty and of equal length")
         self.graph = get_graph(graph)
+        self.parents = self.graph.parents()
         self.in_channels, self.persons = in_channels, persons
         adjacency = torch.from_numpy(self.graph.adjacency(partition, max_hop))
         v = self.graph.num_joints
@@ -118,8 +124,13 @@ class STGCN(nn.Module):
                              f"inputs, got shape {tuple(x.shape)}")
 
     def extract(self, x: torch.Tensor) -> torch.Tensor:
-        """Features ``(N, C', T', V, M)`` of an ``(N, C, T, V, M)`` batch (before ``self.features``)."""
+        """Features ``(N, C', T', V, M)`` of an ``(N, C, T, V, M)`` batch of joint coordinates (turned
+        into this model's modality first; before ``self.features``)."""
+        from camkit_plugins.skeleton.modalities import to_modality
+
         self.check_input(x)
+        if self.modality != "joint":
+            x = to_modality(x, self.modality, self.parents)
         n, c, t, v, m = x.shape
         y = self.data_bn(x.permute(0, 4, 3, 1, 2).reshape(n, m * v * c, t))
         y = y.view(n, m, v, c, t).permute(0, 1, 3, 4, 2).reshape(n * m, c, t, v)
@@ -132,6 +143,16 @@ class STGCN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(self.extract(x)))
+
+    # the interface a ModalityEnsemble member offers (RAGCN offers it too)
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.extract(x)
+
+    def classify(self, features: torch.Tensor) -> torch.Tensor:
+        return self.head(features)
+
+    def classifier_weights(self) -> torch.Tensor:
+        return self.fc.weight
 
 
 class RAGCN(nn.Module):
@@ -191,16 +212,73 @@ class RAGCN(nn.Module):
         return features, torch.stack(seen)
 
     def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None, per_stream: bool = False) -> torch.Tensor:
-        self.streams[0].check_input(x)
-        features, _ = self.stream_masks(x, labels)
-        joined = self.features(torch.cat(features, dim=1))
-        parts = joined.split([f.shape[1] for f in features], dim=1)
-        logits = torch.stack([stream.head(part) for stream, part in zip(self.streams, parts)], dim=1)
+        logits = self.stream_logits(self.features(self.forward_features(x, labels)))
         return logits if per_stream else logits.sum(dim=1)
+
+    def forward_features(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """The streams' features ``(N, S*C', T', V, M)``, concatenated on C."""
+        self.streams[0].check_input(x)
+        return torch.cat(self.stream_masks(x, labels)[0], dim=1)
+
+    def stream_logits(self, joined: torch.Tensor) -> torch.Tensor:
+        """``(N, S, classes)`` from the concatenated stream features."""
+        parts = joined.split([stream.num_channels for stream in self.streams], dim=1)
+        return torch.stack([stream.head(part) for stream, part in zip(self.streams, parts)], dim=1)
+
+    def classify(self, joined: torch.Tensor) -> torch.Tensor:
+        return self.stream_logits(joined).sum(dim=1)
 
     def classifier_weights(self) -> torch.Tensor:
         """``(classes, S*C')``: the stream classifiers side by side (the biases only shift the sum)."""
         return torch.cat([stream.fc.weight for stream in self.streams], dim=1)
+
+
+class ModalityEnsemble(nn.Module):
+    """Late fusion of models of different modalities: logits ``sum_m weight_m * logits_m`` (e.g. joint,
+    bone, joint motion, bone motion at 2 : 2 : 1 : 1). Every member takes the same joint coordinates
+    and turns them into its own modality.
+
+    ``members``: ``[{"model": "stgcn" or "ragcn", "model_options": {...}}, ...]`` (checkpoint configs).
+    ``self.features`` sees the members' features concatenated on C and :meth:`classifier_weights`
+    stacks ``weight_m * W_m``, so the CAM of the ensemble is the weighted sum of the members' CAMs:
+    the exact map of the fused logits. (Logits are fused, not softmax scores, for that reason.)"""
+
+    def __init__(self, num_classes: int, members: Sequence[dict[str, Any]], weights: Sequence[float]) -> None:
+        super().__init__()
+        builders = {"stgcn": build_stgcn, "ragcn": build_ragcn}
+        if not members or len(members) != len(weights):
+            raise ValueError(f"an ensemble needs one weight per member, got {len(members)} members and "
+                             f"{len(weights)} weights")
+        unknown = [m.get("model") for m in members if m.get("model") not in builders]
+        if unknown:
+            raise ValueError(f"ensemble members must be stgcn or ragcn models, got {unknown}")
+        self.members = nn.ModuleList(builders[m["model"]](num_classes, **m.get("model_options", {})) for m in members)
+        first = self._inner(self.members[0])
+        for member in self.members[1:]:
+            inner = self._inner(member)
+            if (inner.graph.num_joints, inner.persons, inner.in_channels) != (first.graph.num_joints, first.persons,
+                                                                            first.in_channels):
+                raise ValueError("ensemble members must share joints, persons and input channels")
+        self.weights = [float(w) for w in weights]
+        self.features = nn.Identity()
+
+    @staticmethod
+    def _inner(member: nn.Module) -> STGCN:
+        return member.streams[0] if isinstance(member, RAGCN) else member  # type: ignore[return-value]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        parts = [member.forward_features(x) for member in self.members]
+        joined = self.features(torch.cat(parts, dim=1))
+        split = joined.split([p.shape[1] for p in parts], dim=1)
+        return sum(w * member.classify(p) for w, member, p in zip(self.weights, self.members, split))
+
+    def classifier_weights(self) -> torch.Tensor:
+        return torch.cat([w * member.classifier_weights() for w, member in zip(self.weights, self.members)], dim=1)
+
+
+def build_ensemble(num_classes: int, members: Sequence[dict[str, Any]], weights: Sequence[float]) -> ModalityEnsemble:
+    """Registered as model ``skeleton-ensemble`` (written by ``camkit ensemble skeleton``)."""
+    return ModalityEnsemble(num_classes, members, weights)
 
 
 def build_stgcn(num_classes: int, **options: Any) -> STGCN:
@@ -222,13 +300,13 @@ def ra_gcn_loss(stream_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tens
 
 
 class SkeletonFamily(ModelFamily):
-    """Model family for ST-GCN / RA-GCN: layer ``features`` with layout ``NCTVM``."""
+    """Model family for ST-GCN / RA-GCN / modality ensembles: layer ``features`` with layout ``NCTVM``."""
 
     name = "stgcn"
     layout = "NCTVM"
 
     def matches(self, model: Any) -> bool:
-        return isinstance(model, (STGCN, RAGCN))
+        return isinstance(model, (STGCN, RAGCN, ModalityEnsemble))
 
     def target_layer(self, model: Any) -> str:
         return "features"
@@ -237,7 +315,7 @@ class SkeletonFamily(ModelFamily):
         return self.layout
 
     def classifier_weights(self, model: Any) -> Any:
-        return model.classifier_weights() if isinstance(model, RAGCN) else model.fc.weight
+        return model.classifier_weights()
 
 
 def unwrap(model: Any) -> Any:

@@ -7,7 +7,13 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from camkit.io import write_atomic
 from camkit_plugins.skeleton.graph import get_graph
+
+
+def save_figure(fig: Any, path: str | Path, dpi: int = 90) -> None:
+    """Write a matplotlib figure atomically (format from the suffix): a kill leaves no half picture."""
+    write_atomic(path, lambda temporary: fig.savefig(temporary, dpi=dpi))
 
 
 def _as_numpy(x: Any) -> np.ndarray:
@@ -41,7 +47,7 @@ def render_joint_time(cam: Any, path: str | Path | None = None, graph: Any = "nt
     fig.colorbar(image, ax=ax, fraction=0.03)
     fig.tight_layout()
     if path is not None:
-        fig.savefig(path, dpi=90)
+        save_figure(fig, path)
         plt.close(fig)
     return fig
 
@@ -101,13 +107,13 @@ def render_skeleton(sequence: Any, cam: Any, path: str | Path | None = None, gra
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     if path is not None:
-        fig.savefig(path, dpi=90)
+        save_figure(fig, path)
     if gif is not None:
         from matplotlib.animation import FuncAnimation, PillowWriter
 
         anim_fig, anim_ax = plt.subplots(figsize=(2.5, 3))
         animation = FuncAnimation(anim_fig, lambda t: draw(anim_ax, t), frames=int(present.sum()) or seq.shape[1])
-        animation.save(str(gif), writer=PillowWriter(fps=10))
+        write_atomic(gif, lambda temporary: animation.save(str(temporary), writer=PillowWriter(fps=10)))
         plt.close(anim_fig)
     if path is not None:
         plt.close(fig)
