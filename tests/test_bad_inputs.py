@@ -3,10 +3,7 @@
 Each case is a command line. Called through ``main`` it raises the expected type with a message that
 names the problem; called as the ``camkit`` console command it prints exactly one ``camkit: error: ...``
 line, no traceback, and exits with status 2. Usage mistakes (an unknown flag, a value outside the
-choices) are argparse's: usage, the error and status 2.
-
-Cases marked ``skeleton engineer`` are bugs of ``plugins/skeleton`` that issue #13 lists; they are
-expected to fail until that plugin is fixed (then drop the mark)."""
+choices) are argparse's: usage, the error and status 2."""
 
 from __future__ import annotations
 
@@ -36,13 +33,6 @@ class Case:
     error: type[BaseException]
     match: str  # a regular expression searched in the message
     needs: str = ""  # "no-cuda", "one-gpu" or "read-only": the machine the case simulates
-
-
-SKELETON = "skeleton engineer (#13): plugins/skeleton does not give this one clear error yet"
-
-
-def skeleton_case(case: Case) -> object:
-    return pytest.param(case, marks=pytest.mark.xfail(reason=SKELETON, strict=False))
 
 
 EXPLAIN = "explain --workers 0 --out {out}"
@@ -93,7 +83,7 @@ CASES = [
     Case(f"{EXPLAIN} --checkpoint {{ck}} {{pics}} --method gradkam", KeyError, "unknown method 'gradkam'.*gradcam"),
     Case(f"{EXPLAIN} --checkpoint {{ck}} {{pics}} --topk 3", ValueError, "topk=3 must be between 1 and the number"),
     Case(f"{EXPLAIN} --checkpoint {{ck}} {{pics}} --batch-size 0", ValueError, "batch_size should be a positive"),
-    Case(f"{EXPLAIN} --checkpoint {{ck}} {{pics}} --alpha 1.5", ValueError, r"alpha must be in \[0, 1\]"),
+    Case(f"{EXPLAIN} --checkpoint {{ck}} {{pics}} --alpha 1.5", ValueError, r"alpha=1.5 must be between 0 and 1"),
     Case(f"{EXPLAIN} --checkpoint {{ck}} {{pics}} --decode gpu", SystemExit, "2"),
     # --- train image
     Case("train image --data imagenet --out {out}", ValueError, "--data 'imagenet': not a directory"),
@@ -135,12 +125,13 @@ CASES = [
     Case("explain skeleton --checkpoint {nowhere} --out {out}", FileNotFoundError, "not a camkit checkpoint"),
     Case("eval skeleton --checkpoints {nowhere} --out {out}", FileNotFoundError, "not a camkit checkpoint"),
     Case("explain skeleton --checkpoint {nomodel} --out {out}", ValueError, 'no "model"'),
-    # ... and what plugins/skeleton still has to make one (issue #13)
-    skeleton_case(Case("train skeleton -d frames=abc --epochs 1 --out {out}", ValueError, "frames")),
-    skeleton_case(Case("train skeleton -d frames --out {out}", ValueError, "not KEY=VALUE")),
-    skeleton_case(Case("train skeleton --epochs 0 --out {out}", ValueError, "epochs")),
-    skeleton_case(Case("explain skeleton --checkpoint {ck} --out {out}", ValueError, "image checkpoint|skeleton")),
-    skeleton_case(Case("eval skeleton --checkpoints {ck} {ck} --label a --out {out}", ValueError, "--label")),
+    # ... and what issue #13 found was not
+    Case("train skeleton -d frames=abc --epochs 1 --out {out}", ValueError, "frames"),
+    Case("train skeleton -d frames --out {out}", ValueError, "not KEY=VALUE"),
+    Case("train skeleton --epochs 0 --out {out}", ValueError, "epochs"),
+    Case("explain skeleton --checkpoint {ck} --out {out}", ValueError, "image checkpoint|skeleton"),
+    Case("eval skeleton --checkpoints {ck} {ck} --label a --out {out}", ValueError, "--label"),
+    Case("ensemble skeleton --checkpoints {ck} --out {out}", ValueError, "skeleton"),
 ]
 
 
