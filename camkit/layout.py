@@ -113,6 +113,21 @@ class Layout:
     def reducible_letters(self) -> str:
         return "".join(ch for ch, k in zip(self.site_letters, self.kinds) if k == REDUCIBLE)
 
+    def broadcast(self, tensor: Any, letters: str) -> Any:
+        """View ``tensor``, whose axes are ``letters`` (some of this layout's, any order: a ``"NHW"`` map, a
+        ``"NTV"`` skeleton mask, an ``"NV"`` joint mask), so that it broadcasts against tensors of this
+        layout: each axis moves to its place, every other axis gets size 1. The one place a per-site map
+        is spread onto inputs or features (masks, occlusions, Score-CAM, metrics)."""
+        missing = [ch for ch in letters if ch not in self.letters]
+        if missing or len(letters) != tensor.ndim:
+            raise ValueError(f"axes {letters!r} of a tensor of shape {tuple(tensor.shape)} do not fit layout "
+                             f"{self.letters!r}" + (f": {''.join(missing)!r} not in it" if missing else ""))
+        order = sorted(range(len(letters)), key=lambda i: self.letters.index(letters[i]))
+        shape = [1] * self.rank
+        for i in order:
+            shape[self.letters.index(letters[i])] = tensor.shape[i]
+        return tensor.permute(order).reshape(shape)
+
     def map_letters(self, multi_target: bool = False, reduce: str = "") -> str:
         """Letters of a map computed from these features: batch first, ``K`` for several targets per
         sample, then the sites in order, without the ``reduce``d ones (``"NKHW"``, ``"NTV"``)."""

@@ -194,3 +194,18 @@ def test_public_names_are_documented():
 def test_a_one_hot_weight_selects_exactly_that_channel():
     f = np.random.default_rng(6).normal(size=(1, 2, 3))
     np.testing.assert_allclose(class_activation_map(f, "NCL", channel_weights=np.array([[0.0, 1.0]]))[0], f[0, 1])
+
+
+def test_layout_broadcast_spreads_a_site_tensor_onto_its_axes():
+    mask = torch.rand(2, 5, 7)  # (N, T, V)
+    spread = Layout.parse("NCTVM").broadcast(mask, "NTV")
+    assert spread.shape == (2, 1, 5, 7, 1)
+    torch.testing.assert_close(spread[:, 0, :, :, 0], mask)
+    joints = torch.rand(2, 7)
+    assert torch.equal(Layout.parse("NCTVM").broadcast(joints, "NV")[:, 0, 0, :, 0], joints)
+    channels_last = Layout.parse("NHWC").broadcast(torch.rand(2, 3, 4), "NHW")
+    assert channels_last.shape == (2, 3, 4, 1)
+    swapped = Layout.parse("NCHW").broadcast(mask[:, :, :4].transpose(1, 2), "NWH")  # any order of axes
+    torch.testing.assert_close(swapped[:, 0], mask[:, :, :4])
+    with pytest.raises(ValueError, match="'D' not in it"):
+        Layout.parse("NCHW").broadcast(torch.rand(2, 3), "ND")

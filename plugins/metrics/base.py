@@ -129,18 +129,9 @@ def target_probabilities(model: Any, inputs: Any, targets: Any, chunk_size: int 
 
 
 def to_input_shape(site_tensor: Any, map_letters: str, input_layout: Layout) -> Any:
-    """View a ``(N, *sites)`` tensor so it broadcasts against inputs of ``input_layout``:
-    each map axis moves to its input axis, every other input axis gets size 1."""
-    letters = map_letters
-    missing = [ch for ch in letters if ch not in input_layout.letters]
-    if missing:
-        raise ValueError(f"map axes {''.join(missing)!r} are not in the input layout {input_layout}")
-    order = sorted(range(len(letters)), key=lambda i: input_layout.letters.index(letters[i]))
-    moved = site_tensor.permute(order)
-    shape = [1] * input_layout.rank
-    for i in order:
-        shape[input_layout.letters.index(letters[i])] = site_tensor.shape[i]
-    return moved.reshape(shape)
+    """View a ``(N, *sites)`` tensor so it broadcasts against inputs of ``input_layout``
+    (``Layout.broadcast``)."""
+    return input_layout.broadcast(site_tensor, map_letters)
 
 
 def box_masks(boxes: Any, map_shape: tuple[int, ...], map_letters: str) -> Any:

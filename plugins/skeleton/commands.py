@@ -273,7 +273,7 @@ def occlude_random_parts(x: Any, probability: float, generator: Any) -> Any:
     ``NTU25_PARTS`` (chosen uniformly) zeroed in every frame. Needs the NTU-25 joints."""
     import torch
 
-    from camkit_plugins.skeleton.graph import NTU25_PARTS
+    from camkit_plugins.skeleton.graph import NTU25_PARTS, skeleton_layout
 
     if x.shape[3] != 25:
         raise ValueError(f"--occlude-parts needs NTU-25 joints, got V={x.shape[3]}")
@@ -284,7 +284,7 @@ def occlude_random_parts(x: Any, probability: float, generator: Any) -> Any:
     which = torch.randint(len(NTU25_PARTS), (n,), generator=generator)
     hit = torch.rand(n, generator=generator) < probability
     hidden = parts[which] & hit[:, None]
-    return x * (~hidden).to(x.dtype)[:, None, None, :, None].to(x.device)
+    return x * skeleton_layout().broadcast((~hidden).to(device=x.device, dtype=x.dtype), "NV")
 
 
 def _accuracy(model: Any, dataset: Any, device: Any, batch_size: int = 128) -> float:

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from camkit_plugins.metrics import localization
-from camkit_plugins.skeleton.graph import NTU25_PARTS
+from camkit_plugins.skeleton.graph import NTU25_PARTS, skeleton_layout
 from camkit_plugins.skeleton.render import save_figure
 
 
@@ -46,7 +46,7 @@ def occlude_joints(x: torch.Tensor, joints: Iterable[int] | torch.Tensor) -> tor
     """Zero the given joints in every frame (``joints``: a list, or a bool ``(N, V)`` per sample)."""
     out = x.clone()
     if isinstance(joints, torch.Tensor):
-        out *= (~joints.bool())[:, None, None, :, None].to(x.dtype)
+        out *= skeleton_layout().broadcast((~joints.bool()).to(x.dtype), "NV")
     else:
         out[:, :, :, list(joints)] = 0
     return out
@@ -57,7 +57,7 @@ def occlude_frames(x: torch.Tensor, count: int, generator: torch.Generator) -> t
     n, _, t, _, _ = x.shape
     order = torch.rand(n, t, generator=generator).argsort(dim=1)[:, :count]
     keep = torch.ones(n, t, dtype=x.dtype).scatter_(1, order, 0.0)
-    return x * keep[:, None, :, None, None]
+    return x * skeleton_layout().broadcast(keep, "NT")
 
 
 def clip_scores(model: Any, x: torch.Tensor) -> torch.Tensor:

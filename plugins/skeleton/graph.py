@@ -148,6 +148,14 @@ COCO17 = SkeletonGraph("coco17", COCO17_JOINTS, COCO17_BONES, center=0)
 GRAPHS = {"ntu25": NTU25, "openpose18": OPENPOSE18, "coco17": COCO17}
 
 
+def skeleton_layout() -> Any:
+    """The layout of skeleton clips and features, ``NCTVM``: masks over ``"NV"`` or ``"NTV"`` are spread
+    onto clips with ``skeleton_layout().broadcast(mask, "NTV")``."""
+    from camkit.layout import Layout
+
+    return Layout.parse("NCTVM")
+
+
 def get_graph(spec: "str | SkeletonGraph | Mapping[str, Any]") -> SkeletonGraph:
     """A graph by name (``"ntu25"``, ``"openpose18"``, ``"coco17"``), as is, or from ``{"joints": names or count,
     "bones": [[i, j], ...], "center": c}`` (a custom edge list; JSON-friendly for checkpoints)."""

@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 
 from camkit.families import ModelFamily
-from camkit_plugins.skeleton.graph import get_graph
+from camkit_plugins.skeleton.graph import get_graph, skeleton_layout
 from camkit_plugins.skeleton.masking import MaskRule, frames_from_cells
 
 #: Widths and temporal strides of named configurations. "paper": the 10-layer NTU configuration.
@@ -196,7 +196,7 @@ class RAGCN(nn.Module):
         features, seen = [], []
         for s, stream in enumerate(self.streams):
             seen.append(visible)
-            f = stream.extract(x if s == 0 else x * visible[:, None, :, :, None])
+            f = stream.extract(x if s == 0 else x * skeleton_layout().broadcast(visible, "NTV"))
             features.append(f)
             if s == len(self.streams) - 1:
                 break

@@ -16,7 +16,7 @@ from typing import Any, Mapping
 import torch
 
 from camkit_plugins.skeleton.evaluation import occlude_joints
-from camkit_plugins.skeleton.graph import NTU25_PARTS
+from camkit_plugins.skeleton.graph import NTU25_PARTS, skeleton_layout
 
 FRAME_BLOCKS = (10, 20, 30, 40, 50)
 #: Columns of the ICIP 2019 occlusion table and the condition each one reads.
@@ -55,7 +55,7 @@ def occlude_frame_block(x: torch.Tensor, count: int, centre: int | None = None) 
     start = block_start(x, count, centre)
     frame = torch.arange(t, device=x.device)
     hidden = (frame[None] >= start[:, None]) & (frame[None] < start[:, None] + count)  # (N, T)
-    return x * (~hidden).to(x.dtype)[:, None, :, None, None]
+    return x * skeleton_layout().broadcast((~hidden).to(x.dtype), "NT")
 
 
 def jitter(x: torch.Tensor, kind: str, probability: float, sigma: float, generator: torch.Generator) -> torch.Tensor:
