@@ -87,9 +87,10 @@ def rng_state() -> dict[str, Any]:
     import numpy as np
     import torch
 
-    kind, keys, position, has_gauss, gauss = np.random.get_state()
+    kind, keys, position, has_gauss, gauss = np.random.get_state(legacy=True)
+    keys = np.asarray(keys, dtype=np.int64)  # uint32 has no torch dtype
     return {"python": random.getstate(), "torch": torch.get_rng_state(),
-            "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), position, has_gauss, gauss]}
+            "numpy": [kind, torch.from_numpy(keys), position, has_gauss, gauss]}
 
 
 def set_rng_state(state: Mapping[str, Any]) -> None:

@@ -69,7 +69,8 @@ def _registry_run(args: argparse.Namespace) -> int:
 
 BUILTIN_COMMANDS = {
     "plugins": Command("list installed plugins and the hooks each implements", _plugins_arguments, _plugins_run),
-    "list": Command("list registered names (methods, layouts, models, datasets, ...)", _registry_arguments, _registry_run),
+    "list": Command("list registered names (methods, layouts, models, datasets, ...)", _registry_arguments,
+                    _registry_run),
 }
 
 

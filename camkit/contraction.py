@@ -78,33 +78,33 @@ def class_activation_map(
     without_batch = f.replace("n", "")
 
     if channel_weights is not None:
-        weights = channel_weights
-        if tuple(weights.shape) == (n_samples, n_channels):
+        matrix: Any = channel_weights
+        if tuple(matrix.shape) == (n_samples, n_channels):
             equation = f"{f},nc->n{sites}"
-        elif weights.ndim == 3 and (weights.shape[0], weights.shape[2]) == (n_samples, n_channels):
+        elif matrix.ndim == 3 and (matrix.shape[0], matrix.shape[2]) == (n_samples, n_channels):
             equation = f"{f},nkc->nk{sites}"
         else:
-            raise ValueError(f"channel_weights of shape {tuple(weights.shape)} do not fit features "
+            raise ValueError(f"channel_weights of shape {tuple(matrix.shape)} do not fit features "
                              f"{tuple(features.shape)} in layout {layout}: expected (N={n_samples}, C={n_channels}) "
                              f"or (N, K, C)")
     elif site_weights is not None:
-        weights = site_weights
-        if tuple(weights.shape) == tuple(features.shape):
+        matrix = site_weights
+        if tuple(matrix.shape) == tuple(features.shape):
             equation = f"{f},{f}->n{sites}"
-        elif weights.ndim == features.ndim + 1 and weights.shape[0] == n_samples and \
-                tuple(weights.shape[2:]) == tuple(s for a, s in enumerate(features.shape) if a != layout.batch_axis):
+        elif matrix.ndim == features.ndim + 1 and matrix.shape[0] == n_samples and \
+                tuple(matrix.shape[2:]) == tuple(s for a, s in enumerate(features.shape) if a != layout.batch_axis):
             equation = f"{f},nk{without_batch}->nk{sites}"
         else:
-            raise ValueError(f"site_weights of shape {tuple(weights.shape)} do not fit features "
+            raise ValueError(f"site_weights of shape {tuple(matrix.shape)} do not fit features "
                              f"{tuple(features.shape)} in layout {layout}")
     else:
-        weights = class_weights
-        if weights.ndim != 2 or weights.shape[1] != n_channels:
-            raise ValueError(f"class_weights of shape {tuple(weights.shape)} do not fit features with "
+        matrix = class_weights
+        if matrix.ndim != 2 or matrix.shape[1] != n_channels:
+            raise ValueError(f"class_weights of shape {tuple(matrix.shape)} do not fit features with "
                              f"C={n_channels} channels: expected (K, {n_channels})")
         equation = f"{f},kc->nk{sites}"
     if _is_numpy(features):
-        maps = select_kernel(features).contract(equation, features, weights)
+        maps = select_kernel(features).contract(equation, features, matrix)
         _check_finite(maps, "class activation maps (from the features and weights)")
         return maps if dtype is None else maps.astype(dtype)
     import torch
@@ -112,7 +112,7 @@ def class_activation_map(
     out_dtype = dtype or features.dtype
     if features.dtype == torch.float16:  # accumulate in fp32; the fp16 cast is checked below
         features = features.float()
-    maps = select_kernel(features).contract(equation, features, weights)
+    maps = select_kernel(features).contract(equation, features, matrix)
     _check_finite(maps, "class activation maps (from the features and weights)")
     if maps.dtype != out_dtype:
         maps = maps.to(out_dtype)

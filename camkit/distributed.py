@@ -10,7 +10,6 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-
 DEVICE_TYPES = ("cpu", "cuda", "mps", "xpu")
 
 
@@ -108,7 +107,8 @@ class Distributed:
 
         if count < self.world:
             raise ValueError(f"{count} samples cannot be shared by {self.world} processes")
-        sampler = DistributedSampler(range(count), num_replicas=self.world, rank=self.rank, shuffle=False)
+        sampler: DistributedSampler[int] = DistributedSampler(range(count), num_replicas=self.world,  # type: ignore[arg-type]
+                                                             rank=self.rank, shuffle=False)
         # position i of this rank is global position rank + i * world; >= count means padding
         return [index for i, index in enumerate(sampler) if self.rank + i * self.world < count]
 

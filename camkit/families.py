@@ -37,5 +37,6 @@ class ModelFamily:
         from camkit.layout import Layout
         from camkit.locate import FeatureSource
 
-        return FeatureSource(CapturePoint.parse(model, self.target_layer(model)), Layout.parse(self.feature_layout(model)),
-                             classifier=self.classifier_weights(model), reason=f"model family {self.name!r}")
+        point = CapturePoint.parse(model, self.target_layer(model))
+        return FeatureSource(point, Layout.parse(self.feature_layout(model)), classifier=self.classifier_weights(model),
+                             reason=f"model family {self.name!r}")

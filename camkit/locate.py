@@ -231,7 +231,7 @@ def _from_token_blocks(model: Any, trace: _Trace, input_sizes: dict[str, int]) -
     """The input of the last of a run of identical transformer blocks taking (N, L, C) tokens."""
     import torch.nn as nn
 
-    first_call = {}
+    first_call: dict[int, _Call] = {}
     for call in trace.calls:
         first_call.setdefault(id(call.module), call)
     best: tuple[int, _Call, tuple[int, int, int]] | None = None

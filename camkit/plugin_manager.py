@@ -111,7 +111,7 @@ class PluginManager:
     def describe(self) -> list[dict[str, Any]]:
         """One entry per plugin: name, module, distribution, hooks it implements, status (loaded, failed,
         blocked)."""
-        rows = []
+        rows: list[dict[str, Any]] = []
         for name, plugin in sorted(self.pm.list_name_plugin(), key=lambda kv: kv[0]):
             if plugin is None:  # pluggy records a blocked name with no plugin
                 rows.append({"name": name, "module": None, "distribution": None, "hooks": [], "status": "blocked"})

@@ -59,7 +59,8 @@ def resolve_targets(targets: Any, logits: Any, topk: int | None = None) -> Any:
                              f"of {n}: pass one class id per sample, (N, K) ids, an int, topk=k or 'all'")
     bad = (ids < 0) | (ids >= num_classes)
     if bool(bad.any()):
-        raise ValueError(f"class id(s) {sorted(set(ids[bad].tolist()))} out of range: the model has {num_classes} classes")
+        raise ValueError(f"class id(s) {sorted(set(ids[bad].tolist()))} out of range: the model has {num_classes} "
+                         f"classes")
     return ids
 
 
@@ -252,7 +253,7 @@ class Negative:
     it (Grad-CAM's counterfactual explanations)."""
 
     def __init__(self, target: Callable[[Any], Any] | int) -> None:
-        self.target = ClassScore(target) if isinstance(target, numbers.Integral) else target
+        self.target: Callable[[Any], Any] = ClassScore(target) if isinstance(target, int) else target
 
     def __call__(self, output: Any) -> Any:
         return -self.target(output)
