@@ -67,7 +67,8 @@ def class_activation_map(
     if weights is not None:
         if any(w is not None for w in (channel_weights, site_weights, class_weights)):
             raise ValueError("pass weights either as a Weights or by keyword, not both")
-        return class_activation_map(features, layout, dtype=dtype, **{weights.keyword: weights.tensor})
+        by_kind: dict[str, Any] = {weights.keyword: weights.tensor}
+        return class_activation_map(features, layout, dtype=dtype, **by_kind)
     given = [w is not None for w in (channel_weights, site_weights, class_weights)]
     if sum(given) != 1:
         raise ValueError("pass exactly one of channel_weights, site_weights, class_weights")

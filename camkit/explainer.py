@@ -7,7 +7,7 @@ import functools
 import threading
 import weakref
 from dataclasses import dataclass, replace
-from typing import Any, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 from camkit.adapters import ModelInputs, describe, select_output
 from camkit.capture import CapturePoint, FeatureCapture, capture_features, evaluation_mode
@@ -17,6 +17,10 @@ from camkit.locate import FeatureSource, token_grid, tokens_to_grid
 from camkit.methods import CamMethod, WeightContext, Weights
 from camkit.plugin_manager import get_plugin_manager, lookup
 from camkit.targets import Target, resolve_targets  # noqa: F401  (resolve_targets: public name)
+
+if TYPE_CHECKING:  # importing camkit stays torch-free
+    import numpy as np
+    from torch import Tensor, nn
 
 
 @dataclass
@@ -29,21 +33,21 @@ class CamResult:
     (selected) output, ``(N, num_classes)`` for a classifier. ``target_scores``: what the maps explain,
     the target's raw score per map (a logit for class ids)."""
 
-    maps: Any
-    targets: Any
-    logits: Any
+    maps: Tensor
+    targets: Tensor | None
+    logits: Any  # a tensor for classifiers; the selected model output in general
     method: str
     layer: str
     layout: str
     map_letters: str
-    target_scores: Any = None
+    target_scores: Tensor | None = None
 
     @property
-    def probabilities(self) -> Any:
+    def probabilities(self) -> Tensor:
         return self.logits.float().softmax(dim=-1)
 
     @property
-    def scores(self) -> Any:
+    def scores(self) -> Tensor | None:
         """Probability of each target class, shaped like ``targets``; for a callable target without
         class ids, its scores (``target_scores``)."""
         if self.targets is None:
@@ -66,7 +70,7 @@ class CamResult:
     def cpu(self) -> "CamResult":
         return self.to("cpu")
 
-    def numpy(self) -> Any:
+    def numpy(self) -> "np.ndarray":
         """The maps as a float32 numpy array (on the CPU)."""
         return self.maps.detach().float().cpu().numpy()
 
@@ -142,7 +146,7 @@ class Explainer:
 
     def __init__(
         self,
-        model: Any,
+        model: nn.Module,
         method: str | CamMethod = "cam",
         layer: Any = None,
         layout: str | Layout | None = None,
@@ -395,8 +399,8 @@ def _target_gradients(target: "Target", features: Any, layout: Layout, layer: st
 
 
 def explain(
-    model: Any,
-    inputs: Any,
+    model: nn.Module,
+    inputs: Tensor | Sequence[Tensor] | Mapping[str, Any],
     method: str | CamMethod = "cam",
     layer: Any = None,
     targets: Any = None,

@@ -14,9 +14,12 @@ demand, only if the method sets ``needs_gradients = True``) and a way to run the
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from camkit.layout import Layout
+
+if TYPE_CHECKING:  # importing camkit stays torch-free
+    from torch import Tensor, nn
 
 
 @dataclass(frozen=True)
@@ -25,7 +28,7 @@ class Weights:
     (``"channel"`` (N, [K,] C), ``"site"`` (features' shape, or N, K, ...) or ``"class"`` (K, C))."""
 
     kind: str
-    tensor: Any
+    tensor: Tensor
 
     KINDS = ("channel", "site", "class")
 
@@ -39,15 +42,15 @@ class Weights:
         return f"{self.kind}_weights"
 
     @classmethod
-    def channel(cls, tensor: Any) -> "Weights":
+    def channel(cls, tensor: Tensor) -> "Weights":
         return cls("channel", tensor)
 
     @classmethod
-    def site(cls, tensor: Any) -> "Weights":
+    def site(cls, tensor: Tensor) -> "Weights":
         return cls("site", tensor)
 
     @classmethod
-    def per_class(cls, tensor: Any) -> "Weights":
+    def per_class(cls, tensor: Tensor) -> "Weights":
         return cls("class", tensor)
 
 
@@ -55,26 +58,28 @@ class Weights:
 class WeightContext:
     """Everything a method may use. ``targets`` is ``(N,)`` or ``(N, K)`` class ids."""
 
-    model: Any
-    inputs: Any
+    model: nn.Module
+    inputs: Tensor
     layer: str
     layout: Layout
-    features: Any
-    logits: Any
-    targets: Any
+    features: Tensor
+    logits: Any  # the scored output: (N, classes) logits for a classifier, any output for callable targets
+    targets: Tensor | None  # None for a callable target without class ids
     input_size: Mapping[str, int]
     input_layout: Layout
-    classifier: Callable[[int], Any]
+    classifier: Callable[[int], Tensor]
     forward: Callable[..., Any]  # forward(inputs, owners=None): the scored output for a new primary input
-    _gradient_fn: Callable[[], Any] | None = field(default=None, repr=False)
-    _gradients: Any = field(default=None, repr=False)
-    target_scores: Any = None  # (N,) or (N, K): what the maps explain (a logit for class ids)
-    classifier_bias: Callable[[], Any] = lambda: None  # the bias of ``classifier``'s layer, None if unknown
+    _gradient_fn: Callable[[], Tensor] | None = field(default=None, repr=False)
+    _gradients: Tensor | None = field(default=None, repr=False)
+    target_scores: Tensor | None = None  # (N,) or (N, K): what the maps explain (a logit for class ids)
+    classifier_bias: Callable[[], Tensor | None] = lambda: None  # the bias of ``classifier``'s layer, if known
     other_inputs: bool = False  # the model takes other per-sample inputs beside ``inputs`` (see ``forward``)
 
     @property
     def multi_target(self) -> bool:
-        return (self.targets if self.target_scores is None else self.target_scores).ndim == 2
+        scores = self.target_scores if self.target_scores is not None else self.targets
+        assert scores is not None, "a WeightContext has target scores or class ids"
+        return scores.ndim == 2
 
     @property
     def gradients(self) -> Any:
