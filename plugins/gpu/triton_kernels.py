@@ -21,11 +21,6 @@ import triton.language as tl
 BLOCK = 1024
 
 
-def available() -> bool:
-    """Whether triton imported (this module only loads if so)."""
-    return True
-
-
 @triton.jit
 def _row_range(lo, hi, tiny, rel_eps):
     """Row minimum, whether the row is constant, and the span to divide by (1 where constant)."""

@@ -344,7 +344,7 @@ def build_skeleton_npy(split: str = "train", seed: int = 0, root: str | None = N
 
 # ---------------------------------------------------------------- procedural NTU-25 generator
 
-L_ARM, R_ARM = (4, 5, 6, 7, 21, 22), (8, 9, 10, 11, 23, 24)
+L_ARM, R_ARM = NTU25_PARTS["left arm"], NTU25_PARTS["right arm"]
 GROUPS = {"left arm": L_ARM, "right arm": R_ARM, "legs": NTU25_PARTS["two legs"], "trunk": NTU25_PARTS["trunk"]}
 
 #: Each class: two cues (motions of different body-part groups); each cue identifies its class alone.

@@ -311,9 +311,6 @@ class SkeletonFamily(ModelFamily):
     def target_layer(self, model: Any) -> str:
         return "features"
 
-    def feature_layout(self, model: Any) -> str:
-        return self.layout
-
     def classifier_weights(self, model: Any) -> Any:
         return model.classifier_weights()
 
