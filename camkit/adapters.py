@@ -67,10 +67,14 @@ class ModelInputs:
         return int(self.tensor.shape[0])
 
     def validate(self) -> None:
+        from camkit.validation import require_finite
+
         x = self.tensor
         if x.ndim < 2 or x.shape[0] == 0:
             raise ValueError(f"inputs of shape {tuple(x.shape)} are not a non-empty batch")
         for name, tensor in self.named_tensors().items():
+            if tensor.is_floating_point():
+                require_finite(tensor, "the input batch" if len(self.named_tensors()) == 1 else f"input {name!r}")
             if tensor.ndim >= 1 and tensor.shape[0] != x.shape[0]:
                 raise ValueError(f"input {name!r} has batch size {tensor.shape[0]} but the primary input "
                                  f"{self.primary!r} has {x.shape[0]}: every input tensor needs the batch on its "

@@ -60,6 +60,12 @@ def test_non_finite_maps_and_logits_are_errors():
         camkit.postprocess(maps, "NHW", layout="NCHW")
     with pytest.raises(NonFiniteError, match="class activation maps .* contain NaN"):
         camkit.class_activation_map(torch.rand(1, 2, 3, 3), "NCHW", channel_weights=torch.tensor([[1.0, float("nan")]]))
+    x = torch.rand(2, 3, 6, 6)
+    x[1, 0, 2, 2] = float("nan")
+    with pytest.raises(NonFiniteError, match="the input batch is not finite: 1 NaN"):
+        camkit.explain(gap_net(), x, "gradcam")
+    with pytest.raises(NonFiniteError, match="input 'scale' is not finite: 0 NaN and 1 infinite"):
+        camkit.explain(gap_net(), {"input": x.nan_to_num(), "scale": torch.tensor([1.0, float("inf")])}, "gradcam")
     model = gap_net()
     with torch.no_grad():
         model[4].bias[1] = float("inf")
