@@ -54,10 +54,11 @@ AGREEMENT_TOLERANCE = 1e-3
 # known formula differences, so a large difference there is reported, not treated as a bug
 KNOWN_DIFFERENCES = {
     ("pytorch-grad-cam", "scorecam"): "softmax over the channel scores; align_corners=True upsampling of the masks",
-    ("pytorch-grad-cam", "gradcam++"): "adds 1e-7 to the alpha denominator, not small next to the tiny gradients",
+    ("pytorch-grad-cam", "gradcam++"): "adds 1e-6 to the alpha denominator, not small next to the tiny gradients",
     ("torchcam", "gradcam++"): "alpha stays g^2: `alpha[mask].div_` divides a copy; sums g^3 * f over sites",
-    ("torchcam", "scorecam"): "masks not min-max normalised per channel before the forward",
-    ("pytorch-grad-cam", "eigencam"): "sign of the first principal component left arbitrary",
+    ("torchcam", "scorecam"): "softmax over the channel scores (target score minus the baseline's), not over classes",
+    ("pytorch-grad-cam", "eigencam"): "centres each channel before the SVD (another principal direction); sign left "
+                                      "arbitrary",
 }
 # The targets: (name, camkit method, Row measure or "speedup:<toolkit>", comparison, bar).
 GPU_TARGETS = (
