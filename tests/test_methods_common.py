@@ -15,6 +15,7 @@ NEW_METHODS = {
     "eigengradcam": {},
     "fem": {},
     "randomcam": {"seed": 0},
+    "ablationcam": {"chunk_size": 16},
 }
 SHAPES = {1: (3, 3, 12), 2: (3, 3, 8, 8), 3: (3, 3, 4, 6, 6)}
 

@@ -1,0 +1,53 @@
+"""Helpers for methods that run the model again with the target layer's output replaced or that
+need gradients the core does not hand out (a rerun with a hook of their own)."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Callable, Iterator
+
+from camkit.methods import WeightContext
+
+
+@contextlib.contextmanager
+def replaced_output(ctx: WeightContext, replace: Callable[[Any], Any]) -> Iterator[None]:
+    """Inside the block, every forward of ``ctx.model`` hands the layers after ``ctx.layer`` the tensor
+    ``replace(output)`` instead of the layer's output. The hook is removed on exit, also on errors."""
+    from camkit.capture import resolve_layer
+
+    _, module = resolve_layer(ctx.model, ctx.layer)
+    handle = module.register_forward_hook(lambda m, i, output: replace(output))
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+def check_untransformed(ctx: WeightContext, output: Any, method: str) -> None:
+    """Methods that write the layer's output must see it as ``ctx.features`` (no ``feature_transform``)."""
+    batch = ctx.layout.batch_axis  # a rerun may hold another number of samples
+    if output.ndim != ctx.features.ndim or any(a != b for i, (a, b) in enumerate(zip(output.shape, ctx.features.shape))
+                                               if i != batch):
+        raise ValueError(f"{method} replaces the output of layer {ctx.layer!r}, but its features were reshaped "
+                         f"by feature_transform ({tuple(output.shape)} -> {tuple(ctx.features.shape)}); "
+                         f"use it without feature_transform (e.g. layout='NLC' for tokens)")
+
+
+def rerun_gradients(ctx: WeightContext, inputs: Any, score: Callable[[Any], Any], method: str) -> tuple[Any, Any]:
+    """``(features, d score(logits).sum() / d features)`` of the target layer for ``inputs``: one extra
+    forward and backward with a hook of this method's own, for gradients of scores the core does not
+    compute (other classes, noisy inputs). Never touches parameter ``.grad`` (``autograd.grad``)."""
+    import torch
+
+    seen: dict[str, Any] = {}
+
+    def leaf(output: Any) -> Any:
+        check_untransformed(ctx, output, method)
+        seen["f"] = output.detach().clone().requires_grad_(True)
+        return seen["f"].clone()
+
+    with torch.inference_mode(False), torch.enable_grad(), replaced_output(ctx, leaf):
+        x = inputs.clone() if inputs.is_inference() else inputs
+        logits = ctx.forward(x)
+        g = torch.autograd.grad(score(logits).sum(), seen["f"])[0]
+    return seen["f"].detach(), g
