@@ -16,6 +16,8 @@ NEW_METHODS = {
     "fem": {},
     "randomcam": {"seed": 0},
     "ablationcam": {"chunk_size": 16},
+    "finercam": {"comparisons": 2},
+    "smoothgradcam++": {"std": 0.0, "num_samples": 2},  # noise draws differ between a batch and a loop
 }
 SHAPES = {1: (3, 3, 12), 2: (3, 3, 8, 8), 3: (3, 3, 4, 6, 6)}
 
@@ -66,3 +68,13 @@ def test_model_state_is_left_as_found(method):
     assert all(torch.equal(p, q) for p, q in zip(model.parameters(), params))
     assert all(not m._forward_hooks and not m._forward_pre_hooks and not m._backward_hooks for m in model.modules())
     assert torch.is_grad_enabled()
+
+
+@pytest.mark.parametrize("method", sorted(NEW_METHODS))
+def test_works_inside_the_callers_inference_mode(method):
+    model = GapNet(2).eval()
+    x = torch.randn(2, 3, 8, 8)
+    expected = run(model, x, method).maps
+    with torch.inference_mode():
+        got = run(model, torch.randn(2, 3, 8, 8).copy_(x), method).maps
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-4)

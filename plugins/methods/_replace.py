@@ -34,9 +34,10 @@ def check_untransformed(ctx: WeightContext, output: Any, method: str) -> None:
 
 
 def rerun_gradients(ctx: WeightContext, inputs: Any, score: Callable[[Any], Any], method: str) -> tuple[Any, Any]:
-    """``(features, d score(logits).sum() / d features)`` of the target layer for ``inputs``: one extra
-    forward and backward with a hook of this method's own, for gradients of scores the core does not
-    compute (other classes, noisy inputs). Never touches parameter ``.grad`` (``autograd.grad``)."""
+    """``(features, gradients)`` of the target layer for ``inputs``: one extra forward and one backward per
+    column of ``score(logits)`` (``(N,)`` or ``(N, K)``), with a hook of this method's own, for gradients
+    of scores the core does not compute (other classes, noisy inputs). Gradients are shaped like
+    ``ctx.gradients`` (the features' shape, or ``(N, K, ...)`` batch first). Never touches ``.grad``."""
     import torch
 
     seen: dict[str, Any] = {}
@@ -48,6 +49,10 @@ def rerun_gradients(ctx: WeightContext, inputs: Any, score: Callable[[Any], Any]
 
     with torch.inference_mode(False), torch.enable_grad(), replaced_output(ctx, leaf):
         x = inputs.clone() if inputs.is_inference() else inputs
-        logits = ctx.forward(x)
-        g = torch.autograd.grad(score(logits).sum(), seen["f"])[0]
-    return seen["f"].detach(), g
+        scores = score(ctx.forward(x))
+        if scores.ndim == 1:
+            return seen["f"].detach(), torch.autograd.grad(scores.sum(), seen["f"])[0]
+        k = scores.shape[1]
+        grads = [torch.autograd.grad(scores[:, j].sum(), seen["f"], retain_graph=j < k - 1)[0]
+                 .movedim(ctx.layout.batch_axis, 0) for j in range(k)]
+    return seen["f"].detach(), torch.stack(grads, dim=1)
