@@ -39,6 +39,9 @@ _LAZY = {
     "lookup": "camkit.plugin_manager",
     "temporary_plugin": "camkit.plugin_manager",
     "list_plugins": "camkit.cli",
+    "eigen_smooth": "camkit.ensemble",
+    "explain_layers": "camkit.ensemble",
+    "explain_augmented": "camkit.ensemble",
 }
 
 __all__ = ["__version__", "hookimpl", "hookspec", *sorted(_LAZY)]

@@ -54,3 +54,16 @@ def normalise(m):
     flat = m.flatten(1)
     lo, hi = flat.min(1, keepdim=True).values, flat.max(1, keepdim=True).values
     return torch.where(hi > lo, (flat - lo) / (hi - lo).clamp_min(1e-30), torch.zeros_like(flat)).view_as(m)
+
+
+def numpy_projection_maps(weighted):
+    """(N, C, H, W) weighted features -> (N, H, W) projections on each sample's first right-singular
+    vector (numpy SVD of the sites x channels matrix, not centred), signed to sum positive."""
+    import numpy as np
+
+    maps = []
+    for sample in weighted:
+        p = sample.reshape(sample.shape[0], -1).T.double().numpy()
+        projection = p @ np.linalg.svd(p)[2][0]
+        maps.append(torch.from_numpy(projection * np.sign(projection.sum())).float().view(sample.shape[1:]))
+    return torch.stack(maps)
