@@ -80,3 +80,38 @@ def test_works_inside_the_callers_inference_mode(method):
     with torch.inference_mode():
         got = run(model, torch.randn(2, 3, 8, 8).copy_(x), method).maps
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-4)
+
+
+class ChannelsLast(torch.nn.Module):
+    """A token-style model whose target layer outputs (N, H, W, C) (layout NHWC)."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed = torch.nn.Conv2d(3, 4, 2, stride=2)
+        self.mix = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.ReLU())
+        self.fc = torch.nn.Linear(4, 3)
+
+    def forward(self, x):
+        return self.fc(self.mix(self.embed(x).permute(0, 2, 3, 1)).mean((1, 2)))
+
+
+class Skeleton(torch.nn.Module):
+    """(N, C, T, V, M) clips -> features (N, 4, T, V, M) (layout NCTVM) -> mean -> classes."""
+
+    def __init__(self):
+        super().__init__()
+        self.body = torch.nn.Sequential(torch.nn.Conv3d(3, 4, (3, 1, 1), padding=(1, 0, 0)), torch.nn.ReLU())
+        self.fc = torch.nn.Linear(4, 3)
+
+    def forward(self, x):
+        return self.fc(self.body(x).mean((2, 3, 4)))
+
+
+@pytest.mark.parametrize("method", sorted(NEW_METHODS))
+def test_channels_last_and_skeleton_layouts(method):
+    x = torch.randn(2, 3, 8, 8)
+    res = run(ChannelsLast().eval(), x, method, layer="mix", layout="NHWC", topk=2)
+    assert res.maps.shape == (2, 2, 8, 8) and torch.isfinite(res.maps).all()
+    clips = torch.randn(2, 3, 6, 5, 2)
+    res = run(Skeleton().eval(), clips, method, layer="body", layout="NCTVM", reduce="M")
+    assert res.maps.shape == (2, 6, 5) and res.map_letters == "NTV" and torch.isfinite(res.maps).all()
