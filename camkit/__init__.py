@@ -42,6 +42,7 @@ _LAZY = {
     "eigen_smooth": "camkit.ensemble",
     "explain_layers": "camkit.ensemble",
     "explain_augmented": "camkit.ensemble",
+    "deep_feature_factorization": "camkit.factorization",
 }
 
 __all__ = ["__version__", "hookimpl", "hookspec", *sorted(_LAZY)]
