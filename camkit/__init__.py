@@ -43,6 +43,8 @@ _LAZY = {
     "explain_layers": "camkit.ensemble",
     "explain_augmented": "camkit.ensemble",
     "deep_feature_factorization": "camkit.factorization",
+    "guided_backprop": "camkit.guided",
+    "guided_gradcam": "camkit.guided",
 }
 
 __all__ = ["__version__", "hookimpl", "hookspec", *sorted(_LAZY)]
