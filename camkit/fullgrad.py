@@ -48,9 +48,9 @@ def fullgrad(model: Any, inputs: Any, targets: Any = None, *, topk: int | None =
     normalise every channel separately, pytorch-grad-cam's convention (its maps then agree to ~1e-7)."""
     import torch
 
-    from camkit.capture import evaluation_mode
     from camkit.contraction import postprocess
-    from camkit.explainer import CamResult, resolve_targets
+    from camkit.explainer import CamResult
+    from camkit.guided import input_gradient_pass
 
     layers = [(name, m) for name, m in model.named_modules()
               if type(m).__name__ in BIAS_TYPES and getattr(m, "bias", None) is not None]
@@ -66,11 +66,7 @@ def fullgrad(model: Any, inputs: Any, targets: Any = None, *, topk: int | None =
 
     handles = [m.register_forward_hook(keep) for _, m in layers]
     try:
-        with torch.inference_mode(False), torch.enable_grad(), evaluation_mode(model, eval_mode):
-            x = inputs.detach().clone().requires_grad_(True)
-            logits = model(x)
-            ids = resolve_targets(targets, logits.detach(), topk)
-            columns = ids.unsqueeze(1) if ids.ndim == 1 else ids
+        with input_gradient_pass(model, inputs, targets, topk, eval_mode) as (x, logits, ids, columns):
             for module, out in outputs:
                 if out.shape[0] != x.shape[0] or out.ndim != x.ndim:
                     raise ValueError(f"a {type(module).__name__} outputs {tuple(out.shape)} for inputs "

@@ -15,8 +15,9 @@ a model whose ReLUs are all functional (``F.relu``) is an error, since no ReLU w
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterator
 
 from camkit.layout import Layout, layout_for_rank
 
@@ -31,6 +32,23 @@ class GuidedResult:
     targets: Any
     logits: Any
     map_letters: str
+
+
+@contextlib.contextmanager
+def input_gradient_pass(model: Any, inputs: Any, targets: Any, topk: int | None,
+                        eval_mode: bool) -> Iterator[tuple[Any, Any, Any, Any]]:
+    """``(x, logits, ids, columns)`` of a forward that records autograd from a copy ``x`` of the inputs
+    (also inside the caller's inference_mode); ``columns`` is ``(N, K)`` class ids, K >= 1."""
+    import torch
+
+    from camkit.capture import evaluation_mode
+    from camkit.explainer import resolve_targets
+
+    with torch.inference_mode(False), torch.enable_grad(), evaluation_mode(model, eval_mode):
+        x = inputs.detach().clone().requires_grad_(True)
+        logits = model(x)
+        ids = resolve_targets(targets, logits.detach(), topk)
+        yield x, logits, ids, ids.unsqueeze(1) if ids.ndim == 1 else ids
 
 
 def _guided_relu() -> Any:
@@ -58,9 +76,6 @@ def guided_backprop(model: Any, inputs: Any, targets: Any = None, *, topk: int |
     ``input_layout``, default channels-first by rank: ``NCL``, ``NCHW``, ``NCDHW``)."""
     import torch
 
-    from camkit.capture import evaluation_mode
-    from camkit.explainer import resolve_targets
-
     relus = [m for m in model.modules() if isinstance(m, torch.nn.ReLU)]
     if not relus:
         raise ValueError(f"model {type(model).__name__} has no torch.nn.ReLU modules: guided backpropagation "
@@ -70,11 +85,7 @@ def guided_backprop(model: Any, inputs: Any, targets: Any = None, *, topk: int |
     layout = Layout.parse(input_layout) if input_layout is not None else layout_for_rank(inputs.ndim)
     layout.check(inputs.shape, "inputs")
     try:
-        with torch.inference_mode(False), torch.enable_grad(), evaluation_mode(model, eval_mode):
-            x = inputs.detach().clone().requires_grad_(True)
-            logits = model(x)
-            ids = resolve_targets(targets, logits.detach(), topk)
-            columns = ids.unsqueeze(1) if ids.ndim == 1 else ids
+        with input_gradient_pass(model, inputs, targets, topk, eval_mode) as (x, logits, ids, columns):
             grads = [torch.autograd.grad(logits.gather(1, columns[:, j:j + 1]).sum(), x,
                                          retain_graph=j < columns.shape[1] - 1)[0] for j in range(columns.shape[1])]
     finally:
