@@ -14,6 +14,7 @@ persons M) never are: asking for it is an error.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import replace
 from typing import Any, Callable, Iterable, Sequence
 
@@ -39,16 +40,18 @@ class EigenSmoothed(CamMethod):
         if isinstance(method, str):
             from camkit.plugin_manager import lookup
 
-            method = lookup("methods", method)(**method_options)
+            inner: CamMethod = lookup("methods", method)(**method_options)
         elif method_options:
             raise TypeError("method options go with a method name, not with a method object")
-        self.inner = method
+        else:
+            inner = method
+        self.inner = inner
+        method = inner
         self.name = f"{getattr(method, 'name', type(method).__name__)}+eigen"
         self.needs_gradients = method.needs_gradients
 
     def weights(self, ctx: WeightContext) -> Weights:
         import torch
-
         from camkit_plugins.methods.eigengradcam import oriented_first_component
 
         found = self.inner.weights(ctx)
@@ -117,14 +120,15 @@ def explain_layers(model: Any, inputs: Any, method: "str | CamMethod" = "gradcam
         raise ValueError(f"{len(layouts)} layouts for {len(layers)} layers")
     if not options.get("normalize", True) or not options.get("upsample", True) and "output_size" not in options:
         raise ValueError("fusing layers needs maps on one scale and one grid: keep normalize and upsample on")
-    results = []
+    results: list[Any] = []
     for i, layer in enumerate(layers):
         layout = layouts[i] if layouts is not None else None
         result = Explainer(model, method, layer, layout, **options)(inputs, targets, topk=topk)
         if not results:  # the first layer chose the classes: every other layer explains the same ones
             targets, topk = result.targets, None
         elif result.maps.shape != results[0].maps.shape or result.map_letters != results[0].map_letters:
-            raise ValueError(f"layer {result.layer!r} gives maps {result.map_letters} {tuple(result.maps.shape)}, layer "
+            raise ValueError(f"layer {result.layer!r} gives maps {result.map_letters} {tuple(result.maps.shape)}, "
+                             f"layer "
                              f"{results[0].layer!r} {results[0].map_letters} {tuple(results[0].maps.shape)}: "
                              f"they cannot be fused (a discrete axis such as joints differs?)")
         results.append(result)
@@ -156,6 +160,8 @@ def explain_augmented(model: Any, inputs: Any, method: "str | CamMethod" = "grad
     averaged, then min-max normalised. Targets are chosen once on the unaugmented input. Only
     continuous axes of the input layout (``input_layout``, default ``NC`` + the sites of the
     features, e.g. ``NCHW``) may be flipped or scaled. Other options as for ``Explainer``."""
+    import torch
+
     from camkit.explainer import Explainer
     from camkit.kernels import select_kernel
 
@@ -176,8 +182,8 @@ def explain_augmented(model: Any, inputs: Any, method: "str | CamMethod" = "grad
     sizes = input_layout.sizes(inputs.shape)
     augmented: list[tuple[Any, Callable[[Any], Any]]] = []
     for letter in flips:  # flip the input; flip the map back
-        augmented.append((inputs.flip(input_layout.letters.index(letter)),
-                          lambda maps, ch=letter: maps.flip(first.map_letters.index(ch))))
+        axis = first.map_letters.index(letter)
+        augmented.append((inputs.flip(input_layout.letters.index(letter)), functools.partial(torch.flip, dims=(axis,))))
     for factor in scales:  # the map is resampled straight to the input's size: nothing left to undo
         new = {input_layout.letters.index(ch): max(1, round(sizes[ch] * float(factor))) for ch in axes}
         augmented.append((select_kernel(inputs).resample(inputs, new), lambda maps: maps))

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from camkit.layout import Layout
+from camkit.methods import CamMethod
 
 
 @dataclass
@@ -64,7 +65,6 @@ def deep_feature_factorization(model: Any, inputs: Any, layer: Any = None, layou
     ``concepts`` non-negative concepts. ``options`` as for ``Explainer`` (``upsample``, ``reduce``,
     ``output_size``, ``classifier_weights``, ...). Works for any layout: the factorised matrix is
     channels x (samples x sites)."""
-    import torch
 
     from camkit.contraction import postprocess
     from camkit.explainer import Explainer
@@ -106,7 +106,7 @@ def deep_feature_factorization(model: Any, inputs: Any, layer: Any = None, layou
                                map_letters="".join(ch for ch in letters if ch not in reduce), loss=loss)
 
 
-class _KeepFeatures:
+class _KeepFeatures(CamMethod):
     """A method that records its context and returns zero weights (its map is not used)."""
 
     name = "dff"

@@ -27,8 +27,9 @@ BIAS_TYPES = ("Conv1d", "Conv2d", "Conv3d", "BatchNorm1d", "BatchNorm2d", "Batch
 def _bias(module: Any) -> Any:
     import torch
 
-    if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
-        return module.bias - module.running_mean * module.weight / torch.sqrt(module.running_var + module.eps)
+    if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):  # eval-mode statistics folded into one bias
+        norm: Any = module
+        return norm.bias - norm.running_mean * norm.weight / torch.sqrt(norm.running_var + norm.eps)
     return module.bias
 
 
@@ -72,15 +73,15 @@ def fullgrad(model: Any, inputs: Any, targets: Any = None, *, topk: int | None =
                     raise ValueError(f"a {type(module).__name__} outputs {tuple(out.shape)} for inputs "
                                      f"{tuple(x.shape)}: FullGrad needs layers that keep the batch and the site axes")
             tensors = [x] + [out for _, out in outputs]
-            maps = []
+            per_target = []
             for j in range(columns.shape[1]):
                 grads = torch.autograd.grad(logits.gather(1, columns[:, j:j + 1]).sum(), tensors,
                                             retain_graph=j < columns.shape[1] - 1, allow_unused=True)
-                maps.append(_one_target(x, grads, outputs, per_channel))
+                per_target.append(_one_target(x, grads, outputs, per_channel))
     finally:
         for handle in handles:
             handle.remove()
-    maps = torch.stack(maps, dim=1) if ids.ndim == 2 else maps[0]
+    maps = torch.stack(per_target, dim=1) if ids.ndim == 2 else per_target[0]
     letters = ("NK" if ids.ndim == 2 else "N") + layout.site_letters
     maps = postprocess(maps.detach(), letters, layout=layout, relu=False, normalize=True)
     return CamResult(maps=maps, targets=ids, logits=logits.detach(), method="fullgrad",

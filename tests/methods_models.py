@@ -13,8 +13,8 @@ class GapNet(nn.Module):
     def __init__(self, dims: int = 2, classes: int = 4, channels: int = 6, in_channels: int = 3) -> None:
         super().__init__()
         conv = CONV[dims]
-        self.body = nn.Sequential(conv(in_channels, channels, 3, padding=1), nn.ReLU(), conv(channels, channels, 3, padding=1),
-                                  nn.ReLU())
+        self.body = nn.Sequential(conv(in_channels, channels, 3, padding=1), nn.ReLU(),
+                                  conv(channels, channels, 3, padding=1), nn.ReLU())
         self.pool = POOL[dims](1)
         self.fc = nn.Linear(channels, classes)
 

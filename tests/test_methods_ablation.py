@@ -20,7 +20,7 @@ def ablation_by_loop(net, layer, x, targets):
         for k in range(f.shape[1]):
             ablated = f[n:n + 1].clone()
             ablated[:, k] = 0
-            handle = layer.register_forward_hook(lambda m, i, o: ablated)
+            handle = layer.register_forward_hook(lambda m, i, o, a=ablated: a)
             with torch.no_grad():
                 drop = score - net(x[n:n + 1])[0, targets[n]]
             handle.remove()
@@ -63,6 +63,6 @@ def test_ablationcam_options_and_transformed_features_are_clear_errors():
     with pytest.raises(ValueError, match="closed_form"):
         explain(GapNet(2).eval(), torch.randn(2, 3, 8, 8), "ablationcam", method_options={"closed_form": "yes"})
     net = GapNet(2).eval()
-    to_nhwc = lambda f: f.permute(0, 2, 3, 1)  # noqa: E731
+    to_nhwc = lambda f: f.permute(0, 2, 3, 1)
     with pytest.raises(ValueError, match="feature_transform"):
         explain(net, torch.randn(2, 3, 8, 8), "ablationcam", layer="body", layout="NHWC", feature_transform=to_nhwc)

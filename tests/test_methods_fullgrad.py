@@ -21,8 +21,8 @@ def net_for(dims):
         bn.running_var.uniform_(0.5, 2)
         bn.weight.uniform_(0.5, 1.5)
         bn.bias.uniform_(-1, 1)
-    return nn.Sequential(CONV[dims](3, 4, 3, padding=1), bn, nn.ReLU(inplace=True), CONV[dims](4, 5, 3, stride=2, padding=1),
-                         nn.ReLU(), nn.Flatten(1), nn.LazyLinear(3)).eval()
+    return nn.Sequential(CONV[dims](3, 4, 3, padding=1), bn, nn.ReLU(inplace=True),
+                         CONV[dims](4, 5, 3, stride=2, padding=1), nn.ReLU(), nn.Flatten(1), nn.LazyLinear(3)).eval()
 
 
 def post(t):

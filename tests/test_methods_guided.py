@@ -47,8 +47,8 @@ def test_guided_backprop_matches_hand_guided_relus(dims, shape):
         torch.testing.assert_close(top.maps[:, k], by_hand(net, x, top.targets[:, k]), atol=1e-6, rtol=1e-5)
     one = guided_backprop(net, x, top.targets[:, 0])
     torch.testing.assert_close(one.maps, top.maps[:, 0])
-    assert not torch.equal(one.maps, torch.autograd.grad(net(x.requires_grad_(True)).gather(1, top.targets[:, :1]).sum(),
-                                                         x)[0])  # the guidance changes the plain gradient
+    plain = torch.autograd.grad(net(x.requires_grad_(True)).gather(1, top.targets[:, :1]).sum(), x)[0]
+    assert not torch.equal(one.maps, plain)  # the guidance changes the plain gradient
 
 
 def test_guided_gradcam_is_guided_backprop_times_the_gradcam_map_and_leaves_the_model_alone():

@@ -28,7 +28,8 @@ def test_iscam_integrates_the_score_along_the_scaled_masks():
     x = torch.randn(2, 3, 6, 6)
     targets = torch.tensor([1, 0])
     steps = 4
-    expected = score_variants_by_loop(net, x, targets, lambda mask, n, k: [mask * i / steps for i in range(1, steps + 1)])
+    expected = score_variants_by_loop(net, x, targets,
+                                      lambda mask, n, k: [mask * i / steps for i in range(1, steps + 1)])
     got = explain(net, x, "iscam", layer="features", targets=targets, upsample=False,
                   method_options={"num_samples": steps, "chunk_size": 3})
     torch.testing.assert_close(got.maps, expected, atol=1e-5, rtol=1e-4)

@@ -45,7 +45,6 @@ class AblationCam(CamMethod):
 
     def _closed_form_drops(self, ctx: WeightContext, ids: Any) -> Any:
         """``(N, K, C)`` exact score drops for a GAP + linear head, or None when the head is not one."""
-        import torch
 
         channels = ctx.features.shape[ctx.layout.channel_axis]
         try:
@@ -63,7 +62,6 @@ class AblationCam(CamMethod):
         """One forward with every channel rescaled by a random factor: for GAP + linear the logits move
         by exactly (pooled' - pooled) W^T."""
         import torch
-
         from camkit_plugins.methods._replace import check_untransformed, replaced_output
         from camkit_plugins.methods.cam import DEFAULT_HEAD_TOLERANCE, HEAD_TOLERANCE
 
@@ -87,7 +85,6 @@ class AblationCam(CamMethod):
     def _ablated_scores(self, ctx: WeightContext, ids: Any) -> Any:
         """``(N, K, C)`` target scores with channel k zeroed, all pairs batched ``chunk_size`` at a time."""
         import torch
-
         from camkit_plugins.methods._replace import check_untransformed, replaced_output
 
         layout, in_layout = ctx.layout, ctx.input_layout

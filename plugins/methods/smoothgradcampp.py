@@ -37,7 +37,6 @@ class SmoothGradCamPlusPlus(CamMethod):
 
     def weights(self, ctx: WeightContext) -> Weights:
         import torch
-
         from camkit_plugins.methods._replace import rerun_gradients
 
         ids = ctx.targets if ctx.multi_target else ctx.targets[:, None]
@@ -51,8 +50,8 @@ class SmoothGradCamPlusPlus(CamMethod):
         for start in range(0, len(copies), per_chunk):
             rows = slice(start, start + per_chunk)
             ids_rows = ids[owner[rows]]
-            _, g = rerun_gradients(ctx, copies[rows].movedim(0, batch_axis), lambda out: out.float().gather(1, ids_rows.clone()),
-                                   self.name)
+            _, g = rerun_gradients(ctx, copies[rows].movedim(0, batch_axis),
+                                   lambda out, i=ids_rows: out.float().gather(1, i.clone()), self.name)
             g = g.double().unflatten(0, (-1, n))  # (draws, N, K, ...): sums in float64, g^3 is tiny
             for p in range(3):
                 sums[p] = sums[p] + (g ** (p + 1)).sum(dim=0)
