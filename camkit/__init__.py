@@ -45,7 +45,6 @@ _LAZY = {
     "deep_feature_factorization": "camkit.factorization",
     "guided_backprop": "camkit.guided",
     "guided_gradcam": "camkit.guided",
-    "fullgrad": "camkit.fullgrad",
 }
 
 __all__ = ["__version__", "hookimpl", "hookspec", *sorted(_LAZY)]

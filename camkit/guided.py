@@ -9,7 +9,8 @@ Guided Grad-CAM multiplies it by the (upsampled, normalised) Grad-CAM map of the
 ``guided(x) * M_c`` broadcast over the input's channels. Both are input-resolution maps, not a
 contraction of one layer's features, so they are functions here rather than weight methods.
 
-ReLUs are found as ``torch.nn.ReLU`` modules (hooks, removed on exit; the model is not modified);
+ReLUs are found as ``torch.nn.ReLU`` / ``ReLU6`` modules (hooks, removed on exit; the model is not
+modified; a ReLU6's own backward keeps its upper cut-off);
 a model whose ReLUs are all functional (``F.relu``) is an error, since no ReLU would be guided.
 """
 
@@ -76,10 +77,10 @@ def guided_backprop(model: Any, inputs: Any, targets: Any = None, *, topk: int |
     ``input_layout``, default channels-first by rank: ``NCL``, ``NCHW``, ``NCDHW``)."""
     import torch
 
-    relus = [m for m in model.modules() if isinstance(m, torch.nn.ReLU)]
+    relus = [m for m in model.modules() if isinstance(m, (torch.nn.ReLU, torch.nn.ReLU6))]
     if not relus:
-        raise ValueError(f"model {type(model).__name__} has no torch.nn.ReLU modules: guided backpropagation "
-                         f"needs them to guide (functional F.relu calls cannot be hooked)")
+        raise ValueError(f"model {type(model).__name__} has no torch.nn.ReLU (or ReLU6) modules: guided "
+                         f"backpropagation needs them to guide (functional F.relu calls cannot be hooked)")
     guided = _guided_relu()
     handles = [m.register_forward_hook(lambda mod, args, out: guided.apply(out)) for m in relus]
     layout = Layout.parse(input_layout) if input_layout is not None else layout_for_rank(inputs.ndim)
