@@ -23,3 +23,11 @@ def test_the_table_lists_every_registered_method():
 
     rows = set(re.findall(r"^\| `([^`]+)` \|", DOC.read_text(), flags=re.M))
     assert set(camkit.available_methods()) <= rows
+
+
+def test_every_registered_method_has_a_one_line_description():
+    from camkit.plugin_manager import registry
+
+    for name, factory in registry("methods").items():
+        description = getattr(factory, "description", "")
+        assert description and "\n" not in description and len(description) < 100, name

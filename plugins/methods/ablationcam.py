@@ -21,6 +21,7 @@ from camkit.methods import CamMethod, WeightContext, Weights
 
 class AblationCam(CamMethod):
     name = "ablationcam"
+    description = "relative score drop when each channel is zeroed (closed form for GAP + linear)"
     needs_gradients = False
 
     def __init__(self, chunk_size: int = 64, closed_form: "bool | str" = "auto") -> None:

@@ -29,6 +29,7 @@ def first_right_singular_vector(a: Any) -> Any:
 
 class EigenCam(CamMethod):
     name = "eigencam"
+    description = "first principal component of the activations (class-agnostic)"
     needs_gradients = False
 
     def weights(self, ctx: WeightContext) -> Weights:

@@ -26,6 +26,7 @@ def oriented_first_component(matrices: Any) -> Any:
 
 class EigenGradCam(CamMethod):
     name = "eigengradcam"
+    description = "first principal component of gradient x activation"
     needs_gradients = True
 
     def weights(self, ctx: WeightContext) -> Weights:

@@ -15,6 +15,7 @@ from camkit.methods import CamMethod, WeightContext, Weights
 
 class Fem(CamMethod):
     name = "fem"
+    description = "gradient-free: share of each channel above mean + k std"
     needs_gradients = False
 
     def __init__(self, k: float = 2.0) -> None:

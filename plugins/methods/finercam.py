@@ -28,6 +28,7 @@ def most_similar_classes(logits: Any, ids: Any, count: int) -> Any:
 
 class FinerCam(CamMethod):
     name = "finercam"
+    description = "Grad-CAM of the score minus those of the most similar classes"
     needs_gradients = False
 
     def __init__(self, alpha: float = 1.0, comparisons: int = 3) -> None:

@@ -14,6 +14,7 @@ from camkit.methods import CamMethod, WeightContext, Weights
 
 class GradCamElementWise(CamMethod):
     name = "gradcam-elementwise"
+    description = "sum over channels of relu(gradient x activation), per site"
     needs_gradients = True
 
     def weights(self, ctx: WeightContext) -> Weights:

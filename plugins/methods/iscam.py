@@ -17,6 +17,7 @@ from camkit.methods import CamMethod, WeightContext, Weights
 
 class IsCam(CamMethod):
     name = "iscam"
+    description = "Score-CAM integrated along scaled masks"
     needs_gradients = False
 
     def __init__(self, num_samples: int = 10, chunk_size: int = 256, progress: bool = False) -> None:

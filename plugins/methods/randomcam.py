@@ -10,6 +10,7 @@ from camkit.methods import CamMethod, WeightContext, Weights
 
 class RandomCam(CamMethod):
     name = "randomcam"
+    description = "baseline: channel weights uniform in [-1, 1)"
     needs_gradients = False
 
     def __init__(self, seed: int | None = None) -> None:

@@ -90,6 +90,7 @@ def check_chunk_size(chunk_size: int) -> int:
 
 class ScoreCam(CamMethod):
     name = "scorecam"
+    description = "target probability of the input masked by each channel"
     needs_gradients = False
 
     def __init__(self, chunk_size: int = 256, progress: bool = False) -> None:

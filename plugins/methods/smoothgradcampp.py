@@ -27,6 +27,7 @@ def input_noise(ctx: WeightContext, num_samples: int, std: float, seed: int | No
 
 class SmoothGradCamPlusPlus(CamMethod):
     name = "smoothgradcam++"
+    description = "Grad-CAM++ with derivatives averaged over noisy inputs"
     needs_gradients = False
 
     def __init__(self, num_samples: int = 4, std: float = 0.3, chunk_size: int = 64, seed: int | None = None) -> None:

@@ -18,6 +18,7 @@ from camkit.methods import CamMethod, WeightContext, Weights
 
 class SsCam(CamMethod):
     name = "sscam"
+    description = "Score-CAM with Gaussian noise on the masks, averaged"
     needs_gradients = False
 
     def __init__(self, num_samples: int = 35, std: float = 2.0, chunk_size: int = 256, seed: int | None = None,
