@@ -86,3 +86,15 @@ def test_rerun_methods_refuse_transformed_features_and_bad_options():
                                         torch.nn.Flatten(), torch.nn.Linear(2, 1)).eval()
         with pytest.raises(ValueError, match="two classes"):
             explain(one_class, x, "finercam")
+
+
+@pytest.mark.parametrize("method", ["finercam", "smoothgradcam++"])
+def test_reruns_record_autograd_only_after_the_target_layer(method):
+    net = GapNet(2).eval()
+    seen = []
+    handle = net.body[0].register_forward_hook(lambda m, i, o: seen.append(o.requires_grad))
+    try:
+        explain(net, torch.randn(2, 3, 8, 8), method, layer="body")
+    finally:
+        handle.remove()
+    assert seen and not any(seen)  # the layers before the target never build a graph

@@ -45,14 +45,19 @@ def rerun_gradients(ctx: WeightContext, inputs: Any, score: Callable[[Any], Any]
     def leaf(output: Any) -> Any:
         check_untransformed(ctx, output, method)
         seen["f"] = output.detach().clone().requires_grad_(True)
+        torch.set_grad_enabled(True)  # autograd records only the layers after the target (restored below)
         return seen["f"].clone()
 
-    with torch.inference_mode(False), torch.enable_grad(), replaced_output(ctx, leaf):
+    with torch.inference_mode(False), torch.no_grad(), replaced_output(ctx, leaf):
         x = inputs.clone() if inputs.is_inference() else inputs
-        scores = score(ctx.forward(x))
-        if scores.ndim == 1:
-            return seen["f"].detach(), torch.autograd.grad(scores.sum(), seen["f"])[0]
-        k = scores.shape[1]
-        grads = [torch.autograd.grad(scores[:, j].sum(), seen["f"], retain_graph=j < k - 1)[0]
-                 .movedim(ctx.layout.batch_axis, 0) for j in range(k)]
+        try:
+            scores = score(ctx.forward(x))
+        finally:
+            torch.set_grad_enabled(False)
+        with torch.enable_grad():
+            if scores.ndim == 1:
+                return seen["f"].detach(), torch.autograd.grad(scores.sum(), seen["f"])[0]
+            k = scores.shape[1]
+            grads = [torch.autograd.grad(scores[:, j].sum(), seen["f"], retain_graph=j < k - 1)[0]
+                     .movedim(ctx.layout.batch_axis, 0) for j in range(k)]
     return seen["f"].detach(), torch.stack(grads, dim=1)
