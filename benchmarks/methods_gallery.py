@@ -26,10 +26,10 @@ METHODS = [  # (title, how)
     ("XGrad-CAM", ("xgradcam", {})), ("LayerCAM", ("layercam", {})), ("HiResCAM", ("hirescam", {})),
     ("Grad-CAM elem.", ("gradcam-elementwise", {})), ("EigenGrad-CAM", ("eigengradcam", {})),
     ("Eigen-CAM", ("eigencam", {})), ("FEM", ("fem", {})), ("Random-CAM", ("randomcam", {"seed": 0})),
-    ("Ablation-CAM", ("ablationcam", {})), ("Finer-CAM", ("finercam", {})),
+    ("Ablation-CAM", ("ablationcam", {"chunk_size": 128})), ("Finer-CAM", ("finercam", {})),
     ("SmoothGrad-CAM++", ("smoothgradcam++", {"seed": 0})), ("Score-CAM", ("scorecam", {"chunk_size": 128})),
-    ("SS-CAM (4 samples)", ("sscam", {"num_samples": 4, "std": 0.3, "seed": 0, "chunk_size": 128})),
-    ("IS-CAM (4 steps)", ("iscam", {"num_samples": 4, "chunk_size": 128})),
+    ("SS-CAM (2 samples)", ("sscam", {"num_samples": 2, "std": 0.3, "seed": 0, "chunk_size": 128})),
+    ("IS-CAM (2 steps)", ("iscam", {"num_samples": 2, "chunk_size": 128})),
     ("FullGrad", "fullgrad"), ("Guided Grad-CAM", "guided"), ("Grad-CAM, eigen-smoothed", "eigen"),
     ("Grad-CAM, TTA flip+scales", "tta"), ("Grad-CAM, 2 layers (max)", "layers"), ("DFF concept 1", "dff"),
 ]
@@ -81,7 +81,7 @@ def main() -> None:
     from efficientnet_lite_pytorch import EfficientNet
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--size", type=int, default=160)
+    parser.add_argument("--size", type=int, default=128)
     parser.add_argument("--out", type=Path, default=Path("docs/images/methods_gallery.png"))
     args = parser.parse_args()
     torch.manual_seed(0)

@@ -13,9 +13,9 @@ def test_the_methods_example_runs():
     (block,) = re.findall(r"```python\n(.*?)```", DOC.read_text(), flags=re.S)
     namespace = {}
     exec(compile(block, str(DOC), "exec"), namespace)
-    assert namespace["ablation"].maps.shape == (2, 2, 64, 64)
-    assert namespace["fused"].layer == "layer3,layer4" and namespace["augmented"].maps.shape == (2, 64, 64)
-    assert namespace["guided"].maps.shape == (2, 3, 64, 64) and namespace["concepts"].maps.shape == (2, 3, 64, 64)
+    assert namespace["ablation"].maps.shape == (2, 2, 32, 32)
+    assert namespace["fused"].layer == "layer3,layer4" and namespace["augmented"].maps.shape == (2, 32, 32)
+    assert namespace["guided"].maps.shape == (2, 3, 32, 32) and namespace["concepts"].maps.shape == (2, 3, 32, 32)
 
 
 def test_the_table_lists_every_registered_method():
