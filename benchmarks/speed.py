@@ -45,19 +45,35 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 CAMKIT_METHODS = ("cam", "gradcam", "gradcam++", "xgradcam", "layercam", "hirescam", "scorecam", "eigencam")
+# issue 12's methods: timed when named with --methods (fullgrad is camkit.fullgrad, not a weight method)
+NEW_METHODS = ("gradcam-elementwise", "eigengradcam", "fem", "ablationcam", "finercam", "smoothgradcam++", "sscam",
+               "iscam", "fullgrad")
+# masked or ablated forwards per (sample, channel): a small case of their own on a CPU
+PERTURBATION_METHODS = ("scorecam", "sscam", "iscam")
 TOOLKITS = ("pytorch-grad-cam", "torchcam", "captum")
 # --quick compares only these (toolkit, method) pairs: the headline ones
 QUICK_PAIRS = frozenset({("pytorch-grad-cam", "gradcam"), ("torchcam", "cam"), ("torchcam", "gradcam"),
-                         ("captum", "gradcam"), ("pytorch-grad-cam", "scorecam")})
+                         ("captum", "gradcam"), ("pytorch-grad-cam", "scorecam"),
+                         # issue 12's pairs (their methods run only when named with --methods)
+                         ("pytorch-grad-cam", "gradcam-elementwise"), ("pytorch-grad-cam", "eigengradcam"),
+                         ("pytorch-grad-cam", "fem"), ("pytorch-grad-cam", "ablationcam"), ("pytorch-grad-cam", "fullgrad"),
+                         ("torchcam", "smoothgradcam++"), ("torchcam", "sscam"), ("torchcam", "iscam")})
 # maps of random-weight models agree to float rounding when the formula is the same
 AGREEMENT_TOLERANCE = 1e-3
 # known formula differences, so a large difference there is reported, not treated as a bug
 KNOWN_DIFFERENCES = {
     ("pytorch-grad-cam", "scorecam"): "softmax over the channel scores; align_corners=True upsampling of the masks",
-    ("pytorch-grad-cam", "gradcam++"): "adds 1e-7 to the alpha denominator, not small next to the tiny gradients",
+    ("pytorch-grad-cam", "gradcam++"): "adds 1e-6 to the alpha denominator, not small next to the tiny gradients",
     ("torchcam", "gradcam++"): "alpha stays g^2: `alpha[mask].div_` divides a copy; sums g^3 * f over sites",
-    ("torchcam", "scorecam"): "masks not min-max normalised per channel before the forward",
-    ("pytorch-grad-cam", "eigencam"): "sign of the first principal component left arbitrary",
+    ("torchcam", "scorecam"): "softmax over the channel scores (target score minus the baseline's), not over classes",
+    ("pytorch-grad-cam", "eigencam"): "centres each channel before the SVD (another principal direction); sign left "
+                                      "arbitrary",
+    ("pytorch-grad-cam", "eigengradcam"): "centres each channel of g * f before the SVD; sign left arbitrary",
+    ("pytorch-grad-cam", "fullgrad"): "normalises every channel of every layer separately (camkit: per sample, as the "
+                                      "authors' code; per_channel=True agrees to ~1e-7)",
+    ("torchcam", "smoothgradcam++"): "other noise draws; ReLU of the last noisy sample's gradient, not of the mean",
+    ("torchcam", "sscam"): "other noise draws; softmax over the channel scores, not over classes",
+    ("torchcam", "iscam"): "accumulated coefficient ((1 + ... + i) / N times the mask); softmax over the channel scores",
 }
 # The issue's targets: (name, camkit method, Row measure or "speedup:<toolkit>", comparison, bar).
 GPU_TARGETS = (
@@ -69,6 +85,16 @@ GPU_TARGETS = (
 CPU_TARGETS = (
     ("cam time vs its own forward", "cam", "own_forward_ratio", "<=", 1.05),
     ("gradcam time vs its own forward", "gradcam", "own_forward_ratio", "<=", 1.15),
+)
+# issue 12's bars: checked (and listed) only in runs that timed the method
+NEW_METHOD_TARGETS = (
+    ("gradcam-elementwise time vs its own forward", "gradcam-elementwise", "own_forward_ratio", "<=", 1.15),
+    ("eigengradcam time vs its own forward", "eigengradcam", "own_forward_ratio", "<=", 1.15),
+    ("ablationcam speed-up vs pytorch-grad-cam, same batch", "ablationcam", "speedup:pytorch-grad-cam", ">=", 20.0),
+    ("fullgrad speed-up vs pytorch-grad-cam, same batch", "fullgrad", "speedup:pytorch-grad-cam", ">=", 2.0),
+    ("smoothgradcam++ speed-up vs torchcam, same batch", "smoothgradcam++", "speedup:torchcam", ">=", 2.0),
+    ("sscam speed-up vs torchcam, same batch", "sscam", "speedup:torchcam", ">=", 2.0),
+    ("iscam speed-up vs torchcam, same batch", "iscam", "speedup:torchcam", ">=", 2.0),
 )
 # the case each target is stated for (Score-CAM: any batch of its own case, the same for both toolkits)
 GPU_HEADLINE = {"model": "resnet50", "batch": 256, "dtype": "fp32", "size": 224}
@@ -146,7 +172,13 @@ def camkit_runner(model: torch.nn.Module, method: str, x: torch.Tensor, ids: tor
                   scorecam_chunk: int) -> Iterator[Runner]:
     import camkit
 
-    options = {"method_options": {"chunk_size": scorecam_chunk}} if method == "scorecam" else {}
+    if method == "fullgrad":
+        from camkit.fullgrad import fullgrad
+
+        yield lambda: fullgrad(model, x, ids).maps
+        return
+    chunked = method in PERTURBATION_METHODS or method == "ablationcam"
+    options = {"method_options": {"chunk_size": scorecam_chunk}} if chunked else {}
     with camkit.Explainer(model, method, **options) as explainer:
         yield lambda: explainer(x, ids).maps
 
@@ -157,12 +189,15 @@ def grad_cam_runner(model: torch.nn.Module, method: str, x: torch.Tensor, ids: t
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
     classes = {"gradcam": pgc.GradCAM, "gradcam++": pgc.GradCAMPlusPlus, "xgradcam": pgc.XGradCAM,
-               "layercam": pgc.LayerCAM, "hirescam": pgc.HiResCAM, "scorecam": pgc.ScoreCAM, "eigencam": pgc.EigenCAM}
+               "layercam": pgc.LayerCAM, "hirescam": pgc.HiResCAM, "scorecam": pgc.ScoreCAM, "eigencam": pgc.EigenCAM,
+               "gradcam-elementwise": pgc.GradCAMElementWise, "eigengradcam": pgc.EigenGradCAM, "fem": pgc.FEM,
+               "ablationcam": pgc.AblationCAM, "fullgrad": pgc.FullGrad}
     if method not in classes:
         yield None
         return
     targets = [ClassifierOutputTarget(int(i)) for i in ids]
-    explainer = classes[method](model=model, target_layers=[inner(model).layer4])
+    layers = [] if method == "fullgrad" else [inner(model).layer4]  # FullGrad takes every bias layer itself
+    explainer = classes[method](model=model, target_layers=layers)
     try:
         yield lambda: explainer(input_tensor=x, targets=targets)
     finally:
@@ -177,7 +212,8 @@ def torchcam_runner(model: torch.nn.Module, method: str, x: torch.Tensor, ids: t
     from torchcam import methods as tc
 
     classes = {"cam": tc.CAM, "gradcam": tc.GradCAM, "gradcam++": tc.GradCAMpp, "xgradcam": tc.XGradCAM,
-               "layercam": tc.LayerCAM, "scorecam": tc.ScoreCAM}
+               "layercam": tc.LayerCAM, "scorecam": tc.ScoreCAM, "smoothgradcam++": tc.SmoothGradCAMpp, "sscam": tc.SSCAM,
+               "iscam": tc.ISCAM}
     if method not in classes:
         yield None
         return
@@ -331,7 +367,7 @@ def own_forward_ratio(model: torch.nn.Module, method: str, x: torch.Tensor, ids:
 
 def measure_case(case: Case, methods: tuple[str, ...], toolkits: list[str], repeats: int,
                  scorecam_chunk: int = 256, pairs: frozenset[tuple[str, str]] | None = None,
-                 own_forward_methods: tuple[str, ...] = ("cam", "gradcam"),
+                 own_forward_methods: tuple[str, ...] = ("cam", "gradcam", "gradcam-elementwise", "eigengradcam"),
                  failures: list[dict[str, Any]] | None = None) -> list[Row]:
     """Every runner of one case, timed in the same rounds; rows relative to the plain forward.
     ``pairs``: the (toolkit, method) pairs to run besides camkit (default: every one the toolkits have).
@@ -450,7 +486,7 @@ def _measure(row: Row, measure: str) -> float | None:
 
 
 def _is_headline(row: Row, method: str, headline: dict[str, Any]) -> bool:
-    keys = ("model", "dtype") if method == "scorecam" else tuple(headline)  # Score-CAM has its own batch
+    keys = ("model", "dtype") if method in PERTURBATION_METHODS else tuple(headline)  # they have their own batch
     return all(getattr(row, key) == headline[key] for key in keys)
 
 
@@ -466,6 +502,8 @@ def targets(rows: list[Row]) -> list[dict[str, Any]]:
         device_rows = [r for r in rows if r.device.split(":")[0] == device_kind]
         if not device_rows:
             continue
+        timed = {r.method for r in device_rows}
+        table = table + tuple(t for t in NEW_METHOD_TARGETS if t[1] in timed)
         for name, method, measure, comparison, bar in table:
             seen_headline = False
             for row in device_rows:
@@ -481,7 +519,7 @@ def targets(rows: list[Row]) -> list[dict[str, Any]]:
                               "batch": row.batch, "dtype": row.dtype, "size": row.size, "value": value, "met": met,
                               "headline": is_headline})
             if not seen_headline:
-                case = {k: v for k, v in headline.items() if method != "scorecam" or k in ("model", "dtype")}
+                case = {k: v for k, v in headline.items() if method not in PERTURBATION_METHODS or k in ("model", "dtype")}
                 found.append({"target": name, "bar": f"{comparison} {bar:g}", "device": device_kind, **case,
                               "value": None, "met": None, "headline": True})
     found.sort(key=lambda t: not t["headline"])  # headline first, each group in table order
@@ -596,31 +634,32 @@ def plan(args: argparse.Namespace) -> list[tuple[Case, tuple[str, ...]]]:
     if not devices:
         raise SystemExit(f"--device {args.device}: no CUDA device here")
     methods = tuple(m for m in args.methods.split(",") if m)
-    unknown = sorted(set(methods) - set(CAMKIT_METHODS))
+    unknown = sorted(set(methods) - set(CAMKIT_METHODS) - set(NEW_METHODS))
     if unknown:
-        raise SystemExit(f"unknown method(s) {unknown}: choose from {', '.join(CAMKIT_METHODS)}")
+        raise SystemExit(f"unknown method(s) {unknown}: choose from {', '.join(CAMKIT_METHODS + NEW_METHODS)}")
     pairs = []
     for device in devices:
         gpu = device.startswith("cuda")
         models = ["resnet18"] if args.quick else args.models.split(",")
         batches = [8] if args.quick and not gpu else [int(b) for b in (args.batch_sizes or ("64,256" if gpu else "8,32")).split(",")]
         dtypes = ["fp32"] if args.quick else (args.dtypes or ("fp32,bf16,fp16" if gpu else "fp32,bf16")).split(",")
-        main_methods = tuple(m for m in methods if m != "scorecam")
+        main_methods = tuple(m for m in methods if m not in PERTURBATION_METHODS)
+        score_methods = tuple(m for m in methods if m in PERTURBATION_METHODS)
         if main_methods:
             for model in models:
                 for batch in batches:
                     for dtype in dtypes:
                         pairs.append((Case(device, model, batch, dtype), main_methods))
-        if "scorecam" in methods:
+        if score_methods:
             if gpu:
                 size = args.scorecam_size or 224
                 batch = args.scorecam_batch or 8
                 for model in models:
-                    pairs.append((Case(device, model, batch, "fp32", size), ("scorecam",)))
+                    pairs.append((Case(device, model, batch, "fp32", size), score_methods))
             else:
                 size = args.scorecam_size or (48 if args.quick else 96)  # 48 px: 2 x 2 features
                 batch = args.scorecam_batch or (1 if args.quick else 2)
-                pairs.append((Case(device, "resnet18", batch, "fp32", size), ("scorecam",)))
+                pairs.append((Case(device, "resnet18", batch, "fp32", size), score_methods))
     return pairs
 
 
@@ -664,7 +703,7 @@ def main(argv: list[str] | None = None) -> int:
     failures: list[dict[str, Any]] = []
     started = time.perf_counter()
     for case, methods in tqdm(plan(args), desc="cases", unit="case", disable=False):
-        if methods == ("scorecam",):  # seconds per call: fewer rounds
+        if set(methods) <= set(PERTURBATION_METHODS):  # seconds per call: fewer rounds
             default = 2 if args.quick else 3 if case.device.startswith("cuda") else repeats
             rounds = args.scorecam_repeats or default
         else:

@@ -43,6 +43,12 @@ _LAZY = {
     "lookup": "camkit.plugin_manager",
     "temporary_plugin": "camkit.plugin_manager",
     "list_plugins": "camkit.cli",
+    "eigen_smooth": "camkit.ensemble",
+    "explain_layers": "camkit.ensemble",
+    "explain_augmented": "camkit.ensemble",
+    "deep_feature_factorization": "camkit.factorization",
+    "guided_backprop": "camkit.guided",
+    "guided_gradcam": "camkit.guided",
 }
 
 __all__ = ["__version__", "hookimpl", "hookspec", *sorted(_LAZY)]

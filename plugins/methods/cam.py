@@ -38,6 +38,7 @@ def check_gap_linear_head(ctx: WeightContext, matrix: Any) -> None:
 
 class Cam(CamMethod):
     name = "cam"
+    description = "classifier row of the class after global average pooling"
     needs_gradients = False
 
     def weights(self, ctx: WeightContext) -> Weights:

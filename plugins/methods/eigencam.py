@@ -1,6 +1,8 @@
 """Eigen-CAM (Muhammad & Yeasin 2020): project the features on their first principal component
 (first right-singular vector of the sites x channels activation matrix, as in the paper; not
-centred, unlike pytorch-grad-cam, whose maps differ by a per-map offset before the ReLU).
+centred). pytorch-grad-cam centres each channel over the sites before its SVD: that changes the
+principal direction itself, not just an offset, and it keeps the SVD's arbitrary sign, so its maps
+can differ in shape and come out inverted.
 Gradient-free and class-agnostic: every target of a sample gets the same map."""
 
 from typing import Any
@@ -27,6 +29,7 @@ def first_right_singular_vector(a: Any) -> Any:
 
 class EigenCam(CamMethod):
     name = "eigencam"
+    description = "first principal component of the activations (class-agnostic)"
     needs_gradients = False
 
     def weights(self, ctx: WeightContext) -> Weights:

@@ -8,6 +8,7 @@ from camkit.methods import CamMethod, WeightContext, Weights
 
 class GradCam(CamMethod):
     name = "gradcam"
+    description = "gradient averaged over sites"
     needs_gradients = True
 
     def weights(self, ctx: WeightContext) -> Weights:

@@ -9,6 +9,7 @@ from camkit.methods import CamMethod, WeightContext, Weights
 
 class GradCamPlusPlus(CamMethod):
     name = "gradcam++"
+    description = "positive gradients weighted by closed-form alphas"
     needs_gradients = True
 
     def weights(self, ctx: WeightContext) -> Weights:

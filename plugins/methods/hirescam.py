@@ -9,6 +9,7 @@ from camkit.methods import CamMethod, WeightContext, Weights
 
 class HiResCam(CamMethod):
     name = "hirescam"
+    description = "the gradient itself as a per-site weight"
     needs_gradients = True
 
     def weights(self, ctx: WeightContext) -> Weights:

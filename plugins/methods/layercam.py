@@ -8,6 +8,7 @@ from camkit.methods import CamMethod, WeightContext, Weights
 
 class LayerCam(CamMethod):
     name = "layercam"
+    description = "positive gradient as a per-site weight"
     needs_gradients = True
 
     def weights(self, ctx: WeightContext) -> Weights:

@@ -8,6 +8,7 @@ from camkit.methods import CamMethod, WeightContext, Weights
 
 class XGradCam(CamMethod):
     name = "xgradcam"
+    description = "sum of gradient x activation over the sum of activations"
     needs_gradients = True
 
     def weights(self, ctx: WeightContext) -> Weights:

@@ -1,0 +1,70 @@
+"""Helpers for methods that run the model again with the target layer's output replaced or that
+need gradients the core does not hand out (a rerun with a hook of their own)."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Callable, Iterator
+
+from camkit.methods import WeightContext
+
+
+@contextlib.contextmanager
+def replaced_output(ctx: WeightContext, replace: Callable[[Any], Any]) -> Iterator[None]:
+    """Inside the block, every forward of ``ctx.model`` hands the layers after ``ctx.layer`` the tensor
+    ``replace(output)`` instead of the layer's output. The hook is removed on exit, also on errors."""
+    from camkit.capture import CapturePoint, resolve_layer
+
+    point = CapturePoint.parse(ctx.model, ctx.layer)
+    _, module = resolve_layer(ctx.model, point.module)
+    if point.kind == "output":
+        handle = module.register_forward_hook(lambda m, i, output: replace(output))
+    elif point.kind == "input":
+        handle = module.register_forward_pre_hook(lambda m, args: (replace(args[0]), *args[1:]))
+    else:
+        raise ValueError(f"this method replaces the features in a rerun, which needs a module's output or input; "
+                         f"the features here are {point} (a function call): pass layer=<module name>")
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+def check_untransformed(ctx: WeightContext, output: Any, method: str) -> None:
+    """Methods that write the layer's output must see it as ``ctx.features`` (no ``feature_transform``)."""
+    batch = ctx.layout.batch_axis  # a rerun may hold another number of samples
+    if output.ndim != ctx.features.ndim or any(a != b for i, (a, b) in enumerate(zip(output.shape, ctx.features.shape))
+                                               if i != batch):
+        raise ValueError(f"{method} replaces the output of layer {ctx.layer!r}, but its features were reshaped "
+                         f"by feature_transform ({tuple(output.shape)} -> {tuple(ctx.features.shape)}); "
+                         f"use it without feature_transform (e.g. layout='NLC' for tokens)")
+
+
+def rerun_gradients(ctx: WeightContext, inputs: Any, score: Callable[[Any], Any], method: str) -> tuple[Any, Any]:
+    """``(features, gradients)`` of the target layer for ``inputs``: one extra forward and one backward per
+    column of ``score(logits)`` (``(N,)`` or ``(N, K)``), with a hook of this method's own, for gradients
+    of scores the core does not compute (other classes, noisy inputs). Gradients are shaped like
+    ``ctx.gradients`` (the features' shape, or ``(N, K, ...)`` batch first). Never touches ``.grad``."""
+    import torch
+
+    seen: dict[str, Any] = {}
+
+    def leaf(output: Any) -> Any:
+        check_untransformed(ctx, output, method)
+        seen["f"] = output.detach().clone().requires_grad_(True)
+        torch.set_grad_enabled(True)  # autograd records only the layers after the target (restored below)
+        return seen["f"].clone()
+
+    with torch.inference_mode(False), torch.no_grad(), replaced_output(ctx, leaf):
+        x = inputs.clone() if inputs.is_inference() else inputs
+        try:
+            scores = score(ctx.forward(x))
+        finally:
+            torch.set_grad_enabled(False)
+        with torch.enable_grad():
+            if scores.ndim == 1:
+                return seen["f"].detach(), torch.autograd.grad(scores.sum(), seen["f"])[0]
+            k = scores.shape[1]
+            grads = [torch.autograd.grad(scores[:, j].sum(), seen["f"], retain_graph=j < k - 1)[0]
+                     .movedim(ctx.layout.batch_axis, 0) for j in range(k)]
+    return seen["f"].detach(), torch.stack(grads, dim=1)

@@ -1,0 +1,64 @@
+"""Grad-CAM element-wise, EigenGrad-CAM, FEM and Random-CAM against hand-written formulas."""
+
+import pytest
+import torch
+
+from camkit import explain
+from tests.methods_models import DeepHead, features_and_gradients, normalise, numpy_projection_maps
+
+
+def test_gradcam_elementwise_is_the_sum_of_positive_products():
+    net = DeepHead().eval()
+    x = torch.randn(3, 3, 6, 6)
+    targets = torch.tensor([0, 2, 1])
+    f, g, _ = features_and_gradients(net, net.features, x, targets)
+    raw = (g * f).clamp_min(0).sum(1)
+    got = explain(net, x, "gradcam-elementwise", layer="features", targets=targets, upsample=False)
+    torch.testing.assert_close(got.maps, normalise(raw), atol=1e-5, rtol=1e-4)
+
+
+def test_eigengradcam_is_the_projection_of_g_times_f_on_its_first_singular_vector():
+    net = DeepHead().eval()
+    x = torch.randn(2, 3, 6, 6)
+    targets = torch.tensor([1, 2])
+    f, g, _ = features_and_gradients(net, net.features, x, targets)
+    expected = numpy_projection_maps(g * f)
+    got = explain(net, x, "eigengradcam", layer="features", targets=targets, upsample=False)
+    torch.testing.assert_close(got.maps, normalise(expected), atol=1e-4, rtol=1e-3)
+
+
+def test_fem_weights_are_the_share_of_sites_above_k_sigma():
+    net = DeepHead().eval()
+    x = torch.randn(2, 3, 6, 6)
+    f, _, _ = features_and_gradients(net, net.features, x, torch.tensor([0, 0]))
+    for k in (1.0, 2.0):
+        raw = torch.zeros(2, 6, 6)
+        for n in range(2):
+            for c in range(5):
+                a = f[n, c]
+                threshold = a.mean() + k * a.std(unbiased=False)
+                raw[n] += (a > threshold).float().mean() * a
+        got = explain(net, x, "fem", layer="features", upsample=False, method_options={"k": k})
+        torch.testing.assert_close(got.maps, normalise(raw), atol=1e-5, rtol=1e-4)
+
+
+def test_randomcam_draws_uniform_weights_from_its_seed():
+    net = DeepHead().eval()
+    x = torch.randn(2, 3, 6, 6)
+    f, _, _ = features_and_gradients(net, net.features, x, torch.tensor([0, 0]))
+    seed = 11
+    u = 2 * torch.rand((2, 5), generator=torch.Generator().manual_seed(seed)) - 1
+    got = explain(net, x, "randomcam", layer="features", upsample=False, method_options={"seed": seed})
+    torch.testing.assert_close(got.maps, normalise(torch.einsum("nchw,nc->nhw", f, u)), atol=1e-5, rtol=1e-4)
+    again = explain(net, x, "randomcam", layer="features", upsample=False, method_options={"seed": seed})
+    assert torch.equal(got.maps, again.maps)
+    other = explain(net, x, "randomcam", layer="features", upsample=False, method_options={"seed": seed + 1})
+    assert not torch.equal(got.maps, other.maps)
+
+
+@pytest.mark.parametrize("method", ["fem", "randomcam"])
+def test_options_are_checked(method):
+    from camkit.plugin_manager import lookup
+
+    with pytest.raises(TypeError):
+        lookup("methods", method)(bogus=1)
