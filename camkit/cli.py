@@ -63,6 +63,11 @@ def _registry_run(args: argparse.Namespace) -> int:
             print("axes: " + ", ".join(f"{letter} ({kind})" for letter, kind in axis_kinds().items()))
             continue
         entries = registry(kind)
+        if kind == "methods" and args.kind:  # one method a line, with what its weights are
+            width = max(map(len, entries), default=0)
+            print("\n".join(f"{name:<{width}}  {getattr(method, 'description', '')}".rstrip()
+                            for name, method in entries.items()))
+            continue
         print(f"{kind}: {', '.join(entries) if entries else '(none)'}")
     return 0
 

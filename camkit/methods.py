@@ -134,6 +134,7 @@ class CamMethod:
     """Base class of methods. Subclasses set ``name``, ``needs_gradients`` and implement ``weights``."""
 
     name: str = ""
+    description: str = ""  # one line for ``camkit list methods``
     needs_gradients: bool = False
     # runs the model again on perturbed inputs (Score-CAM): refused with eval_mode=False, where the
     # masked batches would update BatchNorm's running statistics

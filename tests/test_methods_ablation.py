@@ -44,7 +44,7 @@ def test_ablationcam_closed_form_needs_no_ablation_forward_and_a_deep_head_is_ab
     handle = net.register_forward_hook(lambda m, i, o: calls.append(o.shape[0]))
     explain(net, torch.randn(3, 3, 8, 8), "ablationcam")
     handle.remove()
-    assert calls == [3, 3]  # the explained forward and the one check of the head
+    assert calls == [1, 3, 3]  # the one-sample probe locating the features, the explained forward, the head check
     deep = DeepHead().eval()
     x = torch.randn(2, 3, 6, 6)
     targets = torch.tensor([2, 0])
@@ -53,7 +53,8 @@ def test_ablationcam_closed_form_needs_no_ablation_forward_and_a_deep_head_is_ab
     got = explain(deep, x, "ablationcam", layer="features", targets=targets, upsample=False,
                   method_options={"chunk_size": 3})
     handle.remove()
-    assert calls == [2, 2, 3, 3, 3, 1]  # forward, head check, 10 (sample, channel) pairs in chunks of 3
+    # forward, the one-sample probe finding the classifier, head check, 10 (sample, channel) pairs in chunks of 3
+    assert calls == [2, 1, 2, 3, 3, 3, 1]
     torch.testing.assert_close(got.maps, ablation_by_loop(deep, deep.features, x, targets), atol=1e-5, rtol=1e-4)
 
 

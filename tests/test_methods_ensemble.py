@@ -95,3 +95,19 @@ def test_augmentation_flips_time_but_never_joints_or_persons():
         explain_augmented(net, x, "gradcam", flips="", scales=(2.0,), scale_axes="TV", **opts)
     with pytest.raises(ValueError, match="no such axis"):
         explain_augmented(net, x, "gradcam", flips="W", **opts)
+
+
+def test_explain_keywords_are_the_ensemble_options(gap_net_factory):
+    import camkit
+    from camkit.ensemble import eigen_smooth, explain_augmented, explain_layers
+
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 5, 3, padding=1), torch.nn.ReLU(),
+                                torch.nn.Conv2d(5, 6, 3, padding=1), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),
+                                torch.nn.Flatten(), torch.nn.Linear(6, 3)).eval()
+    x = torch.randn(2, 3, 8, 8)
+    torch.testing.assert_close(camkit.explain(model, x, "gradcam", eigen_smooth=True).maps,
+                               camkit.explain(model, x, eigen_smooth("gradcam")).maps)
+    torch.testing.assert_close(camkit.explain(model, x, "gradcam", layer=["1", "3"], fusion="max").maps,
+                               explain_layers(model, x, "gradcam", ["1", "3"], "max").maps)
+    torch.testing.assert_close(camkit.explain(model, x, "gradcam", augment={"flips": "HW"}).maps,
+                               explain_augmented(model, x, "gradcam", flips="HW").maps)
