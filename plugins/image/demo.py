@@ -341,9 +341,10 @@ def write_demo_page(out: Path, summary: dict[str, Any], photo_cards: list[Any], 
     return write_page(out, "camkit demo", [photo_section, digit_section, shape_section], intro)
 
 
-PHOTO_NOTE = ("What the model looks at: on the cat the map sits on the face and the striped fur of the head "
-              "and neck, on the dogs on the head and muzzle (the dalmatian's spotted coat too); the 32x32 CIFAR "
-              "pictures are too small for an ImageNet network and get low, scattered scores.")
+PHOTO_NOTE = ("What the model looks at: on chelsea the eyes and the striped forehead (not the whiskers or the "
+              "background); on the bull mastiff the head and dark muzzle, not the lead or the person; on the "
+              "dalmatian the spotted coat of the neck and back more than the head, which hangs down in shadow. "
+              "The 32x32 CIFAR pictures are too small for an ImageNet network: low, wrong or vague scores.")
 
 
 def run_demo(out: str | Path = "camkit-demo", seed: int = 0, quick: bool = False) -> dict[str, Any]:
