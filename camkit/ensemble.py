@@ -52,6 +52,7 @@ class EigenSmoothed(CamMethod):
 
     def weights(self, ctx: WeightContext) -> Weights:
         import torch
+
         from camkit_plugins.methods.eigengradcam import oriented_first_component
 
         found = self.inner.weights(ctx)
@@ -70,7 +71,7 @@ class EigenSmoothed(CamMethod):
         else:
             p = weighted.movedim((layout.batch_axis, layout.channel_axis), (0, -1)).flatten(1, -2)
         v = oriented_first_component(p).to(weighted.dtype)  # (N*K, C)
-        v = v.view(*ctx.targets.shape, -1)
+        v = v.view(*ctx.target_shape, -1)
         return Weights.site(torch.broadcast_to(w, weighted.shape) * ctx.as_site_tensor(v))
 
 

@@ -76,10 +76,15 @@ class WeightContext:
     other_inputs: bool = False  # the model takes other per-sample inputs beside ``inputs`` (see ``forward``)
 
     @property
-    def multi_target(self) -> bool:
+    def target_shape(self) -> tuple[int, ...]:
+        """``(N,)`` for one target per sample, ``(N, K)`` for K (class ids or any other target)."""
         scores = self.target_scores if self.target_scores is not None else self.targets
         assert scores is not None, "a WeightContext has target scores or class ids"
-        return scores.ndim == 2
+        return tuple(scores.shape)
+
+    @property
+    def multi_target(self) -> bool:
+        return len(self.target_shape) == 2
 
     @property
     def gradients(self) -> Any:

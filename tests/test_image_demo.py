@@ -23,3 +23,39 @@ def test_localisation_needs_the_right_class_and_iou_at_least_half():
     scores = localisation_scores(boxes, truth, torch.tensor([True, False, True]))
     assert abs(scores["localization_accuracy"] - 1 / 3) < 1e-6
     assert abs(scores["iou_at_0.5"] - 2 / 3) < 1e-6 and abs(scores["mean_iou"] - 0.8) < 1e-6
+
+
+def test_threshold_chosen_on_validation_is_the_one_that_localises_best():
+    from camkit_plugins.image.demo import choose_threshold
+
+    maps = torch.zeros(4, 32, 32)
+    maps[:, 4:28, 4:28] = 0.5  # a halo twice the object's size at half the peak
+    maps[:, 10:22, 10:22] = 1.0
+    truth = torch.tensor([[10, 10, 22, 22]] * 4)
+    chosen, curve = choose_threshold(maps, truth, torch.ones(4, dtype=torch.bool))
+    assert chosen == 0.55 and curve[0.5] == 0.0 and curve[0.9] == 1.0
+
+
+def test_gap_cnn_maps_are_a_quarter_of_the_input_and_found_automatically():
+    import camkit
+
+    model = camkit.lookup("models", "gap-cnn")(num_classes=5).eval()
+    images = torch.randn(2, 3, 64, 64)
+    result = camkit.explain(model, images, method="cam")
+    assert result.layer == "features" and model.features(images).shape[-2:] == (16, 16)
+    assert result.maps.shape == (2, 64, 64)
+
+
+def test_mnist_gap_has_the_seeds_5x5_kernels_and_the_bn_variant_sees_24_pixels():
+    import camkit
+
+    seed_net = camkit.lookup("models", "mnist-gap")()
+    assert [m.kernel_size for m in seed_net.features if hasattr(m, "kernel_size") and m.__class__.__name__ == "Conv2d"] == [(5, 5)] * 2
+    assert [m.out_channels for m in seed_net.features if m.__class__.__name__ == "Conv2d"] == [32, 128]
+    strong = camkit.lookup("models", "mnist-gap-bn")().eval()
+    # receptive field measured: a pooled feature at the centre responds to pixels 24 wide at most
+    image = torch.randn(1, 1, 28, 28, generator=torch.Generator().manual_seed(0)).requires_grad_()
+    features = strong.features(image)
+    features[0, :, 3, 3].sum().backward()
+    columns = torch.nonzero(image.grad[0, 0].abs().sum(0)).flatten()
+    assert int(columns.max() - columns.min() + 1) <= 24 and int(columns.max() - columns.min() + 1) > 16

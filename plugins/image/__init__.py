@@ -21,9 +21,16 @@ def camkit_register_models() -> dict[str, Any]:
 
 @hookimpl
 def camkit_register_datasets() -> dict[str, Any]:
-    from camkit_plugins.image.datasets import build_digits, build_image_folder, build_mnist, build_shapes
+    from camkit_plugins.image.datasets import (
+        build_digits,
+        build_image_folder,
+        build_mnist,
+        build_mnist_subset,
+        build_shapes,
+    )
 
-    return {"digits": build_digits, "shapes": build_shapes, "mnist": build_mnist, "image-folder": build_image_folder}
+    return {"digits": build_digits, "shapes": build_shapes, "mnist": build_mnist, "mnist-5k": build_mnist_subset,
+            "image-folder": build_image_folder}
 
 
 @hookimpl

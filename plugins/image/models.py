@@ -108,24 +108,71 @@ def _remove_strides(model: Any, removed: list[bool], dilate: bool) -> None:
                 conv.dilation, conv.padding = (d, d), (d, d)
 
 
-def build_mnist_gap(num_classes: int = 10, in_channels: int = 1) -> Any:
-    """Two conv+ReLU+max-pool blocks (32 and 128 channels), global average pooling, linear."""
+def gap_network(features: Any, channels: int, num_classes: int) -> Any:
+    """``features -> global average pooling -> flatten -> linear``: CAM's architecture, with the children
+    named ``features``, ``pool``, ``flatten``, ``classifier`` (data flow finds ``features``, the tensor pooling receives)."""
     import torch.nn as nn
 
-    class MnistGapNet(nn.Module):
+    class GapNet(nn.Module):
         def __init__(self) -> None:
             super().__init__()
-            self.features = nn.Sequential(
-                nn.Conv2d(in_channels, 32, 3, padding=1), nn.ReLU(inplace=True), nn.MaxPool2d(2),
-                nn.Conv2d(32, 128, 3, padding=1), nn.ReLU(inplace=True), nn.MaxPool2d(2))
+            self.features = features
             self.pool = nn.AdaptiveAvgPool2d(1)
             self.flatten = nn.Flatten(1)
-            self.classifier = nn.Linear(128, num_classes)
+            self.classifier = nn.Linear(channels, num_classes)
 
         def forward(self, x: Any) -> Any:
             return self.classifier(self.flatten(self.pool(self.features(x))))
 
-    return MnistGapNet()
+    return GapNet()
+
+
+def _conv_bn_relu(cin: int, cout: int, kernel: int) -> list[Any]:
+    import torch.nn as nn
+
+    return [nn.Conv2d(cin, cout, kernel, padding=kernel // 2, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
+
+
+def build_mnist_gap(num_classes: int = 10, in_channels: int = 1, kernel_size: int = 5) -> Any:
+    """The seed's MNIST GAP CNN: two conv(``kernel_size``) + ReLU + 2x2 max-pool blocks (32 and 128
+    channels), global average pooling, linear. 5x5 kernels (the seed's) let each pooled feature see
+    16x16 pixels; with 3x3 it sees 10x10, too little of a 28x28 digit for GAP to tell the classes apart
+    (about 88% on the 5,000 real digits, against 90% and more with 5x5)."""
+    import torch.nn as nn
+
+    if kernel_size not in (3, 5):
+        raise ValueError(f"mnist-gap: kernel_size must be 3 or 5, got {kernel_size}")
+    pad = kernel_size // 2
+    features = nn.Sequential(nn.Conv2d(in_channels, 32, kernel_size, padding=pad), nn.ReLU(inplace=True), nn.MaxPool2d(2),
+                             nn.Conv2d(32, 128, kernel_size, padding=pad), nn.ReLU(inplace=True), nn.MaxPool2d(2))
+    return gap_network(features, 128, num_classes)
+
+
+def build_mnist_gap_bn(num_classes: int = 10, in_channels: int = 1) -> Any:
+    """The stronger variant: the seed's two 5x5 blocks with batch normalisation, plus one 3x3 conv
+    (128 channels) at 7x7 before global average pooling, so each pooled feature sees 24x24 pixels.
+    Reaches 98% on the 5,000 real MNIST digits in 8 epochs (the seed's net: 90%)."""
+    import torch.nn as nn
+
+    conv = _conv_bn_relu
+    features = nn.Sequential(*conv(in_channels, 32, 5), nn.MaxPool2d(2), *conv(32, 128, 5), nn.MaxPool2d(2),
+                             *conv(128, 128, 3))
+    return gap_network(features, 128, num_classes)
+
+
+def build_gap_cnn(num_classes: int = 5, in_channels: int = 3, width: int = 32) -> Any:
+    """A small CNN for sharp CAMs: conv3x3 (``width``) + pool, conv3x3 (2 ``width``) + pool, conv3x3 and
+    conv1x1 (4 ``width``), each with batch norm and ReLU, then global average pooling and linear.
+
+    Maps come out at a quarter of the input size and each feature sees only 18x18 pixels, so the class
+    evidence stops close to the object's edge: the CAM paper's 20%-of-max boxes fit much better than
+    on a ResNet, whose features see the whole picture (docs/images.md)."""
+    import torch.nn as nn
+
+    conv = _conv_bn_relu
+    features = nn.Sequential(*conv(in_channels, width, 3), nn.MaxPool2d(2), *conv(width, 2 * width, 3), nn.MaxPool2d(2),
+                             *conv(2 * width, 4 * width, 3), *conv(4 * width, 4 * width, 1))
+    return gap_network(features, 4 * width, num_classes)
 
 
 def model_builders() -> dict[str, Any]:
@@ -135,4 +182,9 @@ def model_builders() -> dict[str, Any]:
     for name, builder in builders.items():
         builder.__doc__ = f"torchvision {name}: build(num_classes, weights=None|'DEFAULT', output_stride=32|16|8|4, dilate=None|True|False)"
     builders["mnist-gap"] = build_mnist_gap
+    builders["mnist-gap-bn"] = build_mnist_gap_bn
+    builders["gap-cnn"] = build_gap_cnn
+    from camkit_plugins.image.pretrained import build_efficientnet_lite0
+
+    builders["efficientnet-lite0"] = build_efficientnet_lite0
     return builders

@@ -8,6 +8,7 @@ from typing import Any, Sequence
 
 from camkit.io import atomic_path
 
+
 def jet_lut(device: Any = "cpu") -> Any:
     """The JET colormap as a ``(256, 3)`` float tensor of RGB values in [0, 255] on ``device`` (the
     table every overlay uses, ``camkit.kernels.jet_table``)."""

@@ -64,6 +64,7 @@ class AblationCam(CamMethod):
         """One forward with every channel rescaled by a random factor: for GAP + linear the logits move
         by exactly (pooled' - pooled) W^T."""
         import torch
+
         from camkit_plugins.methods._replace import check_untransformed, replaced_output
         from camkit_plugins.methods.cam import DEFAULT_HEAD_TOLERANCE, HEAD_TOLERANCE
 
@@ -87,6 +88,7 @@ class AblationCam(CamMethod):
     def _ablated_scores(self, ctx: WeightContext, ids: Any) -> Any:
         """``(N, K, C)`` target scores with channel k zeroed, all pairs batched ``chunk_size`` at a time."""
         import torch
+
         from camkit_plugins.methods._replace import check_untransformed, replaced_output
 
         layout, in_layout = ctx.layout, ctx.input_layout

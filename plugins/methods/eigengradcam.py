@@ -17,6 +17,7 @@ def oriented_first_component(matrices: Any) -> Any:
     """``(B, C)`` first right-singular vectors of ``(B, S, C)`` matrices, signed so that the projection
     of each matrix on its vector sums to a non-negative value."""
     import torch
+
     from camkit_plugins.methods.eigencam import first_right_singular_vector
 
     v = first_right_singular_vector(matrices.float())

@@ -39,6 +39,7 @@ class SmoothGradCamPlusPlus(CamMethod):
 
     def weights(self, ctx: WeightContext) -> Weights:
         import torch
+
         from camkit_plugins.methods._replace import rerun_gradients
 
         ids = ctx.targets if ctx.multi_target else ctx.targets[:, None]

@@ -33,6 +33,7 @@ class SsCam(CamMethod):
 
     def weights(self, ctx: WeightContext) -> Weights:
         import torch
+
         from camkit_plugins.methods.scorecam import as_weights, masked_input_scores
 
         device = ctx.features.device

@@ -172,7 +172,9 @@ class AverageDrop(Metric):
         layout = batch.input_layout
         shape = [1] * layout.rank
         shape[layout.channel_axis] = -1
-        as_tensor = lambda v: torch.as_tensor(v, dtype=batch.inputs.dtype, device=batch.inputs.device).reshape(shape)
+        def as_tensor(values: Any) -> Any:
+            return torch.as_tensor(values, dtype=batch.inputs.dtype, device=batch.inputs.device).reshape(shape)
+
         return as_tensor(mean), as_tensor(std)
 
     def options(self) -> dict[str, Any]:

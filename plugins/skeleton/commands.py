@@ -414,8 +414,14 @@ def _apply_mask_options(model: Any, path: str, overrides: dict[str, Any]) -> Non
 
 def _eval_run(args: argparse.Namespace) -> int:
     from camkit.io import write_json_atomic, write_text_atomic
-    from camkit_plugins.skeleton.evaluation import (class_report, evaluate, markdown_table, plot_confusion,
-                                                    plot_results, summarise_runs)
+    from camkit_plugins.skeleton.evaluation import (
+        class_report,
+        evaluate,
+        markdown_table,
+        plot_confusion,
+        plot_results,
+        summarise_runs,
+    )
     from camkit_plugins.skeleton.options import parse_key_values
     from camkit_plugins.skeleton.protocols import paper_table, ragcn_conditions
 

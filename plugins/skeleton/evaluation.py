@@ -7,7 +7,6 @@ are scored together and their softmax scores averaged, as the reference pipeline
 from __future__ import annotations
 
 import warnings
-
 from typing import Any, Iterable, Mapping
 
 import numpy as np
@@ -110,8 +109,9 @@ def evaluate(model: Any, dataset: Any, batch_size: int = 64, frames_hidden: int 
 
     ``conditions``: ``{name: corrupt(x, y, generator)}`` with a ``"clean"`` entry (default: camkit's
     :func:`occlusion_conditions`; ``protocols.ragcn_conditions`` gives RA-GCN's)."""
-    import camkit
     from tqdm import tqdm
+
+    import camkit
 
     if conditions is None:
         frames_hidden = frames_hidden if frames_hidden is not None else dataset.sample_shape[1] // 3

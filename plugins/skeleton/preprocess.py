@@ -16,6 +16,7 @@ restores that generator, so a resumed run draws the same crops and rotations.
 from __future__ import annotations
 
 from dataclasses import dataclass
+
 import numpy as np
 
 TRAIN_SAMPLING = ("uniform", "crop-resize")
