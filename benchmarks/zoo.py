@@ -136,6 +136,7 @@ def main() -> None:
             counts[zoo][0] += right
             counts[zoo][1] += 1
             rows.append((zoo, name, "right" if right else "WRONG", notes))
+            print(f"{zoo} {name}: {'right' if right else 'WRONG'}: {notes}", flush=True)
     lines = ["| zoo | right / total |", "|---|---|"]
     lines += [f"| {zoo} | {right} / {total} |" for zoo, (right, total) in counts.items()]
     lines += ["", f"{time.perf_counter() - start:.0f} s on the CPU; random weights.", "",
