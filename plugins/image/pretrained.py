@@ -143,3 +143,9 @@ def demo_photos(folder: str | Path) -> list[Path]:
             shutil.copyfile(data / source, temporary)
         written.append(target)
     return written
+
+
+def imagenet_efficientnet_lite0() -> Any:
+    """The ImageNet EfficientNet-Lite0 of the wheel, for ``camkit explain --model
+    camkit_plugins.image.pretrained:imagenet_efficientnet_lite0 --labels imagenet photos/``."""
+    return build_efficientnet_lite0(pretrained=True)
