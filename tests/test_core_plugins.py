@@ -176,7 +176,8 @@ def test_cli_plugins_table_and_python_m():
     assert re.search(r"^gradcam\s+loaded\s+camkit_plugins\.methods\.gradcam", out.stdout, re.M)
     assert "camkit_register_methods" in out.stdout
     listed = run_camkit("list", "methods")
-    assert listed.stdout.startswith("methods: ") and "gradcam++" in listed.stdout
+    assert re.search(r"^gradcam\+\+\s+positive gradients", listed.stdout, re.M)  # one method a line, described
+    assert run_camkit("list").stdout.count("\n") >= 9 and "methods: ablationcam, cam," in run_camkit("list").stdout
     axes = run_camkit("list", "axes").stdout  # the core's built-in letters, not "(none)"
     assert axes.startswith("axes: H (continuous)") and "V (discrete)" in axes and "M (reducible)" in axes
     bad = run_camkit("no-such-command")
