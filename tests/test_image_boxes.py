@@ -21,6 +21,14 @@ def test_max_fraction_boxes_the_largest_component():
     assert boxes.tolist() == [[10, 10, 15, 15]]  # the 25-site blob beats the 12-site one
 
 
+def test_all_components_box_every_kept_site():
+    assert boxes_from_maps(_two_blobs(), value=0.2, components="all").tolist() == [[1, 2, 15, 15]]
+    assert boxes_from_maps(_two_blobs(), value=0.6, components="all").tolist() == [[1, 2, 5, 5]]
+    assert boxes_from_maps(np.zeros((1, 4, 4)), components="all").tolist() == [[0, 0, 0, 0]]
+    with pytest.raises(ValueError, match="unknown components rule 'every'"):
+        boxes_from_maps(_two_blobs(), components="every")
+
+
 def test_threshold_above_the_weak_blob_keeps_the_strong_one():
     boxes = boxes_from_maps(_two_blobs(), rule="max_fraction", value=0.6)
     assert boxes.tolist() == [[1, 2, 5, 5]]

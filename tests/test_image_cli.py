@@ -55,8 +55,8 @@ def test_train_then_explain_through_the_cli(tmp_path, picture_folder, capsys):
     overlays = sorted(p.name for p in out.glob("*_pred_*.jpg"))
     assert [name.split("_pred_")[0] for name in overlays] == ["cat.0", "dog.3"]
     for name in overlays:
-        label = name.split("_pred_")[1][: -len(".jpg")]
-        assert label in ("cat", "dog")
+        label, percent = name.split("_pred_")[1][: -len(".jpg")].rsplit("_", 1)
+        assert label in ("cat", "dog") and percent.endswith("pct") and 50.0 <= float(percent[:-3]) <= 100.0
         assert cv2.imread(str(out / name)).shape == (24, 20, 3)  # the overlay keeps the picture's size
     maps = np.load(out / "cat.0_maps.npy")
     assert maps.shape == (2, 16, 16) and 0.0 <= maps.min() and maps.max() <= 1.0  # top-2 maps at input size

@@ -274,3 +274,24 @@ def test_pictures_decode_through_pil_once_torchvision_drops_its_decoders(tmp_pat
     assert use_device_decode("auto", "cuda") is False
     with pytest.raises(ValueError, match="decode='device' needs torchvision.io.decode_jpeg"):
         use_device_decode("device", "cpu")
+
+
+def test_erase_squares_zeroes_one_square_in_the_chosen_pictures_only():
+    from camkit_plugins.image.train import erase_squares
+
+    inputs = torch.randn(64, 3, 12, 10) + 5.0  # no pixel is 0 before erasing
+    torch.manual_seed(0)
+    erased = erase_squares(inputs, 4)
+    torch.manual_seed(0)
+    assert torch.equal(erase_squares(inputs, 4), erased)  # draws from torch's seeded RNG
+    zero = erased == 0
+    per_picture = zero.flatten(1).sum(1)
+    assert set(per_picture.tolist()) == {0, 3 * 4 * 4} and 16 < int((per_picture > 0).sum()) < 48
+    for picture, mask in zip(zero, zero[:, 0]):
+        if mask.any():  # one 4x4 square, the same on every channel
+            rows, cols = mask.any(1).nonzero().flatten(), mask.any(0).nonzero().flatten()
+            assert rows.tolist() == list(range(int(rows[0]), int(rows[0]) + 4)) and len(cols) == 4
+            assert torch.equal(picture, mask.expand_as(picture))
+    assert torch.equal(erased[~zero], inputs[~zero])
+    with pytest.raises(ValueError, match="must fit"):
+        erase_squares(inputs, 11)

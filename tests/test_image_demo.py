@@ -25,15 +25,21 @@ def test_localisation_needs_the_right_class_and_iou_at_least_half():
     assert abs(scores["iou_at_0.5"] - 2 / 3) < 1e-6 and abs(scores["mean_iou"] - 0.8) < 1e-6
 
 
-def test_threshold_chosen_on_validation_is_the_one_that_localises_best():
-    from camkit_plugins.image.demo import choose_threshold
+def test_box_rule_chosen_on_validation_is_the_one_that_localises_best():
+    from camkit_plugins.image.demo import choose_box_rule
 
     maps = torch.zeros(4, 32, 32)
     maps[:, 4:28, 4:28] = 0.5  # a halo twice the object's size at half the peak
     maps[:, 10:22, 10:22] = 1.0
     truth = torch.tensor([[10, 10, 22, 22]] * 4)
-    chosen, curve = choose_threshold(maps, truth, torch.ones(4, dtype=torch.bool))
-    assert chosen == 0.55 and curve[0.5] == 0.0 and curve[0.9] == 1.0
+    chosen, curve = choose_box_rule(maps, truth, torch.ones(4, dtype=torch.bool))
+    assert chosen == (0.55, "largest") and curve[0.5, "largest"] == 0.0 and curve[0.9, "all"] == 1.0
+    # evidence in two corners of the object: only boxing every kept site covers it
+    maps = torch.zeros(4, 32, 32)
+    maps[:, 10:14, 10:14] = 1.0
+    maps[:, 18:22, 18:22] = 0.9
+    chosen, curve = choose_box_rule(maps, truth, torch.ones(4, dtype=torch.bool))
+    assert chosen == (0.1, "all") and curve[0.1, "largest"] == 0.0
 
 
 def test_gap_cnn_maps_are_a_quarter_of_the_input_and_found_automatically():

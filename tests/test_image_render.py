@@ -60,8 +60,8 @@ def test_written_overlay_has_the_input_size_and_heat_where_the_map_is(tmp_path):
     maps = torch.zeros(1, 60, 80)
     maps[0, 30:60, 40:80] = 1.0  # hot bottom-right quadrant
     blended = overlay(grey, maps, 0.5)[0].permute(1, 2, 0).numpy()
-    path = write_overlay(tmp_path / overlay_file_name("photo", "dog"), blended, label_text("dog", 0.97312))
-    assert path.name == "photo_pred_dog.jpg" and path.is_file()
+    path = write_overlay(tmp_path / overlay_file_name("photo", "dog", 0.97312), blended, label_text("dog", 0.97312))
+    assert path.name == "photo_pred_dog_97.31pct.jpg" and path.is_file()
     written = cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB).astype(float)
     assert written.shape == (60, 80, 3)
     hot, cold = written[40:60, 55:80], written[40:60, 5:30]
@@ -75,6 +75,8 @@ def test_written_overlay_has_the_input_size_and_heat_where_the_map_is(tmp_path):
 def test_label_text_and_safe_names():
     assert label_text("dog", 0.97312) == "dog 97.31%"
     assert overlay_file_name("a", "hot dog/bun") == "a_pred_hot_dog_bun.jpg"
+    assert overlay_file_name("a", "hot dog/bun", 0.5) == "a_pred_hot_dog_bun_50.00pct.jpg"
+    assert overlay_file_name("a", "cat", 1.0, ".png") == "a_pred_cat_100.00pct.png"
 
 
 def test_grid_figure_is_written(tmp_path):

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 RULES = ("max_fraction", "percentile")
+COMPONENTS = ("largest", "all")
 
 
 def _as_numpy_maps(maps: Any) -> np.ndarray:
@@ -58,18 +59,22 @@ def largest_component(mask: np.ndarray) -> np.ndarray:
     return labels == (int(np.argmax(sizes)) + 1)
 
 
-def boxes_from_maps(maps: Any, rule: str = "max_fraction", value: float = 0.2) -> Any:
+def boxes_from_maps(maps: Any, rule: str = "max_fraction", value: float = 0.2, components: str = "largest") -> Any:
     """``torch.LongTensor (N, 4)`` of ``(x0, y0, x1, y1)`` boxes (end exclusive) for maps ``(N, H, W)``.
 
     ``rule="max_fraction"`` keeps sites >= ``value`` x the map's maximum (the CAM paper, 0.2);
-    ``rule="percentile"`` keeps the top ``value`` fraction of sites (positive ones only). Then the largest connected
-    component is boxed. Maps may be torch tensors (any device) or numpy arrays."""
+    ``rule="percentile"`` keeps the top ``value`` fraction of sites (positive ones only). Then
+    ``components="largest"`` boxes the largest connected component (the CAM paper), ``"all"`` every kept
+    site (one object per picture whose evidence is split into fragments, e.g. the corners of a shape).
+    Maps may be torch tensors (any device) or numpy arrays."""
     import torch
 
+    if components not in COMPONENTS:
+        raise ValueError(f"unknown components rule {components!r}; available: {', '.join(COMPONENTS)}")
     kept = threshold_maps(maps, rule, value)
     boxes = np.zeros((len(kept), 4), dtype=np.int64)
     for index, mask in enumerate(kept):  # connected components are inherently per image
-        component = largest_component(mask)
+        component = largest_component(mask) if components == "largest" else mask
         rows = np.flatnonzero(component.any(axis=1))
         cols = np.flatnonzero(component.any(axis=0))
         if rows.size:

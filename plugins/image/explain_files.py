@@ -269,7 +269,7 @@ def explain_files(model: Any, config: dict[str, Any], files: Sequence[Path], out
                         stem = unique_stem(Path(good[i]["path"]).stem, stems)
                         good[i]["stem"] = stem
                         label = classes[int(targets[i, 0])]
-                        target = out / overlay_file_name(stem, label)
+                        target = out / overlay_file_name(stem, label, float(scores[i, 0]))
                         good[i]["overlay"] = target
                         submit(target, write_overlay, blended[row].permute(1, 2, 0).numpy(),
                                label_text(label, float(scores[i, 0])))

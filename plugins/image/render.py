@@ -78,10 +78,12 @@ def write_overlay(path: str | Path, overlay_rgb: Any, text: str | None = None, q
     return path
 
 
-def overlay_file_name(stem: str, class_name: str, suffix: str = ".jpg") -> str:
-    """``<name>_pred_<label>.jpg`` (characters unsafe in file names replaced by ``_``)."""
+def overlay_file_name(stem: str, class_name: str, probability: float | None = None, suffix: str = ".jpg") -> str:
+    """``<name>_pred_<label>_<pp.pp>pct.jpg`` (without ``probability``: ``<name>_pred_<label>.jpg``);
+    characters unsafe in file names are replaced by ``_``. The percentage is the one written on the picture."""
     safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in class_name)
-    return f"{stem}_pred_{safe}{suffix}"
+    score = "" if probability is None else f"_{100 * probability:.2f}pct"
+    return f"{stem}_pred_{safe}{score}{suffix}"
 
 
 def save_grid(path: str | Path, images: Any, maps: Any, titles: Sequence[str], ncols: int = 3,

@@ -48,7 +48,7 @@ def evaluate_accuracy(model: Any, dataset: Any, batch_size: int = 256, workers: 
 
 
 def train_classifier(model: Any, train_set: Any, val_set: Any | None, epochs: int = 5, lr: float = 3e-3,
-                     batch_size: int = 64, seed: int = 0, workers: int = 0, flip: bool = False,
+                     batch_size: int = 64, seed: int = 0, workers: int = 0, flip: bool = False, erase: int = 0,
                      log: Callable[[str], None] = print, desc: str = "train",
                      on_epoch_end: Callable[[int, dict[str, Any]], None] | None = None,
                      resume: Mapping[str, Any] | None = None) -> dict[str, Any]:
@@ -58,7 +58,9 @@ def train_classifier(model: Any, train_set: Any, val_set: Any | None, epochs: in
     ``on_epoch_end(epoch, state)`` gets, after every epoch, the state (weights, optimizer, schedule,
     data order, RNG, history) from which ``resume=state`` continues with the next epoch and ends with
     the weights of an uninterrupted run. The first non-finite loss stops training with
-    ``camkit.validation.NonFiniteError``."""
+    ``camkit.validation.NonFiniteError``. ``erase=S``: half the training pictures get one random SxS
+    square set to 0 (the normalised mean; hide-and-seek / cutout), so the classifier cannot rely on one
+    part of the object alone and the class maps cover more of it."""
     import torch
     import torch.nn.functional as F
     from tqdm import tqdm
@@ -85,6 +87,8 @@ def train_classifier(model: Any, train_set: Any, val_set: Any | None, epochs: in
                     if flip:  # horizontal flips: the classes here are mirror-invariant
                         mirror = torch.rand(len(inputs)) < 0.5
                         inputs = torch.where(mirror[:, None, None, None], inputs.flip(-1), inputs)
+                    if erase:
+                        inputs = erase_squares(inputs, erase)
                     optimizer.zero_grad(set_to_none=True)
                     loss = F.cross_entropy(model(inputs), labels)
                     require_finite(loss.detach(), f"the training loss (epoch {epoch}, batch {step})")
@@ -107,6 +111,24 @@ def train_classifier(model: Any, train_set: Any, val_set: Any | None, epochs: in
     if skipped:
         warnings.warn(f"{len(skipped)} unreadable image(s) skipped: {', '.join(history['skipped'])}", stacklevel=2)
     return history
+
+
+def erase_squares(inputs: Any, size: int, fraction: float = 0.5) -> Any:
+    """A copy of ``inputs`` (N, C, H, W) where a random ``fraction`` of the pictures has one ``size`` x
+    ``size`` square, placed uniformly inside the picture, set to 0. Draws from torch's global RNG."""
+    import torch
+
+    height, width = inputs.shape[-2:]
+    if not 0 < size <= min(height, width):
+        raise ValueError(f"erase: the square ({size} px) must fit in the {height}x{width} pictures")
+    count = len(inputs)
+    chosen = torch.rand(count) < fraction
+    top = torch.randint(0, height - size + 1, (count,))
+    left = torch.randint(0, width - size + 1, (count,))
+    rows = torch.arange(height)[None, :, None] - top[:, None, None]
+    cols = torch.arange(width)[None, None, :] - left[:, None, None]
+    inside = (rows >= 0) & (rows < size) & (cols >= 0) & (cols < size) & chosen[:, None, None]
+    return inputs.masked_fill(inside[:, None].to(inputs.device), 0.0)
 
 
 def training_state(epoch: int, model: Any, optimizer: Any, schedule: Any, loader: Any, history: Mapping[str, Any],
