@@ -22,6 +22,7 @@ from torchvision.io import write_png
 import camkit
 from camkit.checkpoint import save_checkpoint
 from camkit.cli import commands, main, run
+from camkit.plugin_manager import UnknownNameError
 from camkit.validation import NonFiniteError
 
 pytestmark = pytest.mark.filterwarnings("ignore::camkit.ConstantMapWarning")
@@ -42,7 +43,8 @@ BENCH = ("bench --models mnist-gap --datasets digits --methods cam --metrics poi
 CASES = [
     # --- plugins, list
     Case("plugins --jsn", SystemExit, "2"),
-    Case("list banana", KeyError, "unknown registry 'banana'; known: .*methods"),
+    Case("list banana", KeyError, r"unknown registry 'banana'\. Available: .*methods"),
+    Case("list metods", UnknownNameError, r"unknown registry 'metods'\. Did you mean 'methods'"),
     # --- explain: devices (one parser for every --device)
     Case(f"{EXPLAIN} --checkpoint {{ck}} {{pics}} --device banana", ValueError,
          "device 'banana': not a device; use auto, cpu"),
