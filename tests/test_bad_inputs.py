@@ -120,6 +120,12 @@ CASES = [
     Case(f"{BENCH} --samples 0 --out {{out}}", ValueError, "'samples' must be a positive integer"),
     Case("bench --methods gradkam --models mnist-gap --datasets digits --out {out}", KeyError,
          "unknown method 'gradkam'"),
+    Case("bench --methods gradcm --models mnist-gap --datasets digits --out {out}", UnknownNameError,
+         r"unknown method 'gradcm'\. Did you mean 'gradcam'"),
+    Case("bench --methods cam --models mnist-gapp --datasets digits --out {out}", UnknownNameError,
+         r"unknown model 'mnist-gapp'\. Did you mean 'mnist-gap'.*, or a checkpoint directory \(with config.json\)$"),
+    Case("bench --config {bench_typo_config}", UnknownNameError,
+         r"unknown bench setting 'sample'\. Did you mean 'samples'\? Available: batch_size,"),
     Case("bench --config {nowhere}.toml", FileNotFoundError, "does not exist"),
     Case("bench --targets banana", SystemExit, "2"),
     # --- skeleton commands: what already is one clear error ...
@@ -130,6 +136,8 @@ CASES = [
     # ... and what issue #13 found was not
     Case("train skeleton -d frames=abc --epochs 1 --out {out}", ValueError, "frames"),
     Case("train skeleton -d frames --out {out}", ValueError, "not KEY=VALUE"),
+    Case("train skeleton -d sise=8 --out {out}", UnknownNameError,
+         r"unknown dataset skeleton-synthetic option 'sise'\. Did you mean 'size'"),
     Case("train skeleton --epochs 0 --out {out}", ValueError, "epochs"),
     Case("explain skeleton --checkpoint {ck} --out {out}", ValueError, "image checkpoint|skeleton"),
     Case("eval skeleton --checkpoints {ck} {ck} --label a --out {out}", ValueError, "--label"),
@@ -172,6 +180,8 @@ def world(tmp_path_factory):
     (root / "empty").mkdir()
     (root / "empty" / "notes.txt").write_text("no pictures here")
     (root / "afile").write_text("a file where a folder belongs")
+    (root / "typo.toml").write_text('models = ["mnist-gap"]\ndatasets = ["digits"]\nsample = 4\n')
+    paths["bench_typo_config"] = str(root / "typo.toml")
     paths.update(empty=str(root / "empty"), afile=str(root / "afile"))
 
     config = {"model": "mnist-gap", "model_options": {"in_channels": 3}, "classes": ["cat", "dog"],

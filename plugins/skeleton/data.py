@@ -17,6 +17,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 from torch.utils.data import Dataset
 
+from camkit.plugin_manager import UnknownNameError
 from camkit_plugins.skeleton.graph import NTU25_PARTS
 from camkit_plugins.skeleton.preprocess import ClipPipeline, body_activity
 
@@ -25,7 +26,7 @@ SPLITS = ("train", "val", "test")
 
 def _check_split(split: str) -> None:
     if split not in SPLITS:
-        raise ValueError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
+        raise UnknownNameError.of("split", split, SPLITS)
 
 
 class SkeletonDataset(Dataset):
@@ -219,7 +220,7 @@ def read_missing_list(paths: str) -> set[str]:
 
 def _split_files(files: list[Path], split: str, protocol: str, seed: int, val_fraction: float) -> list[Path]:
     if protocol not in NTU_PROTOCOLS:
-        raise ValueError(f"unknown NTU protocol {protocol!r}; choose one of {', '.join(NTU_PROTOCOLS)}")
+        raise UnknownNameError.of("NTU protocol", protocol, NTU_PROTOCOLS)
     if protocol == "all":
         return files
     if protocol == "random":
@@ -440,7 +441,7 @@ def _cue(name: str, rest: np.ndarray) -> tuple[tuple[int, ...], np.ndarray, np.n
         b = rest.copy()
         b[[0, 1, 20, 2, 3, *arms]] += (0, .12, 0)
         return (0, 1, 20, 2, 3, *arms), rest, b, lambda p: np.abs(np.sin(2 * np.pi * 3 * p))
-    raise KeyError(f"unknown cue {name!r}")
+    raise UnknownNameError.of("cue", name, [cue for _, cues in SYNTHETIC_CLASSES for cue in cues])
 
 
 def _group_of(joints: Sequence[int]) -> str:

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from camkit.plugin_manager import UnknownNameError
+
 TRAIN_SAMPLING = ("uniform", "crop-resize")
 TEST_SAMPLING = ("centre", "uniform")
 
@@ -201,9 +203,9 @@ class ClipPipeline:
         if self.frames < 1:
             raise ValueError(f"frames must be at least 1, got {self.frames}")
         if self.sampling not in TRAIN_SAMPLING:
-            raise ValueError(f"unknown sampling {self.sampling!r}; choose {' or '.join(TRAIN_SAMPLING)}")
+            raise UnknownNameError.of("sampling", self.sampling, TRAIN_SAMPLING)
         if self.test_sampling not in TEST_SAMPLING:
-            raise ValueError(f"unknown test_sampling {self.test_sampling!r}; choose {' or '.join(TEST_SAMPLING)}")
+            raise UnknownNameError.of("test_sampling", self.test_sampling, TEST_SAMPLING)
         if self.test_clips < 1:
             raise ValueError(f"test_clips must be at least 1, got {self.test_clips}")
         if self.rotate < 0 or not 0 <= self.scale < 1:
