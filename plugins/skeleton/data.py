@@ -74,7 +74,8 @@ class SkeletonDataset(Dataset):
         require_finite(clip, f"skeleton data of {self.source(index)}")
         if self.pipeline is not None:
             clip = self.pipeline(clip, self.training, self.coordinates)
-        item = {"input": torch.from_numpy(np.ascontiguousarray(clip, dtype=np.float32)), "label": int(self.labels[index])}
+        item = {"input": torch.from_numpy(np.ascontiguousarray(clip, dtype=np.float32)),
+                "label": int(self.labels[index])}
         if self.masks is not None:
             item["mask"] = torch.from_numpy(np.asarray(self.masks[index], dtype=bool))
         return item
@@ -385,7 +386,9 @@ def _arm_pose(rest: np.ndarray, arm: tuple[int, ...], elbow: Sequence[float], wr
     return pose
 
 
-def _cue(name: str, rest: np.ndarray) -> tuple[tuple[int, ...], np.ndarray, np.ndarray, Callable[[np.ndarray], np.ndarray]]:
+def _cue(
+    name: str, rest: np.ndarray,
+) -> tuple[tuple[int, ...], np.ndarray, np.ndarray, Callable[[np.ndarray], np.ndarray]]:
     """``(joints, pose A, pose B, oscillation(phase))``: the clip moves rest -> A, and between A and B."""
     side = 1.0 if name.startswith("left") else -1.0
     arm = L_ARM if side > 0 else R_ARM

@@ -61,7 +61,8 @@ class STGCNBlock(nn.Module):
         elif in_channels == out_channels and stride == 1:
             self.residual = nn.Identity()
         else:
-            self.residual = nn.Sequential(nn.Conv2d(in_channels, out_channels, 1, (stride, 1)), nn.BatchNorm2d(out_channels))
+            self.residual = nn.Sequential(nn.Conv2d(in_channels, out_channels, 1, (stride, 1)),
+                                          nn.BatchNorm2d(out_channels))
         self.relu = nn.ReLU()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -98,8 +99,8 @@ class STGCN(nn.Module):
         if config not in CONFIGS:
             raise UnknownNameError.of("ST-GCN config", config, sorted(CONFIGS))
         widths = tuple(widths) if widths is not None else CONFIGS[config][0]
-        strides = tuple(strides) if strides is not None else (CONFIGS[config][1] if len(widths) == len(CONFIGS[config][1])
-                                                              else (1,) * len(widths))
+        strides = tuple(strides) if strides is not None else (
+            CONFIGS[config][1] if len(widths) == len(CONFIGS[config][1]) else (1,) * len(widths))
         if len(widths) != len(strides) or not widths:
             raise ValueError(f"widths {widths} and strides {strides} must be non-empty and of equal length")
         self.graph = get_graph(graph)
@@ -186,7 +187,8 @@ class RAGCN(nn.Module):
             raise UnknownNameError.of("mask option", unknown[0], list(names))
         self.mask_rule = dataclasses.replace(self.mask_rule, **{names[k]: v for k, v in options.items()})
 
-    def stream_masks(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> tuple[list[torch.Tensor], torch.Tensor]:
+    def stream_masks(self, x: torch.Tensor,
+                     labels: torch.Tensor | None = None) -> tuple[list[torch.Tensor], torch.Tensor]:
         """Per-stream features and the cumulative frame masks ``(S, N, T, V)`` each stream saw."""
         import camkit
 

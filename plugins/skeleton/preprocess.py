@@ -236,7 +236,8 @@ class ClipPipeline:
         elif self.test_sampling == "uniform":
             windows = [clip[:, uniform_indices(length, self.frames, random=False)]] * self.test_clips
         else:
-            windows = [clip[:, start:start + self.frames] for start in clip_starts(length, self.frames, self.test_clips)]
+            starts = clip_starts(length, self.frames, self.test_clips)
+            windows = [clip[:, start:start + self.frames] for start in starts]
         return windows[0] if self.test_clips == 1 else np.stack(windows)
 
     def _augment(self, clip: np.ndarray, coordinates: int) -> np.ndarray:

@@ -81,7 +81,8 @@ def jitter(x: torch.Tensor, kind: str, probability: float, sigma: float, generat
 def ragcn_conditions(dataset: Any, centre: int | None = None) -> dict[str, Any]:
     """``{name: corrupt(x, y, generator)}`` of RA-GCN's protocol (NTU-25 joints needed for the parts)."""
     if dataset.sample_shape[2] != 25:
-        raise ValueError(f"RA-GCN's protocol occludes NTU-25 body parts; this data has {dataset.sample_shape[2]} joints")
+        raise ValueError(f"RA-GCN's protocol occludes NTU-25 body parts; this data has {dataset.sample_shape[2]} "
+                         "joints")
     conditions: dict[str, Any] = {"clean": lambda x, y, g: x}
     for part, joints in NTU25_PARTS.items():
         conditions[part] = (lambda js: lambda x, y, g: occlude_joints(x, js))(joints)
@@ -98,7 +99,8 @@ def paper_table(results: Mapping[str, Mapping[str, float]]) -> str:
     head = "| model | " + " | ".join(name for name, _ in PAPER_COLUMNS) + " |"
     lines = ["Occlusion (top-1 %; published rows: NTU-60 cross-subject, ICIP 2019)", "", head,
              "|---|" + "---:|" * len(PAPER_COLUMNS)]
-    lines += [f"| {name} | " + " | ".join(f"{v:.1f}" for v in values) + " |" for name, values in PAPER_REFERENCE.items()]
+    lines += [f"| {name} | " + " | ".join(f"{v:.1f}" for v in values) + " |"
+              for name, values in PAPER_REFERENCE.items()]
     for model, metrics in results.items():
         lines.append(f"| {model} | " + " | ".join(_percent(metrics, key) for _, key in PAPER_COLUMNS) + " |")
     names = [name for name, *_ in JITTER]
