@@ -44,19 +44,27 @@ class PluginError(RuntimeError):
     """A plugin misbehaved (duplicate registration, bad hook answer)."""
 
 
-class UnknownNameError(KeyError):
-    """A name no registry (or option list) knows; the message lists close matches and what exists."""
+class UnknownNameError(KeyError, ValueError):
+    """A name no registry (or option list) knows; the message lists close matches and what exists.
+
+    A ``KeyError`` for registry look-ups and a ``ValueError`` for option values (a mask rule, a
+    sampling), as those raised before it, so callers catching either keep working."""
 
     def __str__(self) -> str:  # KeyError would quote the message
         return str(self.args[0]) if self.args else ""
 
     @classmethod
-    def of(cls, what: str, name: str, known: "list[str] | tuple[str, ...]") -> "UnknownNameError":
+    def of(cls, what: str, name: str, known: "list[str] | tuple[str, ...]", *, where: str = "",
+           alternative: str = "") -> "UnknownNameError":
+        """``unknown {what} {name!r}. Did you mean ...? Available: ...``, after ``{where}: `` when given
+        (the file or entry the name was read from); ``alternative`` ends the list (``or a dict ...``)."""
         import difflib
 
         close = difflib.get_close_matches(name, list(known), n=3)
         hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
-        return cls(f"unknown {what} {name!r}.{hint} Available: {', '.join(known) or '(none)'}")
+        place = f"{where}: " if where else ""
+        available = ", ".join([*known, f"or {alternative}"] if alternative else known) or "(none)"
+        return cls(f"{place}unknown {what} {name!r}.{hint} Available: {available}")
 
 
 @dataclass
@@ -79,7 +87,7 @@ class PluginManager:
         A name registered twice is a ``PluginError`` naming both plugins. Cached until the set of
         registered plugins changes (``temporary_plugin`` included)."""
         if kind not in REGISTRY_HOOKS:
-            raise UnknownNameError(f"unknown registry {kind!r}; known: {', '.join(sorted(REGISTRY_HOOKS))}")
+            raise UnknownNameError.of("registry", kind, sorted(REGISTRY_HOOKS))
         with self._lock:  # threads may look up while another registers a plugin
             plugins = list(self.pm.get_plugins())
             key = (kind, frozenset(map(id, plugins)))

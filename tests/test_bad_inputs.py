@@ -22,6 +22,7 @@ from torchvision.io import write_png
 import camkit
 from camkit.checkpoint import save_checkpoint
 from camkit.cli import commands, main, run
+from camkit.plugin_manager import UnknownNameError
 from camkit.validation import NonFiniteError
 
 pytestmark = pytest.mark.filterwarnings("ignore::camkit.ConstantMapWarning")
@@ -42,7 +43,8 @@ BENCH = ("bench --models mnist-gap --datasets digits --methods cam --metrics poi
 CASES = [
     # --- plugins, list
     Case("plugins --jsn", SystemExit, "2"),
-    Case("list banana", KeyError, "unknown registry 'banana'; known: .*methods"),
+    Case("list banana", KeyError, r"unknown registry 'banana'\. Available: .*methods"),
+    Case("list metods", UnknownNameError, r"unknown registry 'metods'\. Did you mean 'methods'"),
     # --- explain: devices (one parser for every --device)
     Case(f"{EXPLAIN} --checkpoint {{ck}} {{pics}} --device banana", ValueError,
          "device 'banana': not a device; use auto, cpu"),
@@ -118,6 +120,12 @@ CASES = [
     Case(f"{BENCH} --samples 0 --out {{out}}", ValueError, "'samples' must be a positive integer"),
     Case("bench --methods gradkam --models mnist-gap --datasets digits --out {out}", KeyError,
          "unknown method 'gradkam'"),
+    Case("bench --methods gradcm --models mnist-gap --datasets digits --out {out}", UnknownNameError,
+         r"unknown method 'gradcm'\. Did you mean 'gradcam'"),
+    Case("bench --methods cam --models mnist-gapp --datasets digits --out {out}", UnknownNameError,
+         r"unknown model 'mnist-gapp'\. Did you mean 'mnist-gap'.*, or a checkpoint directory \(with config.json\)$"),
+    Case("bench --config {bench_typo_config}", UnknownNameError,
+         r"unknown bench setting 'sample'\. Did you mean 'samples'\? Available: batch_size,"),
     Case("bench --config {nowhere}.toml", FileNotFoundError, "does not exist"),
     Case("bench --targets banana", SystemExit, "2"),
     # --- skeleton commands: what already is one clear error ...
@@ -128,6 +136,8 @@ CASES = [
     # ... and what issue #13 found was not
     Case("train skeleton -d frames=abc --epochs 1 --out {out}", ValueError, "frames"),
     Case("train skeleton -d frames --out {out}", ValueError, "not KEY=VALUE"),
+    Case("train skeleton -d sise=8 --out {out}", UnknownNameError,
+         r"unknown dataset skeleton-synthetic option 'sise'\. Did you mean 'size'"),
     Case("train skeleton --epochs 0 --out {out}", ValueError, "epochs"),
     Case("explain skeleton --checkpoint {ck} --out {out}", ValueError, "image checkpoint|skeleton"),
     Case("eval skeleton --checkpoints {ck} {ck} --label a --out {out}", ValueError, "--label"),
@@ -170,6 +180,8 @@ def world(tmp_path_factory):
     (root / "empty").mkdir()
     (root / "empty" / "notes.txt").write_text("no pictures here")
     (root / "afile").write_text("a file where a folder belongs")
+    (root / "typo.toml").write_text('models = ["mnist-gap"]\ndatasets = ["digits"]\nsample = 4\n')
+    paths["bench_typo_config"] = str(root / "typo.toml")
     paths.update(empty=str(root / "empty"), afile=str(root / "afile"))
 
     config = {"model": "mnist-gap", "model_options": {"in_channels": 3}, "classes": ["cat", "dog"],

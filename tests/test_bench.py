@@ -164,8 +164,14 @@ def test_metrics_needing_missing_ground_truth_are_reported_not_dropped(toy):
     ("datasets", "toy-box", "toy-boxes"), ("models", "toy-cn", "toy-cnn"),
 ])
 def test_unknown_names_list_the_available(toy, field, name, listed):
-    with pytest.raises(KeyError, match=listed):
+    suggested = rf"unknown {field[:-1]} '{name}'\. Did you mean .*'{listed}'.*\? Available: .*{listed}"
+    with pytest.raises(KeyError, match=suggested):
         run({**toy, field: [name]})
+
+
+def test_an_unknown_model_may_also_be_a_checkpoint_directory(toy):
+    with pytest.raises(KeyError, match=r"Available: .*toy-cnn.*, or a checkpoint directory \(with config.json\)$"):
+        run({**toy, "models": ["toy-cn"]})
 
 
 def test_config_file_and_flags(tmp_path):
@@ -186,7 +192,7 @@ def test_config_file_and_flags(tmp_path):
     bad.write_text('{"methods": ["cam"],\n "samples": }')
     with pytest.raises(ValueError, match="line 2"):
         load_config(bad)
-    with pytest.raises(ValueError, match="unknown bench setting"):
+    with pytest.raises(ValueError, match=r"unknown bench setting 'sample'\. Did you mean 'samples'\?"):
         normalize_config({"sample": 3})
 
 

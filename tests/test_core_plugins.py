@@ -247,7 +247,7 @@ def test_registries_can_be_read_from_threads_while_plugins_come_and_go():
 def test_the_command_reports_user_errors_in_one_line_with_status_2():
     done = run_camkit("list", "no-such-kind")
     assert done.returncode == 2 and "Traceback" not in done.stderr
-    assert done.stderr.startswith("camkit: error: unknown registry 'no-such-kind'; known: axes,")
+    assert done.stderr.startswith("camkit: error: unknown registry 'no-such-kind'. Available: axes,")
     traced = run_camkit("list", "no-such-kind", env={"CAMKIT_TRACEBACK": "1"})
     assert traced.returncode == 1 and "Traceback" in traced.stderr and "UnknownNameError" in traced.stderr
 
@@ -281,3 +281,17 @@ def test_unknown_names_list_close_matches_without_quotes():
         camkit.lookup("methods", "gradcm")
     assert str(caught.value).startswith("unknown method 'gradcm'. Did you mean 'gradcam'")
     assert isinstance(caught.value, KeyError)
+
+
+def test_an_unknown_name_is_both_a_key_error_and_a_value_error():
+    from camkit.plugin_manager import UnknownNameError
+
+    error = UnknownNameError.of("mask rule", "treshold", ["threshold", "topk"])
+    assert isinstance(error, KeyError) and isinstance(error, ValueError)  # registry look-ups and option values
+    assert str(error) == "unknown mask rule 'treshold'. Did you mean 'threshold'? Available: threshold, topk"
+    assert str(UnknownNameError.of("layout", "zz", [])) == "unknown layout 'zz'. Available: (none)"
+
+
+def test_an_unknown_registry_suggests_the_close_one():
+    with pytest.raises(KeyError, match=r"unknown registry 'metods'\. Did you mean 'methods', .*\? Available: axes,"):
+        camkit.registry("metods")

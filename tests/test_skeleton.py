@@ -48,7 +48,7 @@ def test_custom_graph_and_errors():
     np.testing.assert_allclose(a[:, 0], [1 / 2, 1 / 2, 0])
     with pytest.raises(ValueError, match="not pairs of distinct joints"):
         get_graph({"joints": 3, "bones": [[0, 5]]})
-    with pytest.raises(KeyError, match="ntu25"):
+    with pytest.raises(KeyError, match="ntu25, openpose18, or a dict with joints, bones, center"):
         get_graph("kinect")
     with pytest.raises(ValueError, match="unknown partition"):
         NTU25.adjacency("nearest")

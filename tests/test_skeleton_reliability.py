@@ -39,13 +39,17 @@ BAD_INPUTS = [
     (["train", "skeleton", *DATA, "--epochs", "0", "--out", "{out}"], "--epochs must be at least 1, got 0"),
     (["train", "skeleton", "-d", "frames=abc", "--out", "{out}"],
      "dataset skeleton-synthetic option frames=abc must be a whole number"),
-    (["train", "skeleton", "-d", "sise=8", "--out", "{out}"], "unknown dataset skeleton-synthetic option 'sise'"),
-    (["train", "skeleton", *DATA, "-m", "confg=tiny", "--out", "{out}"], "unknown model ragcn option 'confg'"),
+    (["train", "skeleton", "-d", "sise=8", "--out", "{out}"],
+     "unknown dataset skeleton-synthetic option 'sise'. Did you mean 'size'"),
+    (["train", "skeleton", *DATA, "-m", "confg=tiny", "--out", "{out}"],
+     "unknown model ragcn option 'confg'. Did you mean 'config'"),
     (["train", "skeleton", *DATA, "-m", "dropout=high", "--out", "{out}"], "model ragcn option dropout=high must be a number"),
     (["train", "skeleton", "-d", "size", "--out", "{out}"], "-d 'size' is not KEY=VALUE"),
     (["train", "skeleton", "-d", "split=xsub", "--out", "{out}"], "choose the split with --split"),
     (["train", "skeleton", *DATA], "train skeleton needs --out DIR"),
     (["train", "skeleton", *DATA, "--modality", "velocity", "--out", "{out}"], "unknown modality 'velocity'"),
+    (["train", "skeleton", *DATA, "--modality", "bone-motoin", "--out", "{out}"],
+     "unknown modality 'bone-motoin'. Did you mean 'bone-motion'"),
     (["train", "skeleton", "--resume", "{root}/image"], "nothing to resume"),
     (["explain", "skeleton", "--checkpoint", "{root}/stgcn", "--count", "0", "--out", "{out}"],
      "--count must be at least 1, got 0"),
@@ -55,7 +59,7 @@ BAD_INPUTS = [
     (["eval", "skeleton", "--checkpoints", "{root}/stgcn", "-m", "mask_rul=joints", "--out", "{out}"],
      "STGCN checkpoint without RA-GCN masks: -m mask_rul does not apply"),
     (["eval", "skeleton", "--checkpoints", "{root}/ragcn", "-m", "mask_rul=joints", "--out", "{out}"],
-     "unknown mask option(s) mask_rul"),
+     "unknown mask option 'mask_rul'. Did you mean 'mask_rule'"),
     (["eval", "skeleton", "--checkpoints", "{root}/stgcn", "--label", "a", "--label", "b", "--out", "{out}"],
      "2 --label for 1 checkpoints"),
     (["ensemble", "skeleton", "--checkpoints", "{root}/stgcn", "{root}/ragcn", "--weights", "1", "--out", "{out}"],
@@ -157,6 +161,7 @@ def test_option_checks_name_the_option_and_read_numbers_given_for_text_as_text()
                                                            "graph": {"joints": 3, "bones": []}}
     for pair, message in [("frames=2.5", "frames=2.5 must be a whole number"), ("frames=true", "must be a whole number"),
                           ("flag=1", "flag=1 must be true or false"), ("rate=fast", "rate=fast must be a number"),
-                          ("frame=3", "unknown dataset d option 'frame'; dataset d accepts flag, frames, graph")]:
+                          ("frame=3", r"unknown dataset d option 'frame'\. Did you mean 'frames', 'rate'\? "
+                                      r"Available: flag, frames, graph, rate, root$")]:
         with pytest.raises(ValueError, match=message):
             check_options(parse_key_values([pair], "-d"), accepted, "dataset d")

@@ -9,6 +9,8 @@ import re
 from pathlib import Path
 from typing import Any, Mapping
 
+from camkit.plugin_manager import UnknownNameError
+
 DEFAULTS: dict[str, Any] = {
     "methods": ["cam", "gradcam"],
     "metrics": ["pointing_game", "energy_pointing_game", "deletion", "insertion", "average_drop"],
@@ -28,6 +30,7 @@ DEFAULTS: dict[str, Any] = {
 }
 BASELINE_METHODS = ("baseline-center", "baseline-random")
 TARGET_CHOICES = ("predicted", "label")
+ENTRY_KEYS = ("name", "options", "label")
 
 
 def load_config(path: str | Path) -> dict[str, Any]:
@@ -56,10 +59,9 @@ def _entry(value: Any, what: str) -> dict[str, Any]:
     if isinstance(value, str):
         return {"name": value, "options": {}, "label": value}
     if isinstance(value, Mapping) and isinstance(value.get("name"), str):
-        unknown = set(value) - {"name", "options", "label"}
+        unknown = sorted(set(value) - set(ENTRY_KEYS))
         if unknown:
-            raise ValueError(f"{what} entry {dict(value)!r}: unknown key(s) {', '.join(sorted(unknown))} "
-                             f"(use name, options, label)")
+            raise UnknownNameError.of("key", unknown[0], ENTRY_KEYS, where=f"{what} entry {dict(value)!r}")
         options = dict(value.get("options") or {})
         return {"name": value["name"], "options": options, "label": str(value.get("label") or value["name"])}
     raise ValueError(f"{what} entry {value!r} must be a name or a table with 'name' (and 'options', 'label')")
@@ -67,9 +69,9 @@ def _entry(value: Any, what: str) -> dict[str, Any]:
 
 def normalize_config(raw: Mapping[str, Any]) -> dict[str, Any]:
     """Defaults filled in, entries in dict form, scalar types checked."""
-    unknown = set(raw) - set(DEFAULTS)
+    unknown = sorted(set(raw) - set(DEFAULTS))
     if unknown:
-        raise ValueError(f"unknown bench setting(s) {', '.join(sorted(unknown))}; known: {', '.join(sorted(DEFAULTS))}")
+        raise UnknownNameError.of("bench setting", unknown[0], sorted(DEFAULTS))
     config = {**DEFAULTS, **dict(raw)}
     for key in ("methods", "metrics", "models", "datasets", "plugins"):
         if isinstance(config[key], str):
@@ -100,13 +102,14 @@ def normalize_config(raw: Mapping[str, Any]) -> dict[str, Any]:
 
 def validate_names(config: Mapping[str, Any]) -> None:
     """Every method, metric, dataset and model exists (a model is a registered name or a checkpoint
-    directory); else a ``KeyError`` listing the available ones. Metric options are tried too."""
+    directory); else an ``UnknownNameError`` listing close matches and the available ones. Metric
+    options are tried too."""
     from camkit.plugin_manager import lookup, registry
 
     methods = registry("methods")
     for method in config["methods"]:
         if method not in methods:
-            raise KeyError(f"unknown method {method!r}. Available: {', '.join([*methods, *BASELINE_METHODS])}")
+            raise UnknownNameError.of("method", method, [*methods, *BASELINE_METHODS])
     for metric in config["metrics"]:
         cls = lookup("metrics", metric["name"])
         try:
@@ -120,8 +123,8 @@ def validate_names(config: Mapping[str, Any]) -> None:
         if is_checkpoint(model["name"]):
             continue
         if model["name"] not in models:
-            raise KeyError(f"unknown model {model['name']!r}: neither a checkpoint directory (with config.json) "
-                           f"nor a registered model. Available: {', '.join(models) or '(none)'}")
+            raise UnknownNameError.of("model", model["name"], list(models),
+                                      alternative="a checkpoint directory (with config.json)")
 
 
 def is_checkpoint(name: str) -> bool:

@@ -128,7 +128,8 @@ def _fmt(value: Any) -> str:
 def write_report(records: list[Mapping[str, Any]], config: Mapping[str, Any], out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     rows = scalar_rows(records)
-    fields = ["model", "dataset", "method", "metric", "value", "mean", "count", "samples", "primary", "higher_is_better", "options"]
+    fields = ["model", "dataset", "method", "metric", "value", "mean", "count", "samples", "primary",
+              "higher_is_better", "options"]
     with atomic_path(out / "results.csv") as temporary, open(temporary, "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=fields)
         writer.writeheader()

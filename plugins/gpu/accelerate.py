@@ -9,6 +9,8 @@ from __future__ import annotations
 import contextlib
 from typing import Any
 
+from camkit.plugin_manager import UnknownNameError
+
 DTYPES = {"fp32": None, "float32": None, "bf16": "bfloat16", "bfloat16": "bfloat16",
           "fp16": "float16", "float16": "float16"}
 
@@ -20,7 +22,7 @@ def autocast_dtype(name: str | None) -> Any:
     if name is None:
         return None
     if name not in DTYPES:
-        raise ValueError(f"unknown dtype {name!r}: choose one of {', '.join(sorted(DTYPES))}")
+        raise UnknownNameError.of("dtype", name, sorted(DTYPES))
     return getattr(torch, DTYPES[name]) if DTYPES[name] else None
 
 

@@ -177,10 +177,12 @@ def train(args: argparse.Namespace, resumed: dict[str, Any] | None = None) -> in
     job = Distributed.from_environment(device)  # selects this rank's GPU; gloo on CPU
     rank, world = job.rank, job.world
     if world > 1:
-        model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        device_ids = [device.index] if device.type == "cuda" else None
+        model = torch.nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
     sampler = DistributedSampler(train_set, world, rank, shuffle=True, seed=args.seed) if world > 1 else None
     shuffle = torch.Generator().manual_seed(args.seed)
-    loader = DataLoader(train_set, batch_size=args.batch_size, shuffle=sampler is None, sampler=sampler, generator=shuffle)
+    loader = DataLoader(train_set, batch_size=args.batch_size, shuffle=sampler is None, sampler=sampler,
+                        generator=shuffle)
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, max(args.epochs * len(loader), 1))
     occluder = torch.Generator().manual_seed(args.seed + 7919)
@@ -353,7 +355,8 @@ def _explain_run(args: argparse.Namespace) -> int:
                         gif=out / f"clip{i}.gif" if args.gif else None)
         top = joints[i].topk(min(3, len(joint_names)))
         summary.append({"clip": i, "predicted": predicted, "true": truth, "score": float(result.scores[i]),
-                        "top joints": {joint_names[int(j)]: round(float(s), 3) for s, j in zip(top.values, top.indices)},
+                        "top joints": {joint_names[int(j)]: round(float(s), 3)
+                                       for s, j in zip(top.values, top.indices)},
                         "peak frame": int(frames[i].argmax())})
         print(f"{title}; top joints: {', '.join(summary[-1]['top joints'])}")
     write_json_atomic(out / "summary.json", summary)
@@ -513,7 +516,8 @@ def _ensemble_run(args: argparse.Namespace) -> int:
 COMMANDS = {
     "train skeleton": Command("train an ST-GCN / RA-GCN on skeleton data (DDP under torchrun, --resume)",
                               _train_arguments, _train_run),
-    "explain skeleton": Command("joint-by-time CAMs of a skeleton checkpoint, as pictures", _explain_arguments, _explain_run),
+    "explain skeleton": Command("joint-by-time CAMs of a skeleton checkpoint, as pictures",
+                                _explain_arguments, _explain_run),
     "eval skeleton": Command("accuracy, CAM quality and occlusion robustness of skeleton checkpoints "
                              "(--protocol ragcn: the paper's table)", _eval_arguments, _eval_run),
     "ensemble skeleton": Command("late fusion of skeleton checkpoints (e.g. one per modality) into one checkpoint",

@@ -17,6 +17,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 from torch.utils.data import Dataset
 
+from camkit.plugin_manager import UnknownNameError
 from camkit_plugins.skeleton.graph import NTU25_PARTS
 from camkit_plugins.skeleton.preprocess import ClipPipeline, body_activity
 
@@ -25,7 +26,7 @@ SPLITS = ("train", "val", "test")
 
 def _check_split(split: str) -> None:
     if split not in SPLITS:
-        raise ValueError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
+        raise UnknownNameError.of("split", split, SPLITS)
 
 
 class SkeletonDataset(Dataset):
@@ -73,7 +74,8 @@ class SkeletonDataset(Dataset):
         require_finite(clip, f"skeleton data of {self.source(index)}")
         if self.pipeline is not None:
             clip = self.pipeline(clip, self.training, self.coordinates)
-        item = {"input": torch.from_numpy(np.ascontiguousarray(clip, dtype=np.float32)), "label": int(self.labels[index])}
+        item = {"input": torch.from_numpy(np.ascontiguousarray(clip, dtype=np.float32)),
+                "label": int(self.labels[index])}
         if self.masks is not None:
             item["mask"] = torch.from_numpy(np.asarray(self.masks[index], dtype=bool))
         return item
@@ -219,7 +221,7 @@ def read_missing_list(paths: str) -> set[str]:
 
 def _split_files(files: list[Path], split: str, protocol: str, seed: int, val_fraction: float) -> list[Path]:
     if protocol not in NTU_PROTOCOLS:
-        raise ValueError(f"unknown NTU protocol {protocol!r}; choose one of {', '.join(NTU_PROTOCOLS)}")
+        raise UnknownNameError.of("NTU protocol", protocol, NTU_PROTOCOLS)
     if protocol == "all":
         return files
     if protocol == "random":
@@ -384,7 +386,9 @@ def _arm_pose(rest: np.ndarray, arm: tuple[int, ...], elbow: Sequence[float], wr
     return pose
 
 
-def _cue(name: str, rest: np.ndarray) -> tuple[tuple[int, ...], np.ndarray, np.ndarray, Callable[[np.ndarray], np.ndarray]]:
+def _cue(
+    name: str, rest: np.ndarray,
+) -> tuple[tuple[int, ...], np.ndarray, np.ndarray, Callable[[np.ndarray], np.ndarray]]:
     """``(joints, pose A, pose B, oscillation(phase))``: the clip moves rest -> A, and between A and B."""
     side = 1.0 if name.startswith("left") else -1.0
     arm = L_ARM if side > 0 else R_ARM
@@ -440,7 +444,7 @@ def _cue(name: str, rest: np.ndarray) -> tuple[tuple[int, ...], np.ndarray, np.n
         b = rest.copy()
         b[[0, 1, 20, 2, 3, *arms]] += (0, .12, 0)
         return (0, 1, 20, 2, 3, *arms), rest, b, lambda p: np.abs(np.sin(2 * np.pi * 3 * p))
-    raise KeyError(f"unknown cue {name!r}")
+    raise UnknownNameError.of("cue", name, [cue for _, cues in SYNTHETIC_CLASSES for cue in cues])
 
 
 def _group_of(joints: Sequence[int]) -> str:

@@ -126,7 +126,8 @@ def evaluate(model: Any, dataset: Any, batch_size: int = 64, frames_hidden: int 
             x, y = batch["input"], batch["label"]
             with torch.no_grad():
                 for name, corrupt in conditions.items():
-                    correct[name] += int((clip_scores(model, corrupt_windows(corrupt, x, y, generator)).argmax(1) == y).sum())
+                    scores = clip_scores(model, corrupt_windows(corrupt, x, y, generator))
+                    correct[name] += int((scores.argmax(1) == y).sum())
             if "mask" in batch:
                 result = camkit.explain(model, x, targets=y, reduce="M", normalize=False)
                 hits += float(pointing_hits(result.maps, batch["mask"]).sum())
@@ -163,7 +164,9 @@ def class_report(model: Any, dataset: Any, batch_size: int = 64, progress: bool 
             "confusion": confusion}
 
 
-def summarise_runs(runs: Mapping[str, list[Mapping[str, float]]]) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, float]]]:
+def summarise_runs(
+    runs: Mapping[str, list[Mapping[str, float]]],
+) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, float]]]:
     """``(mean, std)`` per label over its runs (sample std, ddof=1; empty for a single run)."""
     means, spreads = {}, {}
     for label, group in runs.items():
@@ -205,10 +208,11 @@ def plot_results(results: Mapping[str, Mapping[str, float]], path: str,
     fig, ax = plt.subplots(figsize=(1.0 * len(conditions) + 2, 3.2))
     for i, model in enumerate(models):
         errors = [100 * (spread or {}).get(model, {}).get(c, 0.0) for c in conditions]
-        ax.bar(np.arange(len(conditions)) + i * width, [100 * results[model][c] for c in conditions], width, label=model,
-               yerr=errors if any(errors) else None, capsize=2, error_kw={"elinewidth": 0.8})
+        ax.bar(np.arange(len(conditions)) + i * width, [100 * results[model][c] for c in conditions], width,
+               label=model, yerr=errors if any(errors) else None, capsize=2, error_kw={"elinewidth": 0.8})
     ax.set_xticks(np.arange(len(conditions)) + width * (len(models) - 1) / 2,
-                  [c.replace("accuracy", "").strip() or "clean" for c in conditions], rotation=30, ha="right", fontsize=8)
+                  [c.replace("accuracy", "").strip() or "clean" for c in conditions], rotation=30, ha="right",
+                  fontsize=8)
     ax.set_ylabel("accuracy (%)")
     ax.set_ylim(0, 100)
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))

@@ -17,6 +17,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from camkit.plugin_manager import UnknownNameError
 from camkit_plugins.skeleton.data import SkeletonDataset, _check_split, make_pipeline, with_split
 from camkit_plugins.skeleton.preprocess import order_bodies_by_motion
 
@@ -80,7 +81,7 @@ def resolve_pyskl_split(split: str, names: Sequence[str], protocol: str | None, 
     if split in names:
         return split
     if split not in ("train", "val", "test"):
-        raise ValueError(f"{path}: no split {split!r}; the file has {', '.join(sorted(names))}")
+        raise UnknownNameError.of("split", split, sorted(names), where=str(path))
     pairs = sorted(n[: -len("_train")] for n in names if n.endswith("_train") and n[: -len("_train")] + "_val" in names)
     if protocol is None:
         if len(pairs) != 1:
@@ -89,7 +90,7 @@ def resolve_pyskl_split(split: str, names: Sequence[str], protocol: str | None, 
         protocol = pairs[0]
     wanted = f"{protocol}_{'train' if split == 'train' else 'val'}"
     if wanted not in names:
-        raise ValueError(f"{path}: no split {wanted!r}; the file has {', '.join(sorted(names))}")
+        raise UnknownNameError.of("split", wanted, sorted(names), where=str(path))
     return wanted
 
 

@@ -11,6 +11,8 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from camkit.plugin_manager import UnknownNameError
+
 NTU25_JOINTS = (
     "spine base", "spine mid", "neck", "head", "left shoulder", "left elbow", "left wrist", "left hand",
     "right shoulder", "right elbow", "right wrist", "right hand", "left hip", "left knee", "left ankle",
@@ -95,7 +97,7 @@ class SkeletonGraph:
         ``uniform``: K = 1; ``distance``: K = max_hop + 1 (one partition per hop); ``spatial``: root,
         neighbours farther from the centre, neighbours closer to it (K = 3 for max_hop = 1)."""
         if partition not in PARTITIONS:
-            raise ValueError(f"unknown partition {partition!r}; choose one of {', '.join(PARTITIONS)}")
+            raise UnknownNameError.of("partition", partition, PARTITIONS)
         hops = self.hop_distance(max_hop)
         valid = range(0, max_hop + 1, dilation)
         within = np.isin(hops, list(valid))
@@ -163,8 +165,8 @@ def get_graph(spec: "str | SkeletonGraph | Mapping[str, Any]") -> SkeletonGraph:
         return spec
     if isinstance(spec, str):
         if spec not in GRAPHS:
-            raise KeyError(f"unknown skeleton graph {spec!r}; available: {', '.join(sorted(GRAPHS))} "
-                           f"or a dict with joints, bones, center")
+            raise UnknownNameError.of("skeleton graph", spec, sorted(GRAPHS),
+                                      alternative="a dict with joints, bones, center")
         return GRAPHS[spec]
     if isinstance(spec, Mapping):
         missing = [key for key in ("joints", "bones") if key not in spec]

@@ -17,6 +17,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from camkit.plugin_manager import UnknownNameError
+
 RULES = ("threshold", "topk", "quantile", "joints")
 DIRECTIONS = ("mask", "keep")
 
@@ -37,9 +39,9 @@ class MaskRule:
 
     def __post_init__(self) -> None:
         if self.rule not in RULES:
-            raise ValueError(f"unknown mask rule {self.rule!r}; choose one of {', '.join(RULES)}")
+            raise UnknownNameError.of("mask rule", self.rule, RULES)
         if self.direction not in DIRECTIONS:
-            raise ValueError(f"unknown mask direction {self.direction!r}; choose one of {', '.join(DIRECTIONS)}")
+            raise UnknownNameError.of("mask direction", self.direction, DIRECTIONS)
         if self.rule in ("threshold", "quantile") and not 0 < self.amount <= 1:
             raise ValueError(f"mask rule {self.rule!r} needs 0 < amount <= 1, got {self.amount}")
         if self.rule in ("topk", "joints") and (self.amount < 1 or int(self.amount) != self.amount):

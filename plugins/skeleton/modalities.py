@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
+from camkit.plugin_manager import UnknownNameError
+
 MODALITIES = ("joint", "bone", "joint-motion", "bone-motion")
 #: pyskl's late-fusion weights of the four modalities.
 FUSION_WEIGHTS = {"joint": 2.0, "bone": 2.0, "joint-motion": 1.0, "bone-motion": 1.0}
@@ -17,7 +19,7 @@ FUSION_WEIGHTS = {"joint": 2.0, "bone": 2.0, "joint-motion": 1.0, "bone-motion":
 
 def check_modality(modality: str) -> str:
     if modality not in MODALITIES:
-        raise ValueError(f"unknown modality {modality!r}; choose one of {', '.join(MODALITIES)}")
+        raise UnknownNameError.of("modality", modality, MODALITIES)
     return modality
 
 

@@ -13,6 +13,7 @@ import torch
 import torch.nn as nn
 
 from camkit.families import ModelFamily
+from camkit.plugin_manager import UnknownNameError
 from camkit_plugins.skeleton.graph import get_graph, skeleton_layout
 from camkit_plugins.skeleton.masking import MaskRule, frames_from_cells
 
@@ -60,7 +61,8 @@ class STGCNBlock(nn.Module):
         elif in_channels == out_channels and stride == 1:
             self.residual = nn.Identity()
         else:
-            self.residual = nn.Sequential(nn.Conv2d(in_channels, out_channels, 1, (stride, 1)), nn.BatchNorm2d(out_channels))
+            self.residual = nn.Sequential(nn.Conv2d(in_channels, out_channels, 1, (stride, 1)),
+                                          nn.BatchNorm2d(out_channels))
         self.relu = nn.ReLU()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -95,10 +97,10 @@ class STGCN(nn.Module):
 
         self.modality = check_modality(modality)
         if config not in CONFIGS:
-            raise KeyError(f"unknown ST-GCN config {config!r}; available: {', '.join(sorted(CONFIGS))}")
+            raise UnknownNameError.of("ST-GCN config", config, sorted(CONFIGS))
         widths = tuple(widths) if widths is not None else CONFIGS[config][0]
-        strides = tuple(strides) if strides is not None else (CONFIGS[config][1] if len(widths) == len(CONFIGS[config][1])
-                                                              else (1,) * len(widths))
+        strides = tuple(strides) if strides is not None else (
+            CONFIGS[config][1] if len(widths) == len(CONFIGS[config][1]) else (1,) * len(widths))
         if len(widths) != len(strides) or not widths:
             raise ValueError(f"widths {widths} and strides {strides} must be non-empty and of equal length")
         self.graph = get_graph(graph)
@@ -182,10 +184,11 @@ class RAGCN(nn.Module):
                  "absent_counts": "absent_counts"}
         unknown = sorted(set(options) - set(names))
         if unknown:
-            raise ValueError(f"unknown mask option(s) {', '.join(unknown)}; choose from {', '.join(names)}")
+            raise UnknownNameError.of("mask option", unknown[0], list(names))
         self.mask_rule = dataclasses.replace(self.mask_rule, **{names[k]: v for k, v in options.items()})
 
-    def stream_masks(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> tuple[list[torch.Tensor], torch.Tensor]:
+    def stream_masks(self, x: torch.Tensor,
+                     labels: torch.Tensor | None = None) -> tuple[list[torch.Tensor], torch.Tensor]:
         """Per-stream features and the cumulative frame masks ``(S, N, T, V)`` each stream saw."""
         import camkit
 
@@ -251,7 +254,7 @@ class ModalityEnsemble(nn.Module):
                              f"{len(weights)} weights")
         unknown = [m.get("model") for m in members if m.get("model") not in builders]
         if unknown:
-            raise ValueError(f"ensemble members must be stgcn or ragcn models, got {unknown}")
+            raise UnknownNameError.of("ensemble member model", str(unknown[0]), list(builders))
         self.members = nn.ModuleList(builders[m["model"]](num_classes, **m.get("model_options", {})) for m in members)
         first = self._inner(self.members[0])
         for member in self.members[1:]:

@@ -10,6 +10,8 @@ import inspect
 import json
 from typing import Any, Callable, Iterable
 
+from camkit.plugin_manager import UnknownNameError
+
 _KINDS = {"bool": bool, "int": int, "float": float, "str": str}
 
 
@@ -52,12 +54,13 @@ def _kind(parameter: inspect.Parameter) -> type | None:
 
 
 def check_options(options: dict[str, Any], accepted: dict[str, type | None], what: str) -> dict[str, Any]:
-    """``options`` with numbers given for text options turned back into text; an unknown name or a
-    value of the wrong kind is a ``ValueError`` naming it and listing what ``what`` accepts."""
+    """``options`` with numbers given for text options turned back into text; an unknown name is an
+    ``UnknownNameError`` (a ``ValueError``) listing close matches and what ``what`` accepts, a value of
+    the wrong kind a ``ValueError`` naming it."""
     checked = dict(options)
     for name, value in options.items():
         if name not in accepted:
-            raise ValueError(f"unknown {what} option {name!r}; {what} accepts {', '.join(sorted(accepted))}")
+            raise UnknownNameError.of(f"{what} option", name, sorted(accepted))
         kind = accepted[name]
         if kind is None or value is None or isinstance(value, kind) and not (kind is int and isinstance(value, bool)):
             continue

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from camkit.plugin_manager import UnknownNameError
+
 TRAIN_SAMPLING = ("uniform", "crop-resize")
 TEST_SAMPLING = ("centre", "uniform")
 
@@ -201,9 +203,9 @@ class ClipPipeline:
         if self.frames < 1:
             raise ValueError(f"frames must be at least 1, got {self.frames}")
         if self.sampling not in TRAIN_SAMPLING:
-            raise ValueError(f"unknown sampling {self.sampling!r}; choose {' or '.join(TRAIN_SAMPLING)}")
+            raise UnknownNameError.of("sampling", self.sampling, TRAIN_SAMPLING)
         if self.test_sampling not in TEST_SAMPLING:
-            raise ValueError(f"unknown test_sampling {self.test_sampling!r}; choose {' or '.join(TEST_SAMPLING)}")
+            raise UnknownNameError.of("test_sampling", self.test_sampling, TEST_SAMPLING)
         if self.test_clips < 1:
             raise ValueError(f"test_clips must be at least 1, got {self.test_clips}")
         if self.rotate < 0 or not 0 <= self.scale < 1:
@@ -234,7 +236,8 @@ class ClipPipeline:
         elif self.test_sampling == "uniform":
             windows = [clip[:, uniform_indices(length, self.frames, random=False)]] * self.test_clips
         else:
-            windows = [clip[:, start:start + self.frames] for start in clip_starts(length, self.frames, self.test_clips)]
+            starts = clip_starts(length, self.frames, self.test_clips)
+            windows = [clip[:, start:start + self.frames] for start in starts]
         return windows[0] if self.test_clips == 1 else np.stack(windows)
 
     def _augment(self, clip: np.ndarray, coordinates: int) -> np.ndarray:

@@ -15,6 +15,7 @@ from typing import Any, Mapping
 
 import torch
 
+from camkit.plugin_manager import UnknownNameError
 from camkit_plugins.skeleton.evaluation import occlude_joints
 from camkit_plugins.skeleton.graph import NTU25_PARTS, skeleton_layout
 
@@ -28,6 +29,8 @@ PAPER_REFERENCE = {
     "ST-GCN (paper)": (80.7, 71.4, 60.5, 62.6, 77.4, 50.2, 69.3, 57.0, 44.5, 34.5, 24.0),
     "RA-GCN 3s (paper)": (85.9, 73.4, 60.4, 73.5, 81.8, 70.6, 81.9, 75.0, 66.3, 54.4, 40.6),
 }
+#: The kinds of noise :func:`jitter` adds.
+JITTER_KINDS = ("joint", "frame", "occlusion")
 #: v2 noise conditions: (name, kind, probability, sigma).
 JITTER = (("joint jitter p=0.1 σ=0.05", "joint", 0.1, 0.05), ("joint jitter p=0.1 σ=0.1", "joint", 0.1, 0.1),
           ("frame jitter p=0.1 σ=0.05", "frame", 0.1, 0.05), ("frame jitter p=0.1 σ=0.1", "frame", 0.1, 0.1),
@@ -62,8 +65,8 @@ def jitter(x: torch.Tensor, kind: str, probability: float, sigma: float, generat
     """Gaussian noise (std ``sigma``) on every channel of a random ``probability`` share of the joints
     (``kind="joint"``: per frame, joint and body) or of the frames (``"frame"``: all joints and bodies);
     ``"occlusion"``: that share of (frame, joint) cells zeroed in every body. Padding frames stay zero."""
-    if kind not in ("joint", "frame", "occlusion"):
-        raise ValueError(f"unknown jitter {kind!r}; choose joint, frame or occlusion")
+    if kind not in JITTER_KINDS:
+        raise UnknownNameError.of("jitter", kind, JITTER_KINDS)
     n, c, t, v, m = x.shape
     present = (x != 0).any(dim=1, keepdim=True).to(x.dtype)  # noise never fills the zero padding
     if kind == "occlusion":
@@ -78,7 +81,8 @@ def jitter(x: torch.Tensor, kind: str, probability: float, sigma: float, generat
 def ragcn_conditions(dataset: Any, centre: int | None = None) -> dict[str, Any]:
     """``{name: corrupt(x, y, generator)}`` of RA-GCN's protocol (NTU-25 joints needed for the parts)."""
     if dataset.sample_shape[2] != 25:
-        raise ValueError(f"RA-GCN's protocol occludes NTU-25 body parts; this data has {dataset.sample_shape[2]} joints")
+        raise ValueError(f"RA-GCN's protocol occludes NTU-25 body parts; this data has {dataset.sample_shape[2]} "
+                         "joints")
     conditions: dict[str, Any] = {"clean": lambda x, y, g: x}
     for part, joints in NTU25_PARTS.items():
         conditions[part] = (lambda js: lambda x, y, g: occlude_joints(x, js))(joints)
@@ -95,7 +99,8 @@ def paper_table(results: Mapping[str, Mapping[str, float]]) -> str:
     head = "| model | " + " | ".join(name for name, _ in PAPER_COLUMNS) + " |"
     lines = ["Occlusion (top-1 %; published rows: NTU-60 cross-subject, ICIP 2019)", "", head,
              "|---|" + "---:|" * len(PAPER_COLUMNS)]
-    lines += [f"| {name} | " + " | ".join(f"{v:.1f}" for v in values) + " |" for name, values in PAPER_REFERENCE.items()]
+    lines += [f"| {name} | " + " | ".join(f"{v:.1f}" for v in values) + " |"
+              for name, values in PAPER_REFERENCE.items()]
     for model, metrics in results.items():
         lines.append(f"| {model} | " + " | ".join(_percent(metrics, key) for _, key in PAPER_COLUMNS) + " |")
     names = [name for name, *_ in JITTER]

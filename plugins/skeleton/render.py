@@ -40,7 +40,8 @@ def render_joint_time(cam: Any, path: str | Path | None = None, graph: Any = "nt
     fig, ax = plt.subplots(figsize=(6, 0.15 * g.num_joints + 1.0))
     image = ax.imshow(cam.T, aspect="auto", cmap="inferno", interpolation="nearest", vmin=0)
     if truth is not None:
-        ax.contour(_check_map(_as_numpy(truth), g.num_joints).T.astype(float), levels=[0.5], colors="cyan", linewidths=0.8)
+        ax.contour(_check_map(_as_numpy(truth), g.num_joints).T.astype(float), levels=[0.5], colors="cyan",
+                   linewidths=0.8)
     ax.set_yticks(range(g.num_joints), g.joints, fontsize=6)
     ax.set_xlabel("frame")
     ax.set_title(title, fontsize=9)
@@ -64,7 +65,8 @@ def key_frames(cam: np.ndarray, count: int) -> list[int]:
 
 
 def render_skeleton(sequence: Any, cam: Any, path: str | Path | None = None, graph: Any = "ntu25",
-                    frames: Sequence[int] | int = 4, title: str = "", person: int = 0, gif: str | Path | None = None) -> Any:
+                    frames: Sequence[int] | int = 4, title: str = "", person: int = 0,
+                    gif: str | Path | None = None) -> Any:
     """Skeleton at a few key frames side by side, joints coloured and sized by the map.
 
     ``sequence``: the input ``(C, T, V, M)`` (x, y used); ``cam``: ``(T, V)``. ``frames``: frame indices
