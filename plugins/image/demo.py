@@ -167,7 +167,14 @@ def run_shapes(out: Path, seed: int, quick: bool, log: Any) -> dict[str, Any]:
     from camkit_plugins.image.boxes import boxes_from_maps
     from camkit_plugins.image.datasets import build_shapes
     from camkit_plugins.image.explain_files import explain_files
-    from camkit_plugins.image.render import denormalise_to_uint8, label_text, overlay, overlay_file_name, save_grid, write_overlay
+    from camkit_plugins.image.render import (
+        denormalise_to_uint8,
+        label_text,
+        overlay,
+        overlay_file_name,
+        save_grid,
+        write_overlay,
+    )
     from camkit_plugins.image.train import evaluate_accuracy, seed_everything, train_classifier
 
     size, counts = SHAPES["size"], (QUICK if quick else SHAPES)
