@@ -88,8 +88,11 @@ def box_iou(a: Any, b: Any) -> Any:
     Boxes are end exclusive; two empty boxes have IoU 0."""
     import torch
 
-    a = torch.as_tensor(a, dtype=torch.float64).reshape(-1, 4) if not torch.is_tensor(a) else a.double().cpu().reshape(-1, 4)
-    b = torch.as_tensor(b, dtype=torch.float64).reshape(-1, 4) if not torch.is_tensor(b) else b.double().cpu().reshape(-1, 4)
+    def as_boxes(boxes: Any) -> Any:
+        boxes = boxes.detach().cpu() if torch.is_tensor(boxes) else boxes
+        return torch.as_tensor(boxes, dtype=torch.float64).reshape(-1, 4)
+
+    a, b = as_boxes(a), as_boxes(b)
     if a.shape != b.shape:
         raise ValueError(f"box_iou needs two box sets of the same shape, got {tuple(a.shape)} and {tuple(b.shape)}")
     width = (torch.minimum(a[:, 2], b[:, 2]) - torch.maximum(a[:, 0], b[:, 0])).clamp_min(0)

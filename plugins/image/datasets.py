@@ -225,10 +225,12 @@ def _find_idx(root: Path, stem: str) -> Path:
     for candidate in (root / stem, root / f"{stem}.gz", root / stem.replace("-idx", ".idx")):
         if candidate.is_file():
             return candidate
-    raise FileNotFoundError(f"{root}: no {stem} or {stem}.gz (MNIST IDX files; get them from the MNIST site or a mirror)")
+    raise FileNotFoundError(f"{root}: no {stem} or {stem}.gz (MNIST IDX files; get them from the MNIST site or a "
+                            "mirror)")
 
 
-def build_mnist(split: str = "train", seed: int = 0, root: str | Path = "mnist", val_fraction: float = 0.1) -> TensorImageDataset:
+def build_mnist(split: str = "train", seed: int = 0, root: str | Path = "mnist",
+                val_fraction: float = 0.1) -> TensorImageDataset:
     """MNIST from the original IDX files in ``root`` (raw or .gz). ``val`` is a seeded
     ``val_fraction`` of the training files; ``test`` is the t10k files."""
     import torch

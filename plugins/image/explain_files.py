@@ -77,7 +77,8 @@ class PictureFiles:
 
     def prepared(self, path: str, picture: Any) -> dict[str, Any]:
         """The item of a decoded picture (on any device): the picture and the model input."""
-        source = picture.float().mean(dim=0, keepdim=True).round().to(picture.dtype) if self.in_channels == 1 else picture
+        grey = self.in_channels == 1
+        source = picture.float().mean(dim=0, keepdim=True).round().to(picture.dtype) if grey else picture
         return {"path": path, "picture": picture, "input": prepare_image(source, self.size, self.mean, self.std)}
 
 
@@ -245,8 +246,8 @@ def explain_files(model: Any, config: dict[str, Any], files: Sequence[Path], out
     grid_pictures, grid_maps, grid_titles = [], [], []
     stems: set[str] = set()
     start = time.perf_counter()
-    with camkit.Explainer(model, method=method, layer=config.get("layer")) as explainer, ThreadPoolExecutor(max_workers=2) as writer, \
-            tqdm(total=len(dataset), desc="explain", unit="img") as bar:
+    with camkit.Explainer(model, method=method, layer=config.get("layer")) as explainer, \
+            ThreadPoolExecutor(max_workers=2) as writer, tqdm(total=len(dataset), desc="explain", unit="img") as bar:
         for items in loader:
             items = decode_jpeg_items(items, dataset, device)
             good = [item for item in items if "error" not in item]
@@ -286,8 +287,9 @@ def explain_files(model: Any, config: dict[str, Any], files: Sequence[Path], out
                             [(classes[int(c)], float(p)) for c, p in zip(targets[i], scores[i])],
                             extra=f"{item['stem']}_top{topk}.png" if topk and topk > 1 else None))
                     if topk and topk > 1:
-                        small = F.interpolate(item["picture"][None].cpu().float(), size=maps_cpu.shape[-2:], mode="bilinear",
-                                              align_corners=False).round().clamp(0, 255).to(torch.uint8)
+                        small = F.interpolate(item["picture"][None].cpu().float(), size=maps_cpu.shape[-2:],
+                                              mode="bilinear", align_corners=False)
+                        small = small.round().clamp(0, 255).to(torch.uint8)
                         titles = [label_text(classes[int(c)], float(s)) for c, s in zip(targets[i], scores[i])]
                         submit(out / f"{item['stem']}_top{topk}.png", save_grid,
                                small.expand(len(titles), -1, -1, -1), maps_cpu[i], titles, min(len(titles), 5))

@@ -145,7 +145,8 @@ def _torchvision(name: str, weights: str) -> tuple[Any, Preprocessing]:
         raise ModelSpecError(f"torchvision weights {name} {chosen.name} are not in the local torch cache ({path}); "
                              f"camkit never downloads. On a machine with internet run: python -c \"import "
                              f"torchvision; torchvision.models.get_model('{name}', weights='{chosen.name}')\" and copy "
-                             f"{path.name} into {path.parent} (or point TORCH_HOME at that cache), or pass --weights none")
+                             f"{path.name} into {path.parent} (or point TORCH_HOME at that cache), or pass "
+                             "--weights none")
     model = torchvision.models.get_model(name, weights=None, num_classes=len(chosen.meta["categories"]))
     model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
     transforms = chosen.transforms()
@@ -165,8 +166,9 @@ def _timm(name: str, weights: str) -> tuple[Any, Preprocessing]:
             raise ModelSpecError(f"timm has no model {name!r} (timm.list_models('*{name[:6]}*'))") from None
         raise
     except (OSError, ValueError) as exc:
-        raise ModelSpecError(f"timm weights for {name} are not in the local Hugging Face cache ({exc.__class__.__name__});"
-                             f" camkit never downloads. On a machine with internet run: python -c \"import timm; "
+        raise ModelSpecError(f"timm weights for {name} are not in the local Hugging Face cache "
+                             f"({exc.__class__.__name__}); camkit never downloads. On a machine with internet run: "
+                             f"python -c \"import timm; "
                              f"timm.create_model('{name}', pretrained=True)\" and copy the cache (HF_HOME), or pass "
                              f"--weights none") from None
     config = timm.data.resolve_model_data_config(model)

