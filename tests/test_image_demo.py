@@ -1,5 +1,6 @@
 """The demo's baselines and scoring (the full demo is `make demo`; it trains for minutes)."""
 
+import pytest
 import torch
 
 from camkit_plugins.image.demo import centre_boxes, localisation_scores, random_maps
@@ -50,6 +51,19 @@ def test_gap_cnn_maps_are_a_quarter_of_the_input_and_found_automatically():
     result = camkit.explain(model, images, method="cam")
     assert result.layer == "features" and model.features(images).shape[-2:] == (16, 16)
     assert result.maps.shape == (2, 64, 64)
+
+
+@pytest.mark.parametrize("last_kernel, width", [(3, 18), (1, 10)])
+def test_gap_cnn_receptive_field_is_measured_by_back_propagation(last_kernel, width):
+    import camkit
+
+    model = camkit.lookup("models", "gap-cnn")(num_classes=5, last_kernel=last_kernel).eval()
+    image = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(0)).requires_grad_()
+    model.features(image)[0, :, 8, 8].sum().backward()
+    columns = torch.nonzero(image.grad[0].abs().sum((0, 1))).flatten()
+    assert int(columns.max() - columns.min() + 1) == width
+    with pytest.raises(ValueError, match="last_kernel must be 1 or 3"):
+        camkit.lookup("models", "gap-cnn")(last_kernel=5)
 
 
 def test_mnist_gap_has_the_seeds_5x5_kernels_and_the_bn_variant_sees_24_pixels():

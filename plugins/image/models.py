@@ -162,18 +162,22 @@ def build_mnist_gap_bn(num_classes: int = 10, in_channels: int = 1) -> Any:
     return gap_network(features, 128, num_classes)
 
 
-def build_gap_cnn(num_classes: int = 5, in_channels: int = 3, width: int = 32) -> Any:
-    """A small CNN for sharp CAMs: conv3x3 (``width``) + pool, conv3x3 (2 ``width``) + pool, conv3x3 and
-    conv1x1 (4 ``width``), each with batch norm and ReLU, then global average pooling and linear.
+def build_gap_cnn(num_classes: int = 5, in_channels: int = 3, width: int = 32, last_kernel: int = 3) -> Any:
+    """A small CNN for sharp CAMs: conv3x3 (``width``) + pool, conv3x3 (2 ``width``) + pool, conv
+    ``last_kernel`` x ``last_kernel`` and conv1x1 (4 ``width``), each with batch norm and ReLU, then global
+    average pooling and linear.
 
-    Maps come out at a quarter of the input size and each feature sees only 18x18 pixels, so the class
-    evidence stops close to the object's edge: the CAM paper's 20%-of-max boxes fit much better than
-    on a ResNet, whose features see the whole picture (docs/images.md)."""
+    Maps come out at a quarter of the input size and each feature sees only 18x18 pixels (10x10 with
+    ``last_kernel=1``), so the class evidence stops close to the object's edge: the CAM paper's
+    20%-of-max boxes fit much better than on a ResNet, whose features see the whole picture
+    (docs/images.md)."""
     import torch.nn as nn
 
+    if last_kernel not in (1, 3):
+        raise ValueError(f"gap-cnn: last_kernel must be 1 or 3, got {last_kernel}")
     conv = _conv_bn_relu
-    features = nn.Sequential(*conv(in_channels, width, 3), nn.MaxPool2d(2), *conv(width, 2 * width, 3), nn.MaxPool2d(2),
-                             *conv(2 * width, 4 * width, 3), *conv(4 * width, 4 * width, 1))
+    features = nn.Sequential(*conv(in_channels, width, 3), nn.MaxPool2d(2), *conv(width, 2 * width, 3),
+                             nn.MaxPool2d(2), *conv(2 * width, 4 * width, last_kernel), *conv(4 * width, 4 * width, 1))
     return gap_network(features, 4 * width, num_classes)
 
 
