@@ -25,7 +25,7 @@ def test_all_components_box_every_kept_site():
     assert boxes_from_maps(_two_blobs(), value=0.2, components="all").tolist() == [[1, 2, 15, 15]]
     assert boxes_from_maps(_two_blobs(), value=0.6, components="all").tolist() == [[1, 2, 5, 5]]
     assert boxes_from_maps(np.zeros((1, 4, 4)), components="all").tolist() == [[0, 0, 0, 0]]
-    with pytest.raises(ValueError, match="unknown components rule 'every'"):
+    with pytest.raises(ValueError, match="unknown components rule 'every'. Available: largest, all"):
         boxes_from_maps(_two_blobs(), components="every")
 
 
@@ -71,7 +71,7 @@ def test_all_zero_map_gives_the_empty_box():
 def test_bad_input_is_rejected_with_a_clear_message():
     with pytest.raises(ValueError, match=r"\(N, H, W\)"):
         boxes_from_maps(np.zeros((4, 4)))
-    with pytest.raises(ValueError, match="unknown box rule 'otsu'"):
+    with pytest.raises(ValueError, match="unknown box rule 'otsu'. Available: max_fraction, percentile"):
         boxes_from_maps(np.zeros((1, 4, 4)), rule="otsu")
     with pytest.raises(ValueError, match="NaN"):
         boxes_from_maps(np.full((1, 4, 4), np.nan))

@@ -201,7 +201,7 @@ def test_corrupt_picture_is_named_and_training_skips_it_with_a_count(tmp_path):
 
 
 def test_unknown_split_and_dataset_names():
-    with pytest.raises(ValueError, match="unknown split 'dev'"):
+    with pytest.raises(ValueError, match="unknown split 'dev'. Available: train, val, test"):
         build_digits("dev")
     with pytest.raises(KeyError, match="digits"):
         camkit.lookup("datasets", "no-such-set")

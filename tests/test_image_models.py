@@ -126,7 +126,7 @@ def test_pretrained_weights_offline_without_cache_is_a_clear_error(tmp_path, mon
     with pytest.raises(PretrainedWeightsMissing, match=r"not in the local torch cache.*resnet18-f37072fd.pth"
                                                         r".*weights='DEFAULT'"):
         camkit.lookup("models", "resnet18")(num_classes=2, weights="DEFAULT")
-    with pytest.raises(KeyError, match="unknown weights 'BEST' for resnet18; available: DEFAULT, IMAGENET1K_V1"):
+    with pytest.raises(KeyError, match="resnet18: unknown weights 'BEST'. Available: DEFAULT, IMAGENET1K_V1"):
         camkit.lookup("models", "resnet18")(num_classes=2, weights="BEST")
     assert not any(tmp_path.rglob("*.pth"))  # nothing was downloaded
 

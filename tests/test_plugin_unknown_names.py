@@ -112,6 +112,30 @@ def _command_option():
     check_options({"frame": 3}, {"frames": int, "graph": None}, "dataset d")
 
 
+def _box_rule():
+    from camkit_plugins.image.boxes import boxes_from_maps
+
+    boxes_from_maps(torch.ones(1, 4, 4), rule="max_fractoin")
+
+
+def _resnet():
+    from camkit_plugins.image.models import build_resnet
+
+    build_resnet("resnet81", 2)
+
+
+def _shape():
+    from camkit_plugins.image.datasets import _shape_polygon
+
+    _shape_polygon("sqaure", 3.0, 0.0)
+
+
+def _baseline():
+    from camkit_plugins.metrics.baselines import baseline_maps
+
+    baseline_maps("centre", torch.zeros(1, 4, 4), "HW", None, 0)
+
+
 def _dtype():
     from camkit_plugins.gpu.accelerate import autocast_dtype
 
@@ -139,6 +163,10 @@ CASES = [
     (_ensemble_member, "unknown ensemble member model 'stgnc'. Did you mean 'stgcn'? Available: stgcn, ragcn"),
     (_jitter, "unknown jitter 'frames'. Did you mean 'frame'? Available: joint, frame, occlusion"),
     (_command_option, "unknown dataset d option 'frame'. Did you mean 'frames'? Available: frames, graph"),
+    (_box_rule, "unknown box rule 'max_fractoin'. Did you mean 'max_fraction'? Available: max_fraction, percentile"),
+    (_resnet, "unknown ResNet 'resnet81'. Did you mean 'resnet18', 'resnet152', 'resnet101'? Available: resnet18,"),
+    (_shape, "unknown shape 'sqaure'. Did you mean 'square', 'star'? Available: circle, square,"),
+    (_baseline, "unknown baseline 'centre'. Did you mean 'center'? Available: center, random"),
     (_dtype, "unknown dtype 'bf61'. Did you mean 'bf16'? Available: bf16, bfloat16, float16, float32, fp16, fp32"),
 ]
 

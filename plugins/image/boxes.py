@@ -11,6 +11,8 @@ from typing import Any
 
 import numpy as np
 
+from camkit.plugin_manager import UnknownNameError
+
 RULES = ("max_fraction", "percentile")
 COMPONENTS = ("largest", "all")
 
@@ -34,7 +36,7 @@ def threshold_maps(maps: Any, rule: str = "max_fraction", value: float = 0.2) ->
     sites only, so the zeros of a normalised map never widen the box and an all-zero map has none."""
     maps = _as_numpy_maps(maps)
     if rule not in RULES:
-        raise ValueError(f"unknown box rule {rule!r}; available: {', '.join(RULES)}")
+        raise UnknownNameError.of("box rule", rule, RULES)
     if not 0.0 < value <= 1.0:
         raise ValueError(f"box rule {rule!r} needs 0 < value <= 1, got {value}")
     flat = maps.reshape(len(maps), -1)
@@ -70,7 +72,7 @@ def boxes_from_maps(maps: Any, rule: str = "max_fraction", value: float = 0.2, c
     import torch
 
     if components not in COMPONENTS:
-        raise ValueError(f"unknown components rule {components!r}; available: {', '.join(COMPONENTS)}")
+        raise UnknownNameError.of("components rule", components, COMPONENTS)
     kept = threshold_maps(maps, rule, value)
     boxes = np.zeros((len(kept), 4), dtype=np.int64)
     for index, mask in enumerate(kept):  # connected components are inherently per image

@@ -17,6 +17,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from camkit.plugin_manager import UnknownNameError
+
 SPLITS = ("train", "val", "test")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -33,7 +35,7 @@ class CorruptImageError(ValueError):
 
 def _check_split(split: str) -> None:
     if split not in SPLITS:
-        raise ValueError(f"unknown split {split!r}; available: {', '.join(SPLITS)}")
+        raise UnknownNameError.of("split", split, SPLITS)
 
 
 def _seeded_split(count: int, split: str, seed: int, val_fraction: float, test_fraction: float = 0.0) -> np.ndarray:
@@ -128,7 +130,7 @@ def _shape_polygon(kind: str, radius: float, angle: float) -> np.ndarray | None:
         c, s = np.cos(angle), np.sin(angle)
         return pts @ np.array([[c, -s], [s, c]])
     else:
-        raise ValueError(f"unknown shape {kind!r}; available: {', '.join(SHAPE_CLASSES)}")
+        raise UnknownNameError.of("shape", kind, SHAPE_CLASSES)
     return np.stack([-rho * np.sin(corners), rho * np.cos(corners)], axis=1)
 
 

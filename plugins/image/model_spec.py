@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
+from camkit.plugin_manager import UnknownNameError
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 DEFAULT_SIZE = 224
@@ -138,8 +140,8 @@ def _torchvision(name: str, weights: str) -> tuple[Any, Preprocessing]:
     try:
         chosen = enum.DEFAULT if weights == "DEFAULT" else enum[weights]
     except KeyError:
-        raise ModelSpecError(f"unknown weights {weights!r} for {name}; available: DEFAULT, "
-                             f"{', '.join(w.name for w in enum)}, none") from None
+        known = ["DEFAULT", *(w.name for w in enum), "none"]
+        raise ModelSpecError(str(UnknownNameError.of("weights", weights, known, where=name))) from None
     path = Path(torch.hub.get_dir()) / "checkpoints" / Path(chosen.url).name
     if not path.is_file():
         raise ModelSpecError(f"torchvision weights {name} {chosen.name} are not in the local torch cache ({path}); "

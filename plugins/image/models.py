@@ -7,6 +7,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from camkit.plugin_manager import UnknownNameError
+
 RESNETS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
 
 
@@ -47,7 +49,7 @@ def build_resnet(arch: str, num_classes: int, weights: str | None = None, output
     import torchvision
 
     if arch not in RESNETS:
-        raise KeyError(f"unknown ResNet {arch!r}; available: {', '.join(RESNETS)}")
+        raise UnknownNameError.of("ResNet", arch, RESNETS)
     if output_stride not in (4, 8, 16, 32):
         raise ValueError(f"output_stride must be 4, 8, 16 or 32, got {output_stride}")
     basic = arch in BASIC_BLOCK_RESNETS
@@ -66,8 +68,7 @@ def build_resnet(arch: str, num_classes: int, weights: str | None = None, output
         try:
             chosen = enum[weights] if weights != "DEFAULT" else enum.DEFAULT
         except KeyError:
-            raise KeyError(f"unknown weights {weights!r} for {arch}; available: DEFAULT, "
-                           f"{', '.join(w.name for w in enum)}") from None
+            raise UnknownNameError.of("weights", weights, ["DEFAULT", *(w.name for w in enum)], where=arch) from None
         path = _cached_weights_file(chosen)
         if not path.is_file():
             raise PretrainedWeightsMissing(

@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from camkit.layout import Layout
+from camkit.plugin_manager import UnknownNameError
 
 BASELINES = ("center", "random")
 
@@ -51,7 +52,7 @@ def baseline_maps(name: str, like: Any, map_letters: str, indices: Any, seed: in
         return center_maps(shape, map_letters, like.device)
     if name == "random":
         return random_maps(shape, indices, seed, like.device)
-    raise KeyError(f"unknown baseline {name!r}. Available: {', '.join(BASELINES)}")
+    raise UnknownNameError.of("baseline", name, BASELINES)
 
 
 def map_letters_for(input_layout: Layout) -> str:
