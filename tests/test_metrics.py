@@ -173,6 +173,12 @@ def test_box_localization_boxes_the_largest_component():
     # percentile rule: the top 5% = 7 sites of the 20 equal ones... all tie at 1.0 so all 20 kept
     pct = metric("box_localization", rule="percentile", value=0.05).evaluate(given).values
     assert pct["iou"][0].item() == pytest.approx(1.0)
+    # every kept site: the box (3, 2, 11, 11) around both blobs, IoU 20/72 with the first truth
+    every = metric("box_localization", components="all").evaluate(given).values
+    assert every["iou"].tolist() == pytest.approx([20 / 72, 25 / 72])
+    assert metric("box_localization", components="all").options()["components"] == "all"
+    with pytest.raises(ValueError, match="components='every'"):
+        metric("box_localization", components="every")
 
 
 # ---------------------------------------------------------------- faithfulness

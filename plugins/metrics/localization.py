@@ -92,18 +92,21 @@ class EnergyPointingGame(Metric):
 class BoxLocalization(Metric):
     """CAM-box protocol (Zhou et al. 2016): threshold the map (``rule="max_fraction"``: sites >= ``value``
     x max, 0.2 in the paper; ``"percentile"``: the top ``value`` fraction), box the largest connected
-    component, compare with the ground-truth box. ``accuracy`` (%): right class AND IoU >= ``iou``."""
+    component (``components="all"``: every kept site), compare with the ground-truth box. ``accuracy`` (%):
+    right class AND IoU >= ``iou``."""
 
     name = "box_localization"
     requires = ("box",)
     primary = "accuracy"
     higher_is_better = True
 
-    def __init__(self, rule: str = "max_fraction", value: float = 0.2, iou: float = 0.5) -> None:
+    def __init__(self, rule: str = "max_fraction", value: float = 0.2, iou: float = 0.5,
+                 components: str = "largest") -> None:
         check_options("rule", rule, ("max_fraction", "percentile"))
+        check_options("components", components, ("largest", "all"))
         if not 0 < value <= 1 or not 0 < iou <= 1:
             raise ValueError(f"box value and iou threshold must be in (0, 1], got {value} and {iou}")
-        self.rule, self.value, self.iou = rule, float(value), float(iou)
+        self.rule, self.value, self.iou, self.components = rule, float(value), float(iou), components
 
     def evaluate(self, batch: EvalBatch) -> MetricValues:
         import torch
@@ -112,7 +115,7 @@ class BoxLocalization(Metric):
 
         if batch.map_letters != "NHW":
             raise ValueError(f"box localization needs image maps (axes NHW), got axes {batch.map_letters!r}")
-        predicted = boxes_from_maps(batch.maps, rule=self.rule, value=self.value)
+        predicted = boxes_from_maps(batch.maps, rule=self.rule, value=self.value, components=self.components)
         truth = torch.as_tensor(batch.box).long().reshape(-1, 4).cpu()
         iou = box_iou(predicted, truth).double()
         # the CAM protocol: the model's own top-1 must be the label (not the class the map explains,
@@ -122,7 +125,7 @@ class BoxLocalization(Metric):
         return MetricValues({"accuracy": accuracy, "iou": iou, "correct_class": 100.0 * right_class.double()})
 
     def options(self) -> dict[str, Any]:
-        return {"rule": self.rule, "value": self.value, "iou": self.iou}
+        return {"rule": self.rule, "value": self.value, "iou": self.iou, "components": self.components}
 
 
 def dilate(mask: Any, map_letters: str, radius: float) -> Any:
