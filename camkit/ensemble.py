@@ -49,6 +49,8 @@ class EigenSmoothed(CamMethod):
         method = inner
         self.name = f"{getattr(method, 'name', type(method).__name__)}+eigen"
         self.needs_gradients = method.needs_gradients
+        self.needs_hessian = getattr(method, "needs_hessian", False)
+        self.runs_model = getattr(method, "runs_model", False)
 
     def weights(self, ctx: WeightContext) -> Weights:
         import torch
@@ -56,6 +58,9 @@ class EigenSmoothed(CamMethod):
         from camkit_plugins.methods.eigengradcam import oriented_first_component
 
         found = self.inner.weights(ctx)
+        if found.kind == "map":
+            raise ValueError(f"eigen smoothing projects the weighted features, but {self.name.removesuffix('+eigen')} "
+                             f"gives its map directly (no weights over channels): use it without eigen_smooth")
         layout, f = ctx.layout, ctx.features
         multi = ctx.multi_target
         w = found.tensor

@@ -1,0 +1,119 @@
+"""LeGrad (Bousselham et al. 2024, "LeGrad: an explainability method for vision transformers via feature
+formation sensitivity"), for vision transformers: how sensitive the target score is to every attention
+weight. With A^l the attention probabilities of block l ((heads, T, T) per sample, softmax over keys),
+
+    E^l = (1/h) sum_heads relu(dS_c / dA^l),    M(s) = (1/L) sum_l r(E^l)[p + s],
+
+where r takes the query rows (``rows="mean"``: the mean over all T query tokens, as the authors' code does;
+``rows="class"``: the class token's row alone) and s runs over the T - p patch tokens after the p prefix
+tokens (class, registers), folded into the patch grid of the captured features (the token grid camkit
+finds for transformers). ``layers`` picks blocks by index in call order (default: all).
+
+The attention probabilities are caught in one extra forward (with a backward per target) as the outputs
+of every ``softmax`` call giving (N, heads, T, T): ``nn.Softmax``, ``F.softmax`` and ``Tensor.softmax`` alike,
+without hooks on the model. Models that compute attention in a fused kernel
+(``F.scaled_dot_product_attention``, ``nn.MultiheadAttention``'s fast path: timm's default, torchvision's
+ViT) never form the probabilities: LeGrad then says so. For timm, build the model after
+``timm.layers.set_fused_attn(False)`` (or set ``block.attn.fused_attn = False`` on every block).
+
+The paper scores every block's own class token through the model's head (its "feature formation"); camkit
+differentiates the model's output score for every block, which needs nothing model-specific. The map is
+no sum over channels of the features, so the method returns it directly (``Weights.direct_map``)."""
+
+from typing import Any, Sequence
+
+from camkit.hookspecs import hookimpl
+from camkit.methods import CamMethod, WeightContext, Weights
+
+FUSED_ATTENTION = ("scaled_dot_product_attention", "multi_head_attention_forward", "_native_multi_head_attention")
+ROWS = ("mean", "class")
+
+
+def attention_probabilities(ctx: WeightContext, inputs: Any) -> tuple[Any, list[Any]]:
+    """``(output, [A^l])``: one forward of ``inputs`` with autograd on, and every attention matrix
+    (N, heads, T, T) that a softmax produced in it, in call order."""
+    import torch
+
+    from camkit.capture import _function_mode_base, function_name
+
+    found: list[Any] = []
+    fused: list[str] = []
+    n = inputs.shape[ctx.input_layout.batch_axis]
+
+    class Watch(_function_mode_base()):  # type: ignore[misc]
+        def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+            out = func(*args, **(kwargs or {}))
+            name = function_name(func)
+            if name == "softmax" and getattr(out, "ndim", 0) == 4 and out.shape[0] == n and \
+                    out.shape[-1] == out.shape[-2]:
+                found.append(out)
+            elif name in FUSED_ATTENTION:
+                fused.append(name)
+            return out
+
+    with torch.inference_mode(False), torch.enable_grad(), Watch():
+        x = inputs.clone() if inputs.is_inference() else inputs
+        if x.is_floating_point():  # the graph reaches every block even with frozen parameters
+            x = x.detach().requires_grad_(True)
+        output = ctx.forward(x)
+    if not found:
+        how = f"it calls {sorted(set(fused))}, fused kernels that" if fused else "no softmax gave (N, heads, T, T) " \
+                                                                               "matrices: the model"
+        raise ValueError(f"legrad needs the attention probabilities of every block, but {how} never form them; "
+                         f"compute attention with an explicit softmax (timm: timm.layers.set_fused_attn(False) "
+                         f"before building the model, or block.attn.fused_attn = False)")
+    return output, found
+
+
+class LeGrad(CamMethod):
+    name = "legrad"
+    description = "ViTs: positive gradients of the score w.r.t. every block's attention, on the patches"
+    needs_gradients = False
+    runs_model = True
+
+    def __init__(self, rows: str = "mean", layers: Sequence[int] | None = None) -> None:
+        if rows not in ROWS:
+            raise ValueError(f"rows {rows!r}: expected one of {', '.join(ROWS)}")
+        self.rows = rows
+        self.layers = None if layers is None else [int(i) for i in layers]
+
+    def weights(self, ctx: WeightContext) -> Weights:
+        import torch
+
+        if ctx.targets is None or getattr(ctx.logits, "ndim", 0) != 2:
+            raise ValueError("legrad differentiates a class's logit: it needs a classifier and class-id targets")
+        output, attention = attention_probabilities(ctx, ctx.inputs)
+        if self.layers is not None:
+            try:
+                attention = [attention[i] for i in self.layers]
+            except IndexError:
+                raise ValueError(f"layers {self.layers}: the model has {len(attention)} attention blocks") from None
+        tokens = {a.shape[-1] for a in attention}
+        patches = ctx.num_sites
+        prefix = next(iter(tokens)) - patches
+        if len(tokens) != 1 or prefix < 1:
+            raise ValueError(f"legrad maps attention over {sorted(tokens)} tokens onto the {patches} sites of the "
+                             f"features: it needs one token count, a class token first and the patch tokens as "
+                             f"the sites (the token grid camkit finds for transformers, not layout='NLC')")
+        ids = ctx.targets if ctx.multi_target else ctx.targets[:, None]
+        with torch.inference_mode(False), torch.enable_grad():
+            scores = output.float().gather(1, ids.clone())
+            maps = []
+            for j in range(ids.shape[1]):
+                grads = torch.autograd.grad(scores[:, j].sum(), attention, retain_graph=j < ids.shape[1] - 1,
+                                            allow_unused=True)
+                relevance = 0
+                for g, a in zip(grads, attention):
+                    g = torch.zeros_like(a) if g is None else g.detach()
+                    e = g.float().clamp_min(0).mean(dim=1)  # (N, T, T): heads averaged
+                    relevance = relevance + (e.mean(dim=1) if self.rows == "mean" else e[:, 0])
+                maps.append(relevance[:, prefix:] / len(attention))
+        layout = ctx.layout
+        sites = [ctx.features.shape[layout.letters.index(ch)] for ch in layout.site_letters]
+        found = torch.stack(maps, dim=1).view(ids.shape[0], ids.shape[1], *sites).to(ctx.features.device)
+        return Weights.direct_map(found if ctx.multi_target else found[:, 0])
+
+
+@hookimpl
+def camkit_register_methods() -> dict[str, Any]:
+    return {"legrad": LeGrad}

@@ -1,0 +1,169 @@
+"""LeGrad on a tiny vision transformer built here (and on a timm ViT when timm is installed) against the
+formula written with plain autograd and hooks on the attention softmax."""
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from camkit import explain
+from tests.methods_models import GapNet, normalise
+
+
+class Attention(nn.Module):
+    def __init__(self, dim, heads, fused=False):
+        super().__init__()
+        self.heads, self.fused = heads, fused
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.softmax = nn.Softmax(dim=-1)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x):
+        n, t, c = x.shape
+        q, k, v = self.qkv(x).view(n, t, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
+        if self.fused:
+            out = F.scaled_dot_product_attention(q, k, v)
+        else:
+            out = self.softmax(q @ k.transpose(-2, -1) * (c // self.heads) ** -0.5) @ v
+        return self.proj(out.transpose(1, 2).reshape(n, t, c))
+
+
+class Block(nn.Module):
+    def __init__(self, dim, heads, fused=False):
+        super().__init__()
+        self.norm1, self.attn = nn.LayerNorm(dim), Attention(dim, heads, fused)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = nn.Sequential(nn.Linear(dim, 2 * dim), nn.GELU(), nn.Linear(2 * dim, dim))
+
+    def forward(self, x):
+        x = x + self.attn(self.norm1(x))
+        return x + self.mlp(self.norm2(x))
+
+
+class TinyViT(nn.Module):
+    """4x4 patches of a 16x16 image (a 4 x 4 grid), a class token, 3 blocks, head on the class token."""
+
+    def __init__(self, dim=16, heads=2, depth=3, classes=5, fused=False):
+        super().__init__()
+        self.patch = nn.Conv2d(3, dim, 4, stride=4)
+        self.cls = nn.Parameter(torch.randn(1, 1, dim))
+        self.pos = nn.Parameter(torch.randn(1, 17, dim) * 0.5)
+        self.blocks = nn.Sequential(*[Block(dim, heads, fused) for _ in range(depth)])
+        self.norm, self.head = nn.LayerNorm(dim), nn.Linear(dim, classes)
+
+    def forward(self, x):
+        tokens = self.patch(x).flatten(2).transpose(1, 2)
+        tokens = torch.cat([self.cls.expand(len(x), -1, -1), tokens], dim=1) + self.pos
+        return self.head(self.norm(self.blocks(tokens))[:, 0])
+
+
+def legrad_by_hand(model, x, targets, rows="mean", softmax_modules=None):
+    """mean over blocks of relu(dS/dA) averaged over heads and rows, patch columns, on the 4 x 4 grid."""
+    modules = softmax_modules or [m for m in model.modules() if isinstance(m, nn.Softmax)]
+    seen = []
+    handles = [m.register_forward_hook(lambda mod, i, o: seen.append(o)) for m in modules]
+    try:
+        with torch.enable_grad():
+            out = model(x.clone().requires_grad_(True))
+            grads = torch.autograd.grad(out.gather(1, targets[:, None]).sum(), seen)
+    finally:
+        for h in handles:
+            h.remove()
+    total = 0
+    for g in grads:
+        e = g.clamp_min(0).mean(1)
+        total = total + (e.mean(1) if rows == "mean" else e[:, 0])
+    side = int((seen[0].shape[-1] - 1) ** 0.5)
+    return (total[:, 1:] / len(grads)).view(len(x), side, side)
+
+
+@pytest.mark.parametrize("rows", ["mean", "class"])
+def test_legrad_is_the_mean_positive_attention_gradient(rows):
+    model = TinyViT().eval()
+    x = torch.randn(3, 3, 16, 16)
+    targets = torch.tensor([4, 0, 2])
+    got = explain(model, x, "legrad", targets=targets, upsample=False, method_options={"rows": rows})
+    assert got.maps.shape == (3, 4, 4) and got.map_letters == "NHW"
+    torch.testing.assert_close(got.maps, normalise(legrad_by_hand(model, x, targets, rows)), atol=1e-5, rtol=1e-4)
+
+
+def test_legrad_batch_equals_loop_and_topk_equals_one_target_at_a_time():
+    model = TinyViT().eval()
+    x = torch.randn(3, 3, 16, 16)
+    batch = explain(model, x, "legrad")
+    for i in range(3):
+        torch.testing.assert_close(explain(model, x[i:i + 1], "legrad").maps[0], batch.maps[i], atol=1e-5, rtol=1e-4)
+    top = explain(model, x, "legrad", topk=3)
+    assert top.maps.shape == (3, 3, 16, 16) and torch.isfinite(top.maps).all()
+    for k in range(3):
+        one = explain(model, x, "legrad", targets=top.targets[:, k])
+        torch.testing.assert_close(top.maps[:, k], one.maps, atol=1e-5, rtol=1e-4)
+
+
+def test_legrad_picks_layers():
+    model = TinyViT().eval()
+    x = torch.randn(2, 3, 16, 16)
+    targets = torch.tensor([1, 3])
+    got = explain(model, x, "legrad", targets=targets, upsample=False, method_options={"layers": [-1]})
+    last = [model.blocks[-1].attn.softmax]
+    torch.testing.assert_close(got.maps, normalise(legrad_by_hand(model, x, targets, softmax_modules=last)),
+                               atol=1e-5, rtol=1e-4)
+    with pytest.raises(ValueError, match="3 attention blocks"):
+        explain(model, x, "legrad", method_options={"layers": [5]})
+
+
+def test_legrad_leaves_the_model_as_found():
+    model = TinyViT().train()
+    for p in model.parameters():
+        p.grad = torch.full_like(p, 3.0)
+    model.pos.requires_grad_(False)
+    flags = [p.requires_grad for p in model.parameters()]
+    before = {n: m.training for n, m in model.named_modules()}
+    explain(model, torch.randn(2, 3, 16, 16), "legrad", topk=2)
+    assert {n: m.training for n, m in model.named_modules()} == before
+    assert [p.requires_grad for p in model.parameters()] == flags
+    assert all(torch.equal(p.grad, torch.full_like(p, 3.0)) for p in model.parameters())
+    assert all(not m._forward_hooks and not m._forward_pre_hooks for m in model.modules())
+    assert torch.is_grad_enabled()
+
+
+def test_legrad_works_with_frozen_parameters_and_in_inference_mode():
+    model = TinyViT().eval()
+    x = torch.randn(2, 3, 16, 16)
+    expected = explain(model, x, "legrad").maps
+    model.requires_grad_(False)
+    with torch.inference_mode():
+        got = explain(model, torch.randn(2, 3, 16, 16).copy_(x), "legrad").maps
+    torch.testing.assert_close(got, expected)
+
+
+def test_legrad_says_what_it_needs_from_fused_attention():
+    with pytest.raises(ValueError, match="scaled_dot_product_attention.*set_fused_attn"):
+        explain(TinyViT(fused=True).eval(), torch.randn(1, 3, 16, 16), "legrad")
+
+
+def test_legrad_without_attention_or_on_token_sites_is_one_clear_error():
+    with pytest.raises(ValueError, match="attention probabilities"):
+        explain(GapNet(2).eval(), torch.randn(1, 3, 8, 8), "legrad", layer="body")
+    with pytest.raises(ValueError, match="class token first"):
+        explain(TinyViT().eval(), torch.randn(1, 3, 16, 16), "legrad", layer="blocks.2", layout="NLC",
+                input_layout="NCHW")
+
+
+def test_legrad_on_a_timm_vit():
+    timm = pytest.importorskip("timm")
+    model = timm.models.vision_transformer.VisionTransformer(img_size=32, patch_size=8, embed_dim=32, depth=2,
+                                                             num_heads=2, num_classes=5).eval()
+    x = torch.randn(2, 3, 32, 32)
+    for block in model.blocks:
+        block.attn.fused_attn = True
+    with pytest.raises(ValueError, match="fused_attn"):
+        explain(model, x, "legrad")
+    for block in model.blocks:
+        block.attn.fused_attn = False
+    targets = torch.tensor([0, 3])
+    got = explain(model, x, "legrad", targets=targets, upsample=False)
+    # timm's attention: q k^T -> Tensor.softmax -> attn_drop (identity in eval): its output is A
+    drops = [block.attn.attn_drop for block in model.blocks]
+    torch.testing.assert_close(got.maps, normalise(legrad_by_hand(model, x, targets, softmax_modules=drops)),
+                               atol=1e-5, rtol=1e-4)
