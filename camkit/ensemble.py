@@ -55,7 +55,7 @@ class EigenSmoothed(CamMethod):
     def weights(self, ctx: WeightContext) -> Weights:
         import torch
 
-        from camkit_plugins.methods.eigengradcam import oriented_first_component
+        from camkit_plugins.methods.eigencam import oriented_first_component, sites_by_channels
 
         found = self.inner.weights(ctx)
         if found.kind == "map":
@@ -70,12 +70,7 @@ class EigenSmoothed(CamMethod):
             w = ctx.as_site_tensor(w)  # broadcasts over the sites
         expanded = ctx.expand_features() if multi else f
         weighted = w * expanded  # features' shape, or (N, K, ...)
-        if multi:
-            channel_axis = layout.channel_axis + (1 if layout.channel_axis > layout.batch_axis else 2)
-            p = weighted.movedim(channel_axis, -1).flatten(2, -2).flatten(0, 1)
-        else:
-            p = weighted.movedim((layout.batch_axis, layout.channel_axis), (0, -1)).flatten(1, -2)
-        v = oriented_first_component(p).to(weighted.dtype)  # (N*K, C)
+        v = oriented_first_component(sites_by_channels(weighted, layout, multi)).to(weighted.dtype)  # (N*K, C)
         v = v.view(*ctx.target_shape, -1)
         return Weights.site(torch.broadcast_to(w, weighted.shape) * ctx.as_site_tensor(v))
 
