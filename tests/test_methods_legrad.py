@@ -84,6 +84,7 @@ def test_legrad_is_the_mean_positive_attention_gradient(rows):
     targets = torch.tensor([4, 0, 2])
     got = explain(model, x, "legrad", targets=targets, upsample=False, method_options={"rows": rows})
     assert got.maps.shape == (3, 4, 4) and got.map_letters == "NHW"
+    assert (got.maps.flatten(1).amax(1) == 1).all()  # no constant map
     torch.testing.assert_close(got.maps, normalise(legrad_by_hand(model, x, targets, rows)), atol=1e-5, rtol=1e-4)
 
 
@@ -163,7 +164,47 @@ def test_legrad_on_a_timm_vit():
         block.attn.fused_attn = False
     targets = torch.tensor([0, 3])
     got = explain(model, x, "legrad", targets=targets, upsample=False)
+    assert (got.maps.flatten(1).amax(1) == 1).all()  # no constant map
     # timm's attention: q k^T -> Tensor.softmax -> attn_drop (identity in eval): its output is A
     drops = [block.attn.attn_drop for block in model.blocks]
     torch.testing.assert_close(got.maps, normalise(legrad_by_hand(model, x, targets, softmax_modules=drops)),
                                atol=1e-5, rtol=1e-4)
+
+
+def torchvision_vit_by_hand(model, x, targets):
+    """torchvision's VisionTransformer replayed with its attention written out, the same LeGrad formula."""
+    n = len(x)
+    tokens = model.conv_proj(x).flatten(2).transpose(1, 2)
+    h = torch.cat([model.class_token.expand(n, -1, -1), tokens], dim=1) + model.encoder.pos_embedding
+    probabilities = []
+    with torch.enable_grad():
+        h = h.detach().requires_grad_(True)
+        for block in model.encoder.layers:
+            attention, y = block.self_attention, block.ln_1(h)
+            heads, width = attention.num_heads, y.shape[-1] // attention.num_heads
+            q, k, v = F.linear(y, attention.in_proj_weight, attention.in_proj_bias).chunk(3, dim=-1)
+            q, k, v = (t.view(n, -1, heads, width).transpose(1, 2) for t in (q, k, v))
+            a = (q @ k.transpose(-2, -1) * width ** -0.5).softmax(-1)
+            probabilities.append(a)
+            h = h + attention.out_proj((a @ v).transpose(1, 2).reshape(n, -1, heads * width))
+            h = h + block.mlp(block.ln_2(h))
+        out = model.heads(model.encoder.ln(h)[:, 0])
+        grads = torch.autograd.grad(out.gather(1, targets[:, None]).sum(), probabilities)
+    total = sum(g.clamp_min(0).mean(1).mean(1) for g in grads)
+    side = int((total.shape[-1] - 1) ** 0.5)
+    return (total[:, 1:] / len(grads)).view(n, side, side)
+
+
+def test_legrad_on_torchvisions_vit_asks_multihead_attention_for_its_weights():
+    import torchvision
+
+    model = torchvision.models.VisionTransformer(image_size=32, patch_size=8, num_layers=2, num_heads=2, hidden_dim=32,
+                                                 mlp_dim=64, num_classes=5).eval()
+    nn.init.normal_(model.heads.head.weight)  # torchvision starts the head at zero: every gradient would be 0
+    nn.init.normal_(model.encoder.pos_embedding)
+    x = torch.randn(2, 3, 32, 32)
+    targets = torch.tensor([2, 4])
+    got = explain(model, x, "legrad", targets=targets, upsample=False)
+    assert (got.maps.flatten(1).amax(1) == 1).all()  # no constant map
+    torch.testing.assert_close(got.maps, normalise(torchvision_vit_by_hand(model, x, targets)), atol=1e-5, rtol=1e-4)
+    assert all(not m._forward_pre_hooks and not m._forward_hooks for m in model.modules())

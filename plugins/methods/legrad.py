@@ -10,22 +10,24 @@ tokens (class, registers), folded into the patch grid of the captured features (
 finds for transformers). ``layers`` picks blocks by index in call order (default: all).
 
 The attention probabilities are caught in one extra forward (with a backward per target) as the outputs
-of every ``softmax`` call giving (N, heads, T, T): ``nn.Softmax``, ``F.softmax`` and ``Tensor.softmax`` alike,
-without hooks on the model. Models that compute attention in a fused kernel
-(``F.scaled_dot_product_attention``, ``nn.MultiheadAttention``'s fast path: timm's default, torchvision's
-ViT) never form the probabilities: LeGrad then says so. For timm, build the model after
+of every ``softmax`` call giving (N, heads, T, T) or (N heads, T, T): ``nn.Softmax``, ``F.softmax`` and
+``Tensor.softmax`` alike. ``nn.MultiheadAttention`` (torchvision's ViT) is asked for its weights during that
+forward (``need_weights=True``, by hooks removed after it), which makes it compute them with an explicit
+softmax instead of its fused fast path; the tensor it multiplies the values with is taken. Models that call ``F.scaled_dot_product_attention``
+(timm's default) never form the probabilities: LeGrad then says so; for timm, build the model after
 ``timm.layers.set_fused_attn(False)`` (or set ``block.attn.fused_attn = False`` on every block).
 
 The paper scores every block's own class token through the model's head (its "feature formation"); camkit
 differentiates the model's output score for every block, which needs nothing model-specific. The map is
 no sum over channels of the features, so the method returns it directly (``Weights.direct_map``)."""
 
+import contextlib
 from typing import Any, Sequence
 
 from camkit.hookspecs import hookimpl
 from camkit.methods import CamMethod, WeightContext, Weights
 
-FUSED_ATTENTION = ("scaled_dot_product_attention", "multi_head_attention_forward", "_native_multi_head_attention")
+FUSED_ATTENTION = ("scaled_dot_product_attention", "_native_multi_head_attention")
 ROWS = ("mean", "class")
 
 
@@ -44,14 +46,20 @@ def attention_probabilities(ctx: WeightContext, inputs: Any) -> tuple[Any, list[
         def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
             out = func(*args, **(kwargs or {}))
             name = function_name(func)
-            if name == "softmax" and getattr(out, "ndim", 0) == 4 and out.shape[0] == n and \
-                    out.shape[-1] == out.shape[-2]:
+            if name == "softmax" and is_attention(out, n):
                 found.append(out)
             elif name in FUSED_ATTENTION:
                 fused.append(name)
             return out
 
-    with torch.inference_mode(False), torch.enable_grad(), Watch():
+    with contextlib.ExitStack() as stack:
+        for module in ctx.model.modules():
+            if isinstance(module, torch.nn.MultiheadAttention):
+                stack.callback(module.register_forward_pre_hook(_with_weights, with_kwargs=True).remove)
+                stack.callback(module.register_forward_hook(lambda m, i, out: found.append(_used_weights(out))).remove)
+        stack.enter_context(torch.inference_mode(False))
+        stack.enter_context(torch.enable_grad())
+        stack.enter_context(Watch())
         x = inputs.clone() if inputs.is_inference() else inputs
         if x.is_floating_point():  # the graph reaches every block even with frozen parameters
             x = x.detach().requires_grad_(True)
@@ -63,6 +71,33 @@ def attention_probabilities(ctx: WeightContext, inputs: Any) -> tuple[Any, list[
                          f"compute attention with an explicit softmax (timm: timm.layers.set_fused_attn(False) "
                          f"before building the model, or block.attn.fused_attn = False)")
     return output, found
+
+
+def is_attention(tensor: Any, samples: int) -> bool:
+    """Square attention matrices over the last two axes: (N, heads, T, T) or (N heads, T, T)."""
+    shape = getattr(tensor, "shape", ())
+    if len(shape) < 3 or shape[-1] != shape[-2]:
+        return False
+    return (len(shape) == 4 and shape[0] == samples) or (len(shape) == 3 and shape[0] % samples == 0)
+
+
+def _with_weights(module: Any, args: Any, kwargs: Any) -> tuple[Any, Any]:
+    """``nn.MultiheadAttention`` called with ``need_weights=True, average_attn_weights=False`` (positional
+    slots 4 and 6, or keywords): it then forms the probabilities with an explicit softmax."""
+    args, kwargs = list(args), dict(kwargs)
+    for slot, key, value in ((4, "need_weights", True), (6, "average_attn_weights", False)):
+        if len(args) > slot:
+            args[slot] = value
+        else:
+            kwargs[key] = value
+    return tuple(args), kwargs
+
+
+def _used_weights(output: Any) -> Any:
+    """The (N heads, T, T) probabilities ``nn.MultiheadAttention`` multiplied the values with: its returned
+    (N, heads, T, T) weights are a view of them, and only the viewed tensor lies on the score's path."""
+    weights = output[1]
+    return weights._base if weights._base is not None else weights
 
 
 class LeGrad(CamMethod):
@@ -105,7 +140,7 @@ class LeGrad(CamMethod):
                 relevance = 0
                 for g, a in zip(grads, attention):
                     g = torch.zeros_like(a) if g is None else g.detach()
-                    e = g.float().clamp_min(0).mean(dim=1)  # (N, T, T): heads averaged
+                    e = g.float().clamp_min(0).unflatten(0, (ids.shape[0], -1)).flatten(1, -3).mean(dim=1)  # heads
                     relevance = relevance + (e.mean(dim=1) if self.rows == "mean" else e[:, 0])
                 maps.append(relevance[:, prefix:] / len(attention))
         layout = ctx.layout
