@@ -144,3 +144,26 @@ def test_kpcacam_on_a_constant_feature_map_warns_and_gives_zeros():
     with pytest.warns(camkit.ConstantMapWarning):
         res = explain(Flat().eval(), x, "kpcacam", layer="body")
     assert torch.equal(res.maps, torch.zeros_like(res.maps)) and not np.isnan(res.maps.numpy()).any()
+
+
+def test_shapleycam_on_a_vits_token_grid_follows_the_feature_transform():
+    from tests.methods_models import TinyViT
+
+    model = TinyViT().eval()
+    x = torch.randn(2, 3, 16, 16)
+    targets = torch.tensor([1, 4])
+    got = explain(model, x, "shapleycam", targets=targets, upsample=False)  # located: the last block's input
+    seen = {}
+    handle = model.blocks[-1].register_forward_pre_hook(lambda m, args: seen.setdefault("t", args[0]))
+    with torch.no_grad():
+        model(x)
+    handle.remove()
+    t = seen["t"].detach().requires_grad_(True)
+    with torch.enable_grad():
+        out = model.head(model.norm(model.blocks[-1](t))[:, 0])
+        g = torch.autograd.grad(out.gather(1, targets[:, None]).sum(), t, create_graph=True)[0]
+        hf = torch.autograd.grad(g, t, grad_outputs=t.detach())[0]
+    patches, corrected = t.detach()[:, 1:], (g - 0.5 * hf).detach()[:, 1:]  # (N, 16, C): the 4 x 4 grid
+    raw = torch.einsum("nsc,nc->ns", patches, corrected.mean(1)).view(2, 4, 4)
+    torch.testing.assert_close(got.maps, normalise(raw), atol=1e-5, rtol=1e-4)
+    assert hf[:, 1:].abs().amax() > 1e-4  # the LayerNorm head is curved: the second-order term is tested
