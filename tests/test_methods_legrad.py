@@ -94,6 +94,10 @@ def test_legrad_works_with_frozen_parameters_and_in_inference_mode():
 def test_legrad_says_what_it_needs_from_fused_attention():
     with pytest.raises(ValueError, match="scaled_dot_product_attention.*set_fused_attn"):
         explain(TinyViT(fused=True).eval(), torch.randn(1, 3, 16, 16), "legrad")
+    mixed = TinyViT().eval()
+    mixed.blocks[1].attn.fused = True  # one block would silently drop out of the mean over blocks
+    with pytest.raises(ValueError, match="scaled_dot_product_attention"):
+        explain(mixed, torch.randn(1, 3, 16, 16), "legrad")
 
 
 def test_legrad_without_attention_or_on_token_sites_is_one_clear_error():

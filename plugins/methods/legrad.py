@@ -35,14 +35,15 @@ def attention_probabilities(ctx: WeightContext, inputs: Any) -> tuple[Any, list[
     """``(output, [A^l])``: one forward of ``inputs`` with autograd on, and every attention matrix
     (N, heads, T, T) that a softmax produced in it, in call order."""
     import torch
+    from torch.overrides import TorchFunctionMode
 
-    from camkit.capture import _function_mode_base, function_name
+    from camkit.capture import function_name
 
     found: list[Any] = []
     fused: list[str] = []
     n = inputs.shape[ctx.input_layout.batch_axis]
 
-    class Watch(_function_mode_base()):  # type: ignore[misc]
+    class Watch(TorchFunctionMode):
         def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
             out = func(*args, **(kwargs or {}))
             name = function_name(func)
@@ -64,7 +65,7 @@ def attention_probabilities(ctx: WeightContext, inputs: Any) -> tuple[Any, list[
         if x.is_floating_point():  # the graph reaches every block even with frozen parameters
             x = x.detach().requires_grad_(True)
         output = ctx.forward(x)
-    if not found:
+    if fused or not found:  # a block with fused attention would silently drop out of the mean over blocks
         how = f"it calls {sorted(set(fused))}, fused kernels that" if fused else "no softmax gave (N, heads, T, T) " \
                                                                                "matrices: the model"
         raise ValueError(f"legrad needs the attention probabilities of every block, but {how} never form them; "
