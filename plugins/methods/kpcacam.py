@@ -46,8 +46,15 @@ def first_kernel_component(x: Any, kernel: str, gamma: float | None = None, coef
     k = kernel_matrix(x, kernel, 1.0 / x.shape[2] if gamma is None else gamma, coef0, degree)
     k = k - k.mean(dim=1, keepdim=True)  # centring in feature space: rows, then columns
     k = k - k.mean(dim=2, keepdim=True)
-    values, vectors = torch.linalg.eigh((k + k.transpose(1, 2)) / 2)
-    u, top = vectors[..., -1], values[..., -1].clamp_min(0)
+    k = (k + k.transpose(1, 2)) / 2
+    if kernel in ("rbf", "linear"):  # positive semi-definite: the top eigenvector by squaring (Eigen-CAM's)
+        from camkit_plugins.methods.eigencam import top_eigenvectors
+
+        u = top_eigenvectors(k)
+        top = torch.einsum("ns,nst,nt->n", u, k, u).clamp_min(0)
+    else:  # sigmoid (and poly with coef0 < 0) kernels may have negative eigenvalues: the largest, as scikit-learn
+        values, vectors = torch.linalg.eigh(k)
+        u, top = vectors[..., -1], values[..., -1].clamp_min(0)
     largest = u.gather(1, u.abs().argmax(dim=1, keepdim=True))
     u = u * torch.where(largest < 0, -1.0, 1.0)
     return u * top.sqrt()[:, None]
