@@ -51,6 +51,8 @@ from speedbench.cases import (  # noqa: E402, F401  (the names below are this sc
     PERTURBATION_METHODS,
     QUICK_PAIRS,
     TOOLKITS,
+    VIT_METHODS,
+    VIT_MODEL,
     Case,
     Row,
     build_model,
@@ -86,7 +88,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def plan(args: argparse.Namespace) -> list[tuple[Case, tuple[str, ...]]]:
-    """(case, methods) pairs. Score-CAM costs channels x batch forwards and, on CUDA, batch x channels
+    """(case, methods) pairs. Vision-transformer methods (LeGrad) run on ViT-B/16 in a case of their own
+    (batch 2 on a CPU, 8 on CUDA). Score-CAM costs channels x batch forwards and, on CUDA, batch x channels
     upsampled masks (pytorch-grad-cam: also batch x channels masked images): it runs in its own fp32
     case, small on a CPU (ResNet-18, ``--scorecam-size`` / ``--scorecam-batch``), at 224 px and batch
     8 per model on CUDA (ResNet-50: 3.3 GB of masks for camkit, ~17 GB for pytorch-grad-cam)."""
@@ -105,7 +108,8 @@ def plan(args: argparse.Namespace) -> list[tuple[Case, tuple[str, ...]]]:
         sizes = args.batch_sizes or ("64,256" if gpu else "8,32")
         batches = [8] if args.quick and not gpu else [int(b) for b in sizes.split(",")]
         dtypes = ["fp32"] if args.quick else (args.dtypes or ("fp32,bf16,fp16" if gpu else "fp32,bf16")).split(",")
-        main_methods = tuple(m for m in methods if m not in PERTURBATION_METHODS)
+        main_methods = tuple(m for m in methods if m not in PERTURBATION_METHODS + VIT_METHODS)
+        vit_methods = tuple(m for m in methods if m in VIT_METHODS)
         score_methods = tuple(m for m in methods if m in PERTURBATION_METHODS)
         if main_methods:
             for model in models:
@@ -122,6 +126,8 @@ def plan(args: argparse.Namespace) -> list[tuple[Case, tuple[str, ...]]]:
                 size = args.scorecam_size or (48 if args.quick else 96)  # 48 px: 2 x 2 features
                 batch = args.scorecam_batch or (1 if args.quick else 2)
                 pairs.append((Case(device, "resnet18", batch, "fp32", size), score_methods))
+        if vit_methods:
+            pairs.append((Case(device, VIT_MODEL, 8 if gpu else 2, "fp32"), vit_methods))
     return pairs
 
 

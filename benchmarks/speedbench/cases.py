@@ -10,7 +10,10 @@ import torch
 CAMKIT_METHODS = ("cam", "gradcam", "gradcam++", "xgradcam", "layercam", "hirescam", "scorecam", "eigencam")
 # issue 12's methods: timed when named with --methods (fullgrad is camkit.fullgrad, not a weight method)
 NEW_METHODS = ("gradcam-elementwise", "eigengradcam", "fem", "ablationcam", "finercam", "smoothgradcam++", "sscam",
-               "iscam", "fullgrad", "kpcacam", "shapleycam")
+               "iscam", "fullgrad", "kpcacam", "shapleycam", "legrad")
+# vision-transformer methods: a case of their own on torchvision's ViT-B/16 (random weights, a random head)
+VIT_METHODS = ("legrad",)
+VIT_MODEL = "vit_b_16"
 # masked or ablated forwards per (sample, channel): a small case of their own on a CPU
 PERTURBATION_METHODS = ("scorecam", "sscam", "iscam")
 TOOLKITS = ("pytorch-grad-cam", "torchcam", "captum")
@@ -22,7 +25,7 @@ QUICK_PAIRS = frozenset({("pytorch-grad-cam", "gradcam"), ("torchcam", "cam"), (
                          ("pytorch-grad-cam", "fem"), ("pytorch-grad-cam", "ablationcam"),
                          ("pytorch-grad-cam", "fullgrad"),
                          ("torchcam", "smoothgradcam++"), ("torchcam", "sscam"), ("torchcam", "iscam"),
-                         ("pytorch-grad-cam", "kpcacam"), ("pytorch-grad-cam", "shapleycam")})
+                         ("pytorch-grad-cam", "kpcacam"), ("pytorch-grad-cam", "shapleycam"), ("torchcam", "legrad")})
 # maps of random-weight models agree to float rounding when the formula is the same
 AGREEMENT_TOLERANCE = 1e-3
 # known formula differences, so a large difference there is reported, not treated as a bug
@@ -38,6 +41,8 @@ KNOWN_DIFFERENCES = {
                                       "authors' code; per_channel=True agrees to ~1e-7)",
     ("torchcam", "smoothgradcam++"): "other noise draws; ReLU of the last noisy sample's gradient, not of the mean",
     ("torchcam", "sscam"): "other noise draws; softmax over the channel scores, not over classes",
+    ("torchcam", "legrad"): "scores every block's own class token through the head (mean over tokens, its default "
+                            "projection); camkit differentiates the output score for every block",
     ("torchcam", "iscam"): "accumulated coefficient ((1 + ... + i) / N times the mask); softmax over the channel "
                            "scores",
 }
@@ -113,6 +118,8 @@ def build_model(name: str, device: str, dtype: str) -> torch.nn.Module:
 
     torch.manual_seed(0)
     model = getattr(torchvision.models, name)(weights=None).eval().to(device)
+    if name.startswith("vit_"):  # torchvision starts the head at zero: every map would be constant
+        torch.nn.init.normal_(model.heads.head.weight, std=0.02)
     return accelerate(model, dtype=dtype) if dtype != "fp32" else model
 
 

@@ -63,12 +63,15 @@ def torchcam_runner(model: torch.nn.Module, method: str, x: torch.Tensor, ids: t
 
     classes = {"cam": tc.CAM, "gradcam": tc.GradCAM, "gradcam++": tc.GradCAMpp, "xgradcam": tc.XGradCAM,
                "layercam": tc.LayerCAM, "scorecam": tc.ScoreCAM, "smoothgradcam++": tc.SmoothGradCAMpp,
-               "sscam": tc.SSCAM, "iscam": tc.ISCAM}
-    if method not in classes:
+               "sscam": tc.SSCAM, "iscam": tc.ISCAM, "legrad": getattr(tc, "LeGrad", None)}
+    if classes.get(method) is None:  # LeGrad: torchcam 0.5 on
         yield None
         return
-    kwargs = {"fc_layer": inner(model).fc} if method == "cam" else {}
-    explainer = classes[method](model, target_layer=inner(model).layer4, input_shape=tuple(x.shape[1:]), **kwargs)
+    if method == "legrad":  # every block; its default score projection for torchvision's ViT
+        explainer = classes[method](inner(model), target_layer=list(inner(model).encoder.layers))
+    else:
+        kwargs = {"fc_layer": inner(model).fc} if method == "cam" else {}
+        explainer = classes[method](model, target_layer=inner(model).layer4, input_shape=tuple(x.shape[1:]), **kwargs)
     explainer._relu = True  # torchcam's CAM skips the ReLU the other methods (and camkit) apply
     class_idx = [int(i) for i in ids]
     grad = method != "cam"
