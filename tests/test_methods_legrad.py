@@ -165,3 +165,58 @@ def test_legrad_on_torchvisions_vit_asks_multihead_attention_for_its_weights():
     assert (got.maps.flatten(1).amax(1) == 1).all()  # no constant map
     torch.testing.assert_close(got.maps, normalise(torchvision_vit_by_hand(model, x, targets)), atol=1e-5, rtol=1e-4)
     assert all(not m._forward_pre_hooks and not m._forward_hooks for m in model.modules())
+
+
+def per_block_legrad_by_hand(model, x, targets):
+    """The paper's form: block l's own score head(norm(z^l)[:, 0]) against its own attention A^l."""
+    probabilities, outputs = [], []
+    handles = [b.attn.softmax.register_forward_hook(lambda m, i, o: probabilities.append(o)) for b in model.blocks]
+    handles += [b.register_forward_hook(lambda m, i, o: outputs.append(o)) for b in model.blocks]
+    try:
+        with torch.enable_grad():
+            model(x.clone().requires_grad_(True))
+            total = 0
+            for z, a in zip(outputs, probabilities):
+                score = model.head(model.norm(z)[:, 0]).gather(1, targets[:, None]).sum()
+                total = total + torch.autograd.grad(score, a, retain_graph=True)[0].clamp_min(0).mean(1).mean(1)
+    finally:
+        for h in handles:
+            h.remove()
+    return (total[:, 1:] / len(probabilities)).view(len(x), 4, 4)
+
+
+def test_legrad_with_per_block_scores_is_the_papers_form():
+    model = TinyViT().eval()
+    x = torch.randn(2, 3, 16, 16)
+    targets = torch.tensor([3, 0])
+    got = explain(model, x, "legrad", targets=targets, upsample=False,
+                  method_options={"score_projection": lambda z: model.head(model.norm(z)[:, 0])})
+    assert (got.maps.flatten(1).amax(1) == 1).all()
+    torch.testing.assert_close(got.maps, normalise(per_block_legrad_by_hand(model, x, targets)), atol=1e-5, rtol=1e-4)
+    final = explain(model, x, "legrad", targets=targets, upsample=False)
+    assert (final.maps - got.maps).abs().max() > 1e-3  # another formula than the output score's
+    with pytest.raises(TypeError, match="score_projection"):
+        explain(model, x, "legrad", method_options={"score_projection": 3})
+
+
+def test_legrad_with_per_block_scores_matches_torchcams_legrad():
+    tc = pytest.importorskip("torchcam.methods")
+    import torchvision
+
+    if not hasattr(tc, "LeGrad"):
+        pytest.skip("torchcam without LeGrad")
+    model = torchvision.models.VisionTransformer(image_size=32, patch_size=8, num_layers=3, num_heads=2, hidden_dim=32,
+                                                 mlp_dim=64, num_classes=5).eval()
+    nn.init.normal_(model.heads.head.weight)
+    x = torch.randn(2, 3, 32, 32)
+    targets = [1, 3]
+
+    def projection(z):
+        return model.heads(model.encoder.ln(z)[:, 0])
+
+    got = explain(model, x, "legrad", targets=torch.tensor(targets), upsample=False,
+                  method_options={"score_projection": projection})
+    with tc.LeGrad(model, list(model.encoder.layers), score_projection=projection) as extractor:
+        scores = model(x)
+        expected = extractor(targets, scores)[0]
+    torch.testing.assert_close(got.maps, expected, atol=1e-5, rtol=1e-4)

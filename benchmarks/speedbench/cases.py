@@ -12,7 +12,7 @@ CAMKIT_METHODS = ("cam", "gradcam", "gradcam++", "xgradcam", "layercam", "hiresc
 NEW_METHODS = ("gradcam-elementwise", "eigengradcam", "fem", "ablationcam", "finercam", "smoothgradcam++", "sscam",
                "iscam", "fullgrad", "kpcacam", "shapleycam", "legrad")
 # vision-transformer methods: a case of their own on torchvision's ViT-B/16 (random weights, a random head)
-VIT_METHODS = ("legrad",)
+VIT_METHODS = ("legrad",)  # timed with the paper's per-block scores, torchcam's projection
 VIT_MODEL = "vit_b_16"
 # masked or ablated forwards per (sample, channel): a small case of their own on a CPU
 PERTURBATION_METHODS = ("scorecam", "sscam", "iscam")
@@ -41,8 +41,6 @@ KNOWN_DIFFERENCES = {
                                       "authors' code; per_channel=True agrees to ~1e-7)",
     ("torchcam", "smoothgradcam++"): "other noise draws; ReLU of the last noisy sample's gradient, not of the mean",
     ("torchcam", "sscam"): "other noise draws; softmax over the channel scores, not over classes",
-    ("torchcam", "legrad"): "scores every block's own class token through the head (mean over tokens, its default "
-                            "projection); camkit differentiates the output score for every block",
     ("torchcam", "iscam"): "accumulated coefficient ((1 + ... + i) / N times the mask); softmax over the channel "
                            "scores",
 }

@@ -26,7 +26,10 @@ def camkit_runner(model: torch.nn.Module, method: str, x: torch.Tensor, ids: tor
         yield lambda: fullgrad(model, x, ids).maps
         return
     chunked = method in PERTURBATION_METHODS or method == "ablationcam"
-    options = {"method_options": {"chunk_size": scorecam_chunk}} if chunked else {}
+    options: dict[str, Any] = {"method_options": {"chunk_size": scorecam_chunk}} if chunked else {}
+    if method == "legrad":  # the paper's per-block scores, projected as torchcam does for torchvision's ViT
+        vit = inner(model)
+        options = {"method_options": {"score_projection": lambda z: vit.heads(vit.encoder.ln(z.mean(dim=1)))}}
     with camkit.Explainer(model, method, **options) as explainer:
         yield lambda: explainer(x, ids).maps
 

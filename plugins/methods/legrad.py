@@ -17,12 +17,16 @@ softmax instead of its fused fast path; the tensor it multiplies the values with
 (timm's default) never form the probabilities: LeGrad then says so; for timm, build the model after
 ``timm.layers.set_fused_attn(False)`` (or set ``block.attn.fused_attn = False`` on every block).
 
-The paper scores every block's own class token through the model's head (its "feature formation"); camkit
-differentiates the model's output score for every block, which needs nothing model-specific. The map is
-no sum over channels of the features, so the method returns it directly (``Weights.direct_map``)."""
+By default every block's gradient is that of the model's output score S_c, which needs nothing
+model-specific. The paper (and torchcam) scores each block's own output tokens through the head,
+S_c^l = P(z^l)_c, and differentiates S_c^l with respect to A^l only: pass that projection P, from a block's
+output tokens (N, T, C) to logits (N, classes), as ``score_projection`` (e.g. for timm
+``lambda z: model.forward_head(model.norm(z))``). The blocks are the siblings of the captured layer (the
+located default: the input of the last block). The map is no sum over channels of the features, so the
+method returns it directly (``Weights.direct_map``)."""
 
 import contextlib
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from camkit.hookspecs import hookimpl
 from camkit.methods import CamMethod, WeightContext, Weights
@@ -31,9 +35,10 @@ FUSED_ATTENTION = ("scaled_dot_product_attention", "_native_multi_head_attention
 ROWS = ("mean", "class")
 
 
-def attention_probabilities(ctx: WeightContext, inputs: Any) -> tuple[Any, list[Any]]:
-    """``(output, [A^l])``: one forward of ``inputs`` with autograd on, and every attention matrix
-    (N, heads, T, T) that a softmax produced in it, in call order."""
+def attention_probabilities(ctx: WeightContext, inputs: Any, blocks: Sequence[Any] = ()) -> tuple[Any, list[Any],
+                                                                                                 list[Any]]:
+    """``(output, [A^l], [z^l])``: one forward of ``inputs`` with autograd on, every attention matrix
+    (N, heads, T, T) that a softmax produced in it, in call order, and the outputs of ``blocks``."""
     import torch
     from torch.overrides import TorchFunctionMode
 
@@ -41,6 +46,7 @@ def attention_probabilities(ctx: WeightContext, inputs: Any) -> tuple[Any, list[
 
     found: list[Any] = []
     fused: list[str] = []
+    outputs: list[Any] = []
     n = inputs.shape[ctx.input_layout.batch_axis]
 
     class Watch(TorchFunctionMode):
@@ -58,6 +64,9 @@ def attention_probabilities(ctx: WeightContext, inputs: Any) -> tuple[Any, list[
             if isinstance(module, torch.nn.MultiheadAttention):
                 stack.callback(module.register_forward_pre_hook(_with_weights, with_kwargs=True).remove)
                 stack.callback(module.register_forward_hook(lambda m, i, out: found.append(_used_weights(out))).remove)
+        for block in blocks:
+            stack.callback(block.register_forward_hook(
+                lambda m, i, out: outputs.append(out[0] if isinstance(out, tuple) else out)).remove)
         stack.enter_context(torch.inference_mode(False))
         stack.enter_context(torch.enable_grad())
         stack.enter_context(Watch())
@@ -71,7 +80,18 @@ def attention_probabilities(ctx: WeightContext, inputs: Any) -> tuple[Any, list[
         raise ValueError(f"legrad needs the attention probabilities of every block, but {how} never form them; "
                          f"compute attention with an explicit softmax (timm: timm.layers.set_fused_attn(False) "
                          f"before building the model, or block.attn.fused_attn = False)")
-    return output, found
+    return output, found, outputs
+
+
+def sibling_blocks(ctx: WeightContext) -> list[Any]:
+    """The children of the container holding the captured layer's module (a ViT's blocks)."""
+    from camkit.capture import CapturePoint, resolve_layer
+
+    point = CapturePoint.parse(ctx.model, ctx.layer)
+    if point.kind not in ("input", "output") or "." not in point.module:
+        raise ValueError(f"legrad with score_projection scores the outputs of the transformer blocks holding the "
+                         f"features; the features here are {point}: use the located default (a block's input)")
+    return list(resolve_layer(ctx.model, point.module.rsplit(".", 1)[0])[1].children())
 
 
 def is_attention(tensor: Any, samples: int) -> bool:
@@ -107,21 +127,30 @@ class LeGrad(CamMethod):
     needs_gradients = False
     runs_model = True
 
-    def __init__(self, rows: str = "mean", layers: Sequence[int] | None = None) -> None:
+    def __init__(self, rows: str = "mean", layers: Sequence[int] | None = None,
+                 score_projection: Callable[[Any], Any] | None = None) -> None:
         if rows not in ROWS:
             raise ValueError(f"rows {rows!r}: expected one of {', '.join(ROWS)}")
+        if score_projection is not None and not callable(score_projection):
+            raise TypeError("score_projection must map a block's output tokens to logits")
         self.rows = rows
         self.layers = None if layers is None else [int(i) for i in layers]
+        self.score_projection = score_projection
 
     def weights(self, ctx: WeightContext) -> Weights:
         import torch
 
         if ctx.targets is None or getattr(ctx.logits, "ndim", 0) != 2:
             raise ValueError("legrad differentiates a class's logit: it needs a classifier and class-id targets")
-        output, attention = attention_probabilities(ctx, ctx.inputs)
+        per_block = self.score_projection is not None
+        output, attention, outputs = attention_probabilities(ctx, ctx.inputs, sibling_blocks(ctx) if per_block else ())
+        if per_block and len(outputs) != len(attention):
+            raise ValueError(f"legrad with score_projection pairs each block with its attention, but {len(outputs)} "
+                             f"blocks ran and {len(attention)} attention matrices were formed")
         if self.layers is not None:
             try:
                 attention = [attention[i] for i in self.layers]
+                outputs = [outputs[i] for i in self.layers] if per_block else outputs
             except IndexError:
                 raise ValueError(f"layers {self.layers}: the model has {len(attention)} attention blocks") from None
         tokens = {a.shape[-1] for a in attention}
@@ -136,8 +165,13 @@ class LeGrad(CamMethod):
             scores = output.float().gather(1, ids.clone())
             maps = []
             for j in range(ids.shape[1]):
-                grads = torch.autograd.grad(scores[:, j].sum(), attention, retain_graph=j < ids.shape[1] - 1,
-                                            allow_unused=True)
+                if per_block:  # S_c^l = P(z^l)_c against A^l alone: each gradient stays inside its block
+                    grads = tuple(torch.autograd.grad(self.score_projection(z).float().gather(1, ids[:, j:j + 1].clone())
+                                                      .sum(), a, retain_graph=True, allow_unused=True)[0]
+                                  for z, a in zip(outputs, attention))
+                else:
+                    grads = torch.autograd.grad(scores[:, j].sum(), attention, retain_graph=j < ids.shape[1] - 1,
+                                                allow_unused=True)
                 relevance = 0
                 for g, a in zip(grads, attention):
                     g = torch.zeros_like(a) if g is None else g.detach()
