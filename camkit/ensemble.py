@@ -49,13 +49,18 @@ class EigenSmoothed(CamMethod):
         method = inner
         self.name = f"{getattr(method, 'name', type(method).__name__)}+eigen"
         self.needs_gradients = method.needs_gradients
+        self.needs_hessian = getattr(method, "needs_hessian", False)
+        self.runs_model = getattr(method, "runs_model", False)
 
     def weights(self, ctx: WeightContext) -> Weights:
         import torch
 
-        from camkit_plugins.methods.eigengradcam import oriented_first_component
+        from camkit_plugins.methods.eigencam import oriented_first_component, sites_by_channels
 
         found = self.inner.weights(ctx)
+        if found.kind == "map":
+            raise ValueError(f"eigen smoothing projects the weighted features, but {self.name.removesuffix('+eigen')} "
+                             f"gives its map directly (no weights over channels): use it without eigen_smooth")
         layout, f = ctx.layout, ctx.features
         multi = ctx.multi_target
         w = found.tensor
@@ -65,12 +70,7 @@ class EigenSmoothed(CamMethod):
             w = ctx.as_site_tensor(w)  # broadcasts over the sites
         expanded = ctx.expand_features() if multi else f
         weighted = w * expanded  # features' shape, or (N, K, ...)
-        if multi:
-            channel_axis = layout.channel_axis + (1 if layout.channel_axis > layout.batch_axis else 2)
-            p = weighted.movedim(channel_axis, -1).flatten(2, -2).flatten(0, 1)
-        else:
-            p = weighted.movedim((layout.batch_axis, layout.channel_axis), (0, -1)).flatten(1, -2)
-        v = oriented_first_component(p).to(weighted.dtype)  # (N*K, C)
+        v = oriented_first_component(sites_by_channels(weighted, layout, multi)).to(weighted.dtype)  # (N*K, C)
         v = v.view(*ctx.target_shape, -1)
         return Weights.site(torch.broadcast_to(w, weighted.shape) * ctx.as_site_tensor(v))
 

@@ -300,6 +300,8 @@ class Explainer:
         input_layout = self.input_layout or default_input_layout(layout)
         input_layout.check(batch.tensor.shape, "inputs")
         needs_grad = self.method.needs_gradients
+        second_order = getattr(self.method, "needs_hessian", False)
+        derivatives = functools.cache(lambda: _target_gradients(target, raw, layout, layer, transform, second_order))
         return WeightContext(
             model=self.model, inputs=batch.tensor, layer=layer, layout=layout, features=features,
             logits=_detached(scored), targets=target.class_ids, input_size=input_layout.sizes(batch.tensor.shape),
@@ -307,7 +309,8 @@ class Explainer:
             classifier=functools.partial(self._classifier, batch=batch, scored=scored, target=target),
             classifier_bias=functools.partial(self._classifier_bias, batch),
             forward=functools.partial(self._plain_forward, batch),
-            _gradient_fn=(lambda: _target_gradients(target, raw, layout, layer, transform)) if needs_grad else None,
+            _gradient_fn=(lambda: derivatives()[0]) if needs_grad else None,
+            _hessian_fn=(lambda: derivatives()[1]) if needs_grad and second_order else None,
             target_scores=target.scores.detach(), other_inputs=len(batch.named_tensors()) > 1,
         )
 
@@ -323,7 +326,11 @@ class Explainer:
         import torch
 
         half = ctx.features.dtype == torch.float16
-        maps = class_activation_map(ctx.features, ctx.layout, weights, dtype=torch.float32 if half else None)
+        if weights.kind == "map":  # the method's own map (KPCA-CAM, LeGrad): no contraction
+            maps = _checked_direct_map(weights.tensor, ctx, target.multi, self.method_name)
+            maps = maps.float() if half else maps
+        else:
+            maps = class_activation_map(ctx.features, ctx.layout, weights, dtype=torch.float32 if half else None)
         maps = postprocess(maps, ctx.layout.map_letters(target.multi), layout=ctx.layout, relu=self.relu,
                            normalize=self.normalize, size=self._size(ctx.layout, ctx.input_size), reduce=self.reduce)
         return maps.to(ctx.features.dtype) if half and self.normalize else maps
@@ -365,9 +372,22 @@ def _detached(value: Any) -> Any:
     return value.detach() if hasattr(value, "detach") else value
 
 
+def _checked_direct_map(maps: Any, ctx: WeightContext, multi: bool, method: str) -> Any:
+    """A method's own map, checked against the sites of the features: ``(N, [K,] *sites)``, finite."""
+    f, layout = ctx.features, ctx.layout
+    sites = tuple(f.shape[layout.letters.index(ch)] for ch in layout.site_letters)
+    expected = (f.shape[layout.batch_axis], *ctx.target_shape[1:], *sites)
+    if tuple(maps.shape) != expected:
+        raise ValueError(f"{method} returned a map of shape {tuple(maps.shape)}; the features {tuple(f.shape)} in "
+                         f"layout {layout} with {'K targets' if multi else 'one target'} per sample need {expected}")
+    _check_finite(maps, f"maps of {method}")
+    return maps
+
+
 def _target_gradients(target: "Target", features: Any, layout: Layout, layer: str,
-                      transform: Callable[[Any], Any] | None = None) -> Any:
-    """Gradients of the target scores with respect to the captured features (never ``.backward``)."""
+                      transform: Callable[[Any], Any] | None = None, second_order: bool = False) -> tuple[Any, Any]:
+    """Gradients of the target scores with respect to the captured features (never ``.backward``), and with
+    ``second_order`` the Hessian-vector products H f of the same scores (else None)."""
     import torch
 
     scores = target.scores
@@ -375,27 +395,41 @@ def _target_gradients(target: "Target", features: Any, layout: Layout, layer: st
         raise RuntimeError(f"the target scores do not depend on {layer!r}: is it part of the forward path "
                            f"(not detached before the head)?")
 
-    def grad_of(column: int | None, retain: bool) -> Any:
+    def grad_of(column: int | None, retain: bool) -> tuple[Any, Any]:
         try:
             with torch.enable_grad():  # samples are independent in eval mode: one sum serves the batch
                 score = (scores if column is None else scores[:, column]).sum()
-                (grad,) = torch.autograd.grad(score, features, retain_graph=retain, allow_unused=True)
+                (grad,) = torch.autograd.grad(score, features, retain_graph=retain or second_order,
+                                              create_graph=second_order, allow_unused=True)
+                if grad is None or not second_order:
+                    return grad, None
+                hvp = None
+                if grad.requires_grad:  # else the score is linear in the features: H = 0
+                    (hvp,) = torch.autograd.grad(grad, features, grad_outputs=features.detach(), retain_graph=retain,
+                                                 allow_unused=True)
+                return grad.detach(), torch.zeros_like(grad) if hvp is None else hvp
         except RuntimeError as exc:
             if "inplace" in str(exc) or "in-place" in str(exc):
                 raise RuntimeError(f"the output of layer {layer!r} is modified in place later in the model "
                                    f"(e.g. ReLU(inplace=True)); choose the layer after that operation") from exc
             raise
-        if grad is None:
+
+    def checked(found: tuple[Any, Any]) -> tuple[Any, Any]:
+        if found[0] is None:
             raise RuntimeError(f"the target scores do not depend on the features of {layer!r}: the model detaches "
                                f"them (or does not use them) before the head; choose a layer the scores depend on")
-        return grad
+        return found
 
     shaped = transform or (lambda g: g)  # gradients follow the features' reshaping
     if scores.ndim == 1:
-        return shaped(grad_of(None, retain=False))
+        grad, hvp = checked(grad_of(None, retain=False))
+        return shaped(grad), None if hvp is None else shaped(hvp)
     k = scores.shape[1]
-    grads = [shaped(grad_of(j, retain=j < k - 1)).movedim(layout.batch_axis, 0) for j in range(k)]
-    return torch.stack(grads, dim=1)
+    found = [checked(grad_of(j, retain=j < k - 1)) for j in range(k)]
+    grads = torch.stack([shaped(g).movedim(layout.batch_axis, 0) for g, _ in found], dim=1)
+    if not second_order:
+        return grads, None
+    return grads, torch.stack([shaped(h).movedim(layout.batch_axis, 0) for _, h in found], dim=1)
 
 
 def explain(

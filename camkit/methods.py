@@ -8,7 +8,8 @@ A method is registered by a plugin::
 
 and implements ``weights(ctx) -> Weights``. ``ctx`` (a ``WeightContext``) gives the captured
 features, their layout, the targets, the logits, the gradients of the target scores (computed on
-demand, only if the method sets ``needs_gradients = True``) and a way to run the model again.
+demand, only if the method sets ``needs_gradients = True``), their Hessian times the features (only with
+``needs_hessian = True``) and a way to run the model again.
 """
 
 from __future__ import annotations
@@ -25,12 +26,14 @@ if TYPE_CHECKING:  # importing camkit stays torch-free
 @dataclass(frozen=True)
 class Weights:
     """What a method returns: one kind of weights for ``class_activation_map``
-    (``"channel"`` (N, [K,] C), ``"site"`` (features' shape, or N, K, ...) or ``"class"`` (K, C))."""
+    (``"channel"`` (N, [K,] C), ``"site"`` (features' shape, or N, K, ...) or ``"class"`` (K, C)), or
+    ``"map"``: the map itself, (N, [K,] *sites), for the few methods whose map is no sum over channels
+    (KPCA-CAM's kernel projection, LeGrad's attention gradients); it skips the contraction only."""
 
     kind: str
     tensor: Tensor
 
-    KINDS = ("channel", "site", "class")
+    KINDS = ("channel", "site", "class", "map")
 
     def __post_init__(self) -> None:
         if self.kind not in self.KINDS:
@@ -53,6 +56,10 @@ class Weights:
     def per_class(cls, tensor: Tensor) -> "Weights":
         return cls("class", tensor)
 
+    @classmethod
+    def direct_map(cls, tensor: Tensor) -> "Weights":
+        return cls("map", tensor)
+
 
 @dataclass
 class WeightContext:
@@ -71,6 +78,7 @@ class WeightContext:
     forward: Callable[..., Any]  # forward(inputs, owners=None): the scored output for a new primary input
     _gradient_fn: Callable[[], Tensor] | None = field(default=None, repr=False)
     _gradients: Tensor | None = field(default=None, repr=False)
+    _hessian_fn: Callable[[], Tensor] | None = field(default=None, repr=False)
     target_scores: Tensor | None = None  # (N,) or (N, K): what the maps explain (a logit for class ids)
     classifier_bias: Callable[[], Tensor | None] = lambda: None  # the bias of ``classifier``'s layer, if known
     other_inputs: bool = False  # the model takes other per-sample inputs beside ``inputs`` (see ``forward``)
@@ -94,6 +102,14 @@ class WeightContext:
                 raise RuntimeError("this method did not declare needs_gradients = True")
             self._gradients = self._gradient_fn()
         return self._gradients
+
+    @property
+    def hessian_times_features(self) -> Any:
+        """H f, with H the Hessian of score[target] with respect to the features: a Hessian-vector product,
+        shaped like ``gradients`` (zero where the score is linear in the features)."""
+        if self._hessian_fn is None:
+            raise RuntimeError("this method did not declare needs_hessian = True")
+        return self._hessian_fn()
 
     def sum_over_sites(self, tensor: Any, keep_targets: bool | None = None) -> Any:
         """Sum a features-shaped (or ``(N, K, ...)``) tensor over its site axes -> ``(N, [K,] C)``."""
@@ -141,6 +157,8 @@ class CamMethod:
     name: str = ""
     description: str = ""  # one line for ``camkit list methods``
     needs_gradients: bool = False
+    # second order: the gradients are taken with create_graph=True and ``ctx.hessian_times_features`` is available
+    needs_hessian: bool = False
     # runs the model again on perturbed inputs (Score-CAM): refused with eval_mode=False, where the
     # masked batches would update BatchNorm's running statistics
     runs_model: bool = False

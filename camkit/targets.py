@@ -151,6 +151,17 @@ class ClassProbability(ClassScore):
         return probabilities.gather(1, self.class_ids(output)[:, None])[:, 0]
 
 
+class ClassReST(ClassScore):
+    """Logit plus log-probability of a class, ``z_c + log softmax(z)_c`` (the "ReST" target of Cai 2025,
+    pytorch-grad-cam's ``ClassifierOutputReST``): second-order methods such as Shapley-CAM see its
+    curvature even where the logit is linear in the features."""
+
+    def __call__(self, output: Any) -> Any:
+        logits = _class_logits(output).float()
+        ids = self.class_ids(output)[:, None]
+        return (logits.gather(1, ids) + logits.log_softmax(dim=1).gather(1, ids))[:, 0]
+
+
 class SegmentationRegion:
     """Sum of class ``class_id``'s logits over a region of a segmentation output ``(N, classes, H, W)``
     (torchvision's ``["out"]``, picked automatically). ``mask``: ``(H, W)`` or ``(N, H, W)`` weights
@@ -259,5 +270,5 @@ class Negative:
         return -self.target(output)
 
 
-__all__ = ["ClassProbability", "ClassScore", "DetectionBox", "EmbeddingSimilarity", "Negative", "Regression",
-           "SegmentationRegion", "Target", "resolve_targets"]
+__all__ = ["ClassProbability", "ClassReST", "ClassScore", "DetectionBox", "EmbeddingSimilarity", "Negative",
+           "Regression", "SegmentationRegion", "Target", "resolve_targets"]

@@ -20,6 +20,8 @@ NEW_METHODS = {
     "smoothgradcam++": {"std": 0.0, "num_samples": 2},  # noise draws differ between a batch and a loop
     "sscam": {"std": 0.0, "num_samples": 2, "chunk_size": 16},
     "iscam": {"num_samples": 2, "chunk_size": 16},
+    "kpcacam": {},
+    "shapleycam": {},
 }
 SHAPES = {1: (3, 3, 12), 2: (3, 3, 8, 8), 3: (3, 3, 4, 6, 6)}
 

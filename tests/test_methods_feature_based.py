@@ -62,3 +62,22 @@ def test_options_are_checked(method):
 
     with pytest.raises(TypeError):
         lookup("methods", method)(bogus=1)
+
+
+@pytest.mark.parametrize("n", [3, 49, 64, 100])  # 100: above the squaring size, eigh itself
+def test_top_eigenvectors_equal_the_exact_decomposition(n):
+    from camkit_plugins.methods.eigencam import top_eigenvectors
+
+    a = torch.randn(6, n, 2 * n, dtype=torch.float64)
+    gram = a @ a.transpose(1, 2)
+    # nearly double top eigenvalues (the power method cannot settle them) and a zero matrix
+    q = torch.linalg.qr(torch.randn(2, n, n, dtype=torch.float64))[0]
+    spectrum = torch.linspace(0.5, 0.0, n, dtype=torch.float64).repeat(2, 1)
+    spectrum[:, 0], spectrum[:, 1] = 1.0, torch.tensor([0.9999, 0.99999], dtype=torch.float64)
+    near = q @ torch.diag_embed(spectrum) @ q.transpose(1, 2)
+    gram = torch.cat([gram, near, torch.zeros(1, n, n, dtype=torch.float64)])
+    got = top_eigenvectors(gram)
+    exact = torch.linalg.eigh(gram)[1][..., -1]
+    torch.testing.assert_close((got[:-1] * exact[:-1]).sum(1).abs(), torch.ones(8, dtype=torch.float64),
+                               atol=1e-5, rtol=0)
+    assert torch.equal(got[-1], torch.zeros(n, dtype=torch.float64))

@@ -44,9 +44,10 @@ class SmoothGradCamPlusPlus(CamMethod):
 
         ids = ctx.targets if ctx.multi_target else ctx.targets[:, None]
         n, batch_axis = ids.shape[0], ctx.input_layout.batch_axis
-        noise = input_noise(ctx, self.num_samples, self.std, self.seed)
         x = ctx.inputs.movedim(batch_axis, 0)
-        copies = (x[None].float() + noise.movedim(batch_axis + 1, 1)).to(x.dtype).flatten(0, 1)  # (S*N, ...)
+        with torch.inference_mode(False):  # normal tensors: the reruns need not copy them to record autograd
+            noise = input_noise(ctx, self.num_samples, self.std, self.seed).movedim(batch_axis + 1, 1)
+            copies = noise.add_(x[None]).to(x.dtype).flatten(0, 1)  # (S*N, ...), the noise buffer reused
         owner = torch.arange(n, device=x.device).repeat(self.num_samples)
         sums: list[Any] = [0, 0, 0]  # sum over copies of g, g^2, g^3, per (sample, target): (N, K, ...)
         per_chunk = max(1, self.chunk_size // n) * n  # whole noise draws per forward
@@ -56,8 +57,8 @@ class SmoothGradCamPlusPlus(CamMethod):
             _, g = rerun_gradients(ctx, copies[rows].movedim(0, batch_axis),
                                    lambda out, i=ids_rows: out.float().gather(1, i.clone()), self.name)
             g = g.double().unflatten(0, (-1, n))  # (draws, N, K, ...): sums in float64, g^3 is tiny
-            for p in range(3):
-                sums[p] = sums[p] + (g ** (p + 1)).sum(dim=0)
+            g2 = g * g
+            sums = [sums[0] + g.sum(dim=0), sums[1] + g2.sum(dim=0), sums[2] + (g2 * g).sum(dim=0)]
         d1, d2, d3 = (s / self.num_samples for s in sums)
         feature_sums = ctx.sum_over_sites(ctx.features.double(), keep_targets=False)[:, None]  # (N, 1, C)
         denominator = 2 * d2 + ctx.as_site_tensor(feature_sums) * d3

@@ -1,0 +1,189 @@
+"""LeGrad (Bousselham et al. 2024, "LeGrad: an explainability method for vision transformers via feature
+formation sensitivity"), for vision transformers: how sensitive the target score is to every attention
+weight. With A^l the attention probabilities of block l ((heads, T, T) per sample, softmax over keys),
+
+    E^l = (1/h) sum_heads relu(dS_c / dA^l),    M(s) = (1/L) sum_l r(E^l)[p + s],
+
+where r takes the query rows (``rows="mean"``: the mean over all T query tokens, as the authors' code does;
+``rows="class"``: the class token's row alone) and s runs over the T - p patch tokens after the p prefix
+tokens (class, registers), folded into the patch grid of the captured features (the token grid camkit
+finds for transformers). ``layers`` picks blocks by index in call order (default: all).
+
+The attention probabilities are caught in one extra forward (with a backward per target) as the outputs
+of every ``softmax`` call giving (N, heads, T, T) or (N heads, T, T): ``nn.Softmax``, ``F.softmax`` and
+``Tensor.softmax`` alike. ``nn.MultiheadAttention`` (torchvision's ViT) is asked for its weights during that
+forward (``need_weights=True``, by hooks removed after it), which makes it compute them with an explicit
+softmax instead of its fused fast path; the tensor it multiplies the values with is taken. Models that call ``F.scaled_dot_product_attention``
+(timm's default) never form the probabilities: LeGrad then says so; for timm, build the model after
+``timm.layers.set_fused_attn(False)`` (or set ``block.attn.fused_attn = False`` on every block).
+
+By default every block's gradient is that of the model's output score S_c, which needs nothing
+model-specific. The paper (and torchcam) scores each block's own output tokens through the head,
+S_c^l = P(z^l)_c, and differentiates S_c^l with respect to A^l only: pass that projection P, from a block's
+output tokens (N, T, C) to logits (N, classes), as ``score_projection`` (e.g. for timm
+``lambda z: model.forward_head(model.norm(z))``). The blocks are the siblings of the captured layer (the
+located default: the input of the last block). The map is no sum over channels of the features, so the
+method returns it directly (``Weights.direct_map``)."""
+
+import contextlib
+from typing import Any, Callable, Sequence
+
+from camkit.hookspecs import hookimpl
+from camkit.methods import CamMethod, WeightContext, Weights
+
+FUSED_ATTENTION = ("scaled_dot_product_attention", "_native_multi_head_attention")
+ROWS = ("mean", "class")
+
+
+def attention_probabilities(ctx: WeightContext, inputs: Any, blocks: Sequence[Any] = ()) -> tuple[Any, list[Any],
+                                                                                                 list[Any]]:
+    """``(output, [A^l], [z^l])``: one forward of ``inputs`` with autograd on, every attention matrix
+    (N, heads, T, T) that a softmax produced in it, in call order, and the outputs of ``blocks``."""
+    import torch
+    from torch.overrides import TorchFunctionMode
+
+    from camkit.capture import function_name
+
+    found: list[Any] = []
+    fused: list[str] = []
+    outputs: list[Any] = []
+    n = inputs.shape[ctx.input_layout.batch_axis]
+
+    class Watch(TorchFunctionMode):
+        def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+            out = func(*args, **(kwargs or {}))
+            name = function_name(func)
+            if name == "softmax" and is_attention(out, n):
+                found.append(out)
+            elif name in FUSED_ATTENTION:
+                fused.append(name)
+            return out
+
+    with contextlib.ExitStack() as stack:
+        for module in ctx.model.modules():
+            if isinstance(module, torch.nn.MultiheadAttention):
+                stack.callback(module.register_forward_pre_hook(_with_weights, with_kwargs=True).remove)
+                stack.callback(module.register_forward_hook(lambda m, i, out: found.append(_used_weights(out))).remove)
+        for block in blocks:
+            stack.callback(block.register_forward_hook(
+                lambda m, i, out: outputs.append(out[0] if isinstance(out, tuple) else out)).remove)
+        stack.enter_context(torch.inference_mode(False))
+        stack.enter_context(torch.enable_grad())
+        stack.enter_context(Watch())
+        x = inputs.clone() if inputs.is_inference() else inputs
+        if x.is_floating_point():  # the graph reaches every block even with frozen parameters
+            x = x.detach().requires_grad_(True)
+        output = ctx.forward(x)
+    if fused or not found:  # a block with fused attention would silently drop out of the mean over blocks
+        how = f"it calls {sorted(set(fused))}, fused kernels that" if fused else "no softmax gave (N, heads, T, T) " \
+                                                                               "matrices: the model"
+        raise ValueError(f"legrad needs the attention probabilities of every block, but {how} never form them; "
+                         f"compute attention with an explicit softmax (timm: timm.layers.set_fused_attn(False) "
+                         f"before building the model, or block.attn.fused_attn = False)")
+    return output, found, outputs
+
+
+def sibling_blocks(ctx: WeightContext) -> list[Any]:
+    """The children of the container holding the captured layer's module (a ViT's blocks)."""
+    from camkit.capture import CapturePoint, resolve_layer
+
+    point = CapturePoint.parse(ctx.model, ctx.layer)
+    if point.kind not in ("input", "output") or "." not in point.module:
+        raise ValueError(f"legrad with score_projection scores the outputs of the transformer blocks holding the "
+                         f"features; the features here are {point}: use the located default (a block's input)")
+    return list(resolve_layer(ctx.model, point.module.rsplit(".", 1)[0])[1].children())
+
+
+def is_attention(tensor: Any, samples: int) -> bool:
+    """Square attention matrices over the last two axes: (N, heads, T, T) or (N heads, T, T)."""
+    shape = getattr(tensor, "shape", ())
+    if len(shape) < 3 or shape[-1] != shape[-2]:
+        return False
+    return (len(shape) == 4 and shape[0] == samples) or (len(shape) == 3 and shape[0] % samples == 0)
+
+
+def _with_weights(module: Any, args: Any, kwargs: Any) -> tuple[Any, Any]:
+    """``nn.MultiheadAttention`` called with ``need_weights=True, average_attn_weights=False`` (positional
+    slots 4 and 6, or keywords): it then forms the probabilities with an explicit softmax."""
+    args, kwargs = list(args), dict(kwargs)
+    for slot, key, value in ((4, "need_weights", True), (6, "average_attn_weights", False)):
+        if len(args) > slot:
+            args[slot] = value
+        else:
+            kwargs[key] = value
+    return tuple(args), kwargs
+
+
+def _used_weights(output: Any) -> Any:
+    """The (N heads, T, T) probabilities ``nn.MultiheadAttention`` multiplied the values with: its returned
+    (N, heads, T, T) weights are a view of them, and only the viewed tensor lies on the score's path."""
+    weights = output[1]
+    return weights._base if weights._base is not None else weights
+
+
+class LeGrad(CamMethod):
+    name = "legrad"
+    description = "ViTs: positive gradients of the score w.r.t. every block's attention, on the patches"
+    needs_gradients = False
+    runs_model = True
+
+    def __init__(self, rows: str = "mean", layers: Sequence[int] | None = None,
+                 score_projection: Callable[[Any], Any] | None = None) -> None:
+        if rows not in ROWS:
+            raise ValueError(f"rows {rows!r}: expected one of {', '.join(ROWS)}")
+        if score_projection is not None and not callable(score_projection):
+            raise TypeError("score_projection must map a block's output tokens to logits")
+        self.rows = rows
+        self.layers = None if layers is None else [int(i) for i in layers]
+        self.score_projection = score_projection
+
+    def weights(self, ctx: WeightContext) -> Weights:
+        import torch
+
+        if ctx.targets is None or getattr(ctx.logits, "ndim", 0) != 2:
+            raise ValueError("legrad differentiates a class's logit: it needs a classifier and class-id targets")
+        per_block = self.score_projection is not None
+        output, attention, outputs = attention_probabilities(ctx, ctx.inputs, sibling_blocks(ctx) if per_block else ())
+        if per_block and len(outputs) != len(attention):
+            raise ValueError(f"legrad with score_projection pairs each block with its attention, but {len(outputs)} "
+                             f"blocks ran and {len(attention)} attention matrices were formed")
+        if self.layers is not None:
+            try:
+                attention = [attention[i] for i in self.layers]
+                outputs = [outputs[i] for i in self.layers] if per_block else outputs
+            except IndexError:
+                raise ValueError(f"layers {self.layers}: the model has {len(attention)} attention blocks") from None
+        tokens = {a.shape[-1] for a in attention}
+        patches = ctx.num_sites
+        prefix = next(iter(tokens)) - patches
+        if len(tokens) != 1 or prefix < 1:
+            raise ValueError(f"legrad maps attention over {sorted(tokens)} tokens onto the {patches} sites of the "
+                             f"features: it needs one token count, a class token first and the patch tokens as "
+                             f"the sites (the token grid camkit finds for transformers, not layout='NLC')")
+        ids = ctx.targets if ctx.multi_target else ctx.targets[:, None]
+        with torch.inference_mode(False), torch.enable_grad():
+            scores = output.float().gather(1, ids.clone())
+            maps = []
+            for j in range(ids.shape[1]):
+                if per_block:  # S_c^l = P(z^l)_c against A^l alone: each gradient stays inside its block
+                    grads = tuple(torch.autograd.grad(self.score_projection(z).float().gather(1, ids[:, j:j + 1].clone())
+                                                      .sum(), a, retain_graph=True, allow_unused=True)[0]
+                                  for z, a in zip(outputs, attention))
+                else:
+                    grads = torch.autograd.grad(scores[:, j].sum(), attention, retain_graph=j < ids.shape[1] - 1,
+                                                allow_unused=True)
+                relevance = 0
+                for g, a in zip(grads, attention):
+                    g = torch.zeros_like(a) if g is None else g.detach()
+                    e = g.float().clamp_min(0).unflatten(0, (ids.shape[0], -1)).flatten(1, -3).mean(dim=1)  # heads
+                    relevance = relevance + (e.mean(dim=1) if self.rows == "mean" else e[:, 0])
+                maps.append(relevance[:, prefix:] / len(attention))
+        layout = ctx.layout
+        sites = [ctx.features.shape[layout.letters.index(ch)] for ch in layout.site_letters]
+        found = torch.stack(maps, dim=1).view(ids.shape[0], ids.shape[1], *sites).to(ctx.features.device)
+        return Weights.direct_map(found if ctx.multi_target else found[:, 0])
+
+
+@hookimpl
+def camkit_register_methods() -> dict[str, Any]:
+    return {"legrad": LeGrad}
