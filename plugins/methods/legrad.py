@@ -13,9 +13,10 @@ The attention probabilities are caught in one extra forward (with a backward per
 of every ``softmax`` call giving (N, heads, T, T) or (N heads, T, T): ``nn.Softmax``, ``F.softmax`` and
 ``Tensor.softmax`` alike. ``nn.MultiheadAttention`` (torchvision's ViT) is asked for its weights during that
 forward (``need_weights=True``, by hooks removed after it), which makes it compute them with an explicit
-softmax instead of its fused fast path; the tensor it multiplies the values with is taken. Models that call ``F.scaled_dot_product_attention``
-(timm's default) never form the probabilities: LeGrad then says so; for timm, build the model after
-``timm.layers.set_fused_attn(False)`` (or set ``block.attn.fused_attn = False`` on every block).
+softmax instead of its fused fast path; the tensor it multiplies the values with is taken. Models that call
+``F.scaled_dot_product_attention`` (timm's default) never form the probabilities: LeGrad then says so; for
+timm, build the model after ``timm.layers.set_fused_attn(False)`` (or set ``block.attn.fused_attn = False`` on
+every block).
 
 By default every block's gradient is that of the model's output score S_c, which needs nothing
 model-specific. The paper (and torchcam) scores each block's own output tokens through the head,
@@ -166,9 +167,10 @@ class LeGrad(CamMethod):
             maps = []
             for j in range(ids.shape[1]):
                 if per_block:  # S_c^l = P(z^l)_c against A^l alone: each gradient stays inside its block
-                    grads = tuple(torch.autograd.grad(self.score_projection(z).float().gather(1, ids[:, j:j + 1].clone())
-                                                      .sum(), a, retain_graph=True, allow_unused=True)[0]
-                                  for z, a in zip(outputs, attention))
+                    block_scores = [self.score_projection(z).float().gather(1, ids[:, j:j + 1].clone()).sum()
+                                    for z in outputs]
+                    grads = tuple(torch.autograd.grad(s, a, retain_graph=True, allow_unused=True)[0]
+                                  for s, a in zip(block_scores, attention))
                 else:
                     grads = torch.autograd.grad(scores[:, j].sum(), attention, retain_graph=j < ids.shape[1] - 1,
                                                 allow_unused=True)
