@@ -141,3 +141,20 @@ def test_two_threads_on_one_model_are_told_what_happened():
 def test_scorecam_refuses_train_mode_forwards():
     with pytest.raises(ValueError, match="scorecam runs the model on masked inputs.*BatchNorm"):
         camkit.Explainer(gap_net(), "scorecam", eval_mode=False)
+
+
+def test_require_finite_names_the_tensor_and_counts_and_is_not_fooled_by_an_overflowing_sum():
+    import numpy as np
+
+    from camkit.validation import NonFiniteError, require_finite
+
+    huge = torch.full((4,), 3e38)  # finite values whose float32 sum overflows to inf
+    assert require_finite(huge, "x") is huge
+    assert require_finite(torch.arange(5), "ids") is not None and require_finite(np.arange(3), "a") is not None
+    bad = torch.tensor([1.0, float("nan"), float("inf"), -float("inf"), 2.0])
+    for value, dtype in ((bad, torch.float32), (bad, torch.float16), (bad.to(torch.complex64), None)):
+        tensor = value if dtype is None else value.to(dtype)
+        with pytest.raises(NonFiniteError, match=r"^the batch is not finite: 1 NaN and 2 infinite values of 5$"):
+            require_finite(tensor, "the batch")
+    with pytest.raises(NonFiniteError, match="1 NaN and 2 infinite values of 5"):
+        require_finite(bad.numpy(), "the batch")
