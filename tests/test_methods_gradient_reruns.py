@@ -71,6 +71,40 @@ def test_smoothgradcampp_averages_derivatives_over_the_noisy_copies():
         torch.testing.assert_close(got.maps, normalise(raw), atol=1e-5, rtol=1e-4)
 
 
+def test_smoothgradcampp_on_a_gap_linear_head_is_gradcampp_without_noisy_forwards():
+    # dS_c/df = W_c / sites for every input: every noisy copy has the clean derivatives
+    net = GapNet(2).eval()
+    x = torch.randn(2, 3, 8, 8)
+    calls = []
+    handle = net.register_forward_hook(lambda m, i, o: calls.append(o.shape[0]))
+    try:
+        closed = explain(net, x, "smoothgradcam++", topk=2, method_options={"std": 0.5, "num_samples": 3, "seed": 1})
+        assert calls == [1, 2, 2]  # the probe locating the features, the explained forward, the head check
+        calls.clear()
+        noisy = explain(net, x, "smoothgradcam++", topk=2,
+                        method_options={"std": 0.5, "num_samples": 3, "seed": 1, "closed_form": False})
+        assert calls[-2:] == [2, 6]  # the forward, the 3 x 2 noisy copies in one chunk
+    finally:
+        handle.remove()
+    plus = explain(net, x, "gradcam++", topk=2)
+    torch.testing.assert_close(closed.maps, noisy.maps, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(closed.maps, plus.maps, atol=1e-5, rtol=1e-4)
+    assert float(closed.maps.std()) > 0.1
+
+
+def test_smoothgradcampp_auto_runs_the_noisy_copies_on_a_deep_head():
+    net = DeepHead().eval()
+    x = torch.randn(2, 3, 6, 6)
+    options = {"std": 0.5, "num_samples": 2, "seed": 3}
+    auto = explain(net, x, "smoothgradcam++", layer="features", targets=torch.tensor([1, 2]), upsample=False,
+                   method_options=options)
+    noisy = explain(net, x, "smoothgradcam++", layer="features", targets=torch.tensor([1, 2]), upsample=False,
+                    method_options={**options, "closed_form": False})
+    assert torch.equal(auto.maps, noisy.maps)
+    with pytest.raises(ValueError, match="closed_form"):
+        explain(net, x, "smoothgradcam++", layer="features", method_options={"closed_form": "yes"})
+
+
 def test_rerun_methods_refuse_transformed_features_and_bad_options():
     net = GapNet(2).eval()
     x = torch.randn(2, 3, 8, 8)
@@ -93,8 +127,9 @@ def test_reruns_record_autograd_only_after_the_target_layer(method):
     net = GapNet(2).eval()
     seen = []
     handle = net.body[0].register_forward_hook(lambda m, i, o: seen.append(o.requires_grad))
+    options = {"closed_form": False} if method == "smoothgradcam++" else {}  # GapNet: no rerun otherwise
     try:
-        explain(net, torch.randn(2, 3, 8, 8), method, layer="body")
+        explain(net, torch.randn(2, 3, 8, 8), method, layer="body", method_options=options)
     finally:
         handle.remove()
     assert seen and not any(seen)  # the layers before the target never build a graph

@@ -68,3 +68,40 @@ def rerun_gradients(ctx: WeightContext, inputs: Any, score: Callable[[Any], Any]
             grads = [torch.autograd.grad(scores[:, j].sum(), seen["f"], retain_graph=j < k - 1)[0]
                      .movedim(ctx.layout.batch_axis, 0) for j in range(k)]
     return seen["f"].detach(), torch.stack(grads, dim=1)
+
+
+def gap_linear_head(ctx: WeightContext, method: str, trust: bool = False) -> tuple[Any, Any] | None:
+    """``(W, pooled)``: the classifier matrix ``(classes, C)`` and the features' mean over sites ``(N, C)``
+    (float32) when the logits are global average pooling of the layer followed by one linear layer W, else
+    None. Unless ``trust``, one forward with every channel rescaled by a random factor checks it: for
+    GAP + linear the logits move by exactly (pooled' - pooled) W^T. With ``trust`` a model without a
+    classifier is an error."""
+    import torch
+
+    from camkit_plugins.methods.cam import DEFAULT_HEAD_TOLERANCE, HEAD_TOLERANCE
+
+    f = ctx.features
+    try:
+        matrix = ctx.classifier(f.shape[ctx.layout.channel_axis]).to(f.device).float()
+    except ValueError:
+        if trust:
+            raise
+        return None
+    pooled = ctx.sum_over_sites(f.float(), keep_targets=False) / ctx.num_sites
+    if trust:
+        return matrix, pooled
+    shape = [1] * f.ndim
+    shape[ctx.layout.channel_axis] = f.shape[ctx.layout.channel_axis]
+    generator = torch.Generator(device=f.device).manual_seed(0)
+    factors = torch.rand(shape, generator=generator, device=f.device, dtype=torch.float32).to(f.dtype)
+
+    def rescale(output: Any) -> Any:
+        check_untransformed(ctx, output, method)
+        return output * factors
+
+    with replaced_output(ctx, rescale):
+        moved = ctx.forward(ctx.inputs).float()
+    predicted = ctx.logits.float() + (pooled * (factors.flatten().float() - 1)) @ matrix.T
+    tolerance = HEAD_TOLERANCE.get(str(f.dtype).removeprefix("torch."), DEFAULT_HEAD_TOLERANCE)
+    scale = float(ctx.logits.float().abs().amax()) + 1e-6
+    return (matrix, pooled) if bool((moved - predicted).abs().amax() <= tolerance * scale) else None

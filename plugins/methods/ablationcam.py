@@ -47,43 +47,13 @@ class AblationCam(CamMethod):
 
     def _closed_form_drops(self, ctx: WeightContext, ids: Any) -> Any:
         """``(N, K, C)`` exact score drops for a GAP + linear head, or None when the head is not one."""
+        from camkit_plugins.methods._replace import gap_linear_head
 
-        channels = ctx.features.shape[ctx.layout.channel_axis]
-        try:
-            matrix = ctx.classifier(channels).to(ctx.features.device).float()  # (classes, C)
-        except ValueError:
-            if self.closed_form is True:
-                raise
+        head = gap_linear_head(ctx, self.name, trust=self.closed_form is True)
+        if head is None:
             return None
-        pooled = ctx.sum_over_sites(ctx.features.float(), keep_targets=False) / ctx.num_sites  # (N, C)
-        if self.closed_form == "auto" and not self._head_is_gap_linear(ctx, matrix, pooled):
-            return None
+        matrix, pooled = head
         return matrix[ids] * pooled[:, None, :]
-
-    def _head_is_gap_linear(self, ctx: WeightContext, matrix: Any, pooled: Any) -> bool:
-        """One forward with every channel rescaled by a random factor: for GAP + linear the logits move
-        by exactly (pooled' - pooled) W^T."""
-        import torch
-
-        from camkit_plugins.methods._replace import check_untransformed, replaced_output
-        from camkit_plugins.methods.cam import DEFAULT_HEAD_TOLERANCE, HEAD_TOLERANCE
-
-        f = ctx.features
-        shape = [1] * f.ndim
-        shape[ctx.layout.channel_axis] = f.shape[ctx.layout.channel_axis]
-        generator = torch.Generator(device=f.device).manual_seed(0)
-        factors = torch.rand(shape, generator=generator, device=f.device, dtype=torch.float32).to(f.dtype)
-
-        def rescale(output: Any) -> Any:
-            check_untransformed(ctx, output, self.name)
-            return output * factors
-
-        with replaced_output(ctx, rescale):
-            moved = ctx.forward(ctx.inputs).float()
-        predicted = ctx.logits.float() + (pooled * (factors.flatten().float() - 1)) @ matrix.T
-        tolerance = HEAD_TOLERANCE.get(str(f.dtype).removeprefix("torch."), DEFAULT_HEAD_TOLERANCE)
-        scale = float(ctx.logits.float().abs().amax()) + 1e-6
-        return bool((moved - predicted).abs().amax() <= tolerance * scale)
 
     def _ablated_scores(self, ctx: WeightContext, ids: Any) -> Any:
         """``(N, K, C)`` target scores with channel k zeroed, all pairs batched ``chunk_size`` at a time."""

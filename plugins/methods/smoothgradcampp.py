@@ -7,6 +7,12 @@ x + e_m of the input, e_m ~ N(0, std^2) (in the input's units), m = 1..num_sampl
 with f the features of the clean input. The noisy copies of all samples go through the model
 together, ``chunk_size`` copies per forward. ``seed`` fixes the noise. std = 0 is Grad-CAM++.
 
+When the logits are global average pooling of the layer followed by one linear layer W, the
+derivatives do not depend on the input (dS_c / df_k(s) = W_ck / S for S sites), so every noisy copy
+has the same ones and Smooth Grad-CAM++ *is* Grad-CAM++: D_p = (W_c / S)^p, no noisy forward needed.
+``closed_form``: "auto" (the head checked by one forward of randomly rescaled channels, as
+Ablation-CAM does), True (trust the head) or False (always run the noisy copies).
+
 torchcam's ``SmoothGradCAMpp`` weights alpha by the ReLU of the *last* noisy sample's gradient instead
 of the mean D_1, and adds 1e-8 to the denominator."""
 
@@ -31,18 +37,36 @@ class SmoothGradCamPlusPlus(CamMethod):
     needs_gradients = False
     runs_model = True
 
-    def __init__(self, num_samples: int = 4, std: float = 0.3, chunk_size: int = 64, seed: int | None = None) -> None:
+    def __init__(self, num_samples: int = 4, std: float = 0.3, chunk_size: int = 64, seed: int | None = None,
+                 closed_form: "bool | str" = "auto") -> None:
         if int(num_samples) < 1 or int(chunk_size) < 1 or std < 0:
             raise ValueError(f"num_samples and chunk_size must be positive and std >= 0, got "
                              f"{num_samples}, {chunk_size}, {std}")
+        if closed_form not in ("auto", True, False):
+            raise ValueError(f"closed_form must be 'auto', True or False, got {closed_form!r}")
         self.num_samples, self.std, self.chunk_size, self.seed = int(num_samples), float(std), int(chunk_size), seed
+        self.closed_form = closed_form
 
     def weights(self, ctx: WeightContext) -> Weights:
+        from camkit_plugins.methods._replace import gap_linear_head
+
+        ids = ctx.targets if ctx.multi_target else ctx.targets[:, None]
+        head = None if self.closed_form is False else gap_linear_head(ctx, self.name, trust=self.closed_form is True)
+        if head is None:
+            return self._noisy_weights(ctx, ids)
+        # every copy's derivatives are W_c / S at every site: alpha and D_1 are per channel
+        d1 = head[0][ids].double() / ctx.num_sites  # (N, K, C)
+        d2, d3 = d1 * d1, d1 * d1 * d1
+        feature_sums = ctx.sum_over_sites(ctx.features.double(), keep_targets=False)[:, None]  # (N, 1, C)
+        w = ctx.num_sites * _alpha(d2, d3, feature_sums) * d1.clamp_min(0)
+        w = w.to(ctx.features.dtype)
+        return Weights.channel(w if ctx.multi_target else w[:, 0])
+
+    def _noisy_weights(self, ctx: WeightContext, ids: Any) -> Weights:
         import torch
 
         from camkit_plugins.methods._replace import rerun_gradients
 
-        ids = ctx.targets if ctx.multi_target else ctx.targets[:, None]
         n, batch_axis = ids.shape[0], ctx.input_layout.batch_axis
         x = ctx.inputs.movedim(batch_axis, 0)
         with torch.inference_mode(False):  # normal tensors: the reruns need not copy them to record autograd
@@ -61,10 +85,17 @@ class SmoothGradCamPlusPlus(CamMethod):
             sums = [sums[0] + g.sum(dim=0), sums[1] + g2.sum(dim=0), sums[2] + (g2 * g).sum(dim=0)]
         d1, d2, d3 = (s / self.num_samples for s in sums)
         feature_sums = ctx.sum_over_sites(ctx.features.double(), keep_targets=False)[:, None]  # (N, 1, C)
-        denominator = 2 * d2 + ctx.as_site_tensor(feature_sums) * d3
-        alpha = torch.where(denominator != 0, d2 / torch.where(denominator != 0, denominator, 1), 0)
+        alpha = _alpha(d2, d3, ctx.as_site_tensor(feature_sums))
         w = ctx.sum_over_sites(alpha * d1.clamp_min(0), keep_targets=True).to(ctx.features.dtype)
         return Weights.channel(w if ctx.multi_target else w[:, 0])
+
+
+def _alpha(d2: Any, d3: Any, feature_sums: Any) -> Any:
+    """Grad-CAM++'s alpha = D_2 / (2 D_2 + sum_s f D_3), 0 where the denominator is 0."""
+    import torch
+
+    denominator = 2 * d2 + feature_sums * d3
+    return torch.where(denominator != 0, d2 / torch.where(denominator != 0, denominator, 1), 0)
 
 
 @hookimpl
