@@ -53,6 +53,7 @@ class _Call:
     name: str
     module: Any
     first_input: Any
+    first_output: Any = None
 
 
 @dataclass
@@ -125,14 +126,17 @@ def record_forward(model: Any, run: Callable[[], Any]) -> _Trace:
     trace = _Trace()
     counter = itertools.count()
     function_calls: dict[str, int] = {}
+    open_calls: list[_Call] = []
 
     def before(name: str, module: Any, args: Any, kwargs: Any) -> None:
         trace.running.append((name, module))
         trace.counts[name] = trace.counts.get(name, 0) + 1
-        trace.calls.append(_Call(next(counter), name, module, _first_tensor(args, kwargs)))
+        open_calls.append(_Call(next(counter), name, module, _first_tensor(args, kwargs)))
+        trace.calls.append(open_calls[-1])
 
     def after(name: str, module: Any, args: Any, output: Any) -> None:
         trace.running.pop()
+        open_calls.pop().first_output = _first_tensor(output if isinstance(output, (tuple, list)) else (output,), {})
         order = next(counter)
         trace.finished[name] = order
         if isinstance(output, torch.Tensor):
@@ -228,7 +232,8 @@ def token_grid(length: int, input_sizes: dict[str, int]) -> tuple[int, int, int]
 
 
 def _from_token_blocks(model: Any, trace: _Trace, input_sizes: dict[str, int]) -> FeatureSource | None:
-    """The input of the last of a run of identical transformer blocks taking (N, L, C) tokens."""
+    """The input of the last of a run of identical transformer blocks taking (N, L, C) tokens (and
+    changing them: a block that hands its first input back works on other tokens)."""
     import torch.nn as nn
 
     first_call: dict[int, _Call] = {}
@@ -243,8 +248,8 @@ def _from_token_blocks(model: Any, trace: _Trace, input_sizes: dict[str, int]) -
             continue
         block = first_call.get(id(children[-1]))
         if block is None or trace.counts.get(block.name) != 1 or block.first_input is None \
-                or block.first_input.ndim != 3:
-            continue
+                or block.first_input.ndim != 3 or block.first_output is block.first_input:
+            continue  # a block handing its first input back unchanged works on other tokens (CoaT's parallel ones)
         grid = token_grid(block.first_input.shape[1], input_sizes)
         if grid is not None and (best is None or trace.finished[block.name] > best[0]):
             best = (trace.finished[block.name], block, grid)

@@ -206,6 +206,61 @@ def test_token_models_get_their_grid_and_prefix_tokens(registers):
     torch.testing.assert_close(result.maps, expected.detach(), atol=1e-5, rtol=1e-4)
 
 
+class TwoScaleBlock(nn.Module):
+    """CoaT's parallel block in miniature: hands its first tokens back unchanged and mixes the second."""
+
+    def __init__(self, dim: int = 16) -> None:
+        super().__init__()
+        self.mix = nn.TransformerEncoderLayer(dim, 2, 32, dropout=0.0, batch_first=True)
+
+    def forward(self, fine, coarse):
+        return fine, self.mix(coarse)
+
+
+class TinyCoaT(nn.Module):
+    """Serial blocks on the coarse tokens, then parallel blocks taking (fine, coarse); class-token head."""
+
+    def __init__(self, dim: int = 16) -> None:
+        super().__init__()
+        self.fine = nn.Conv2d(3, dim, 4, stride=4)
+        self.coarse = nn.Conv2d(3, dim, 8, stride=8)
+        self.cls = nn.Parameter(torch.randn(1, 1, dim))
+        self.serial = nn.ModuleList(nn.TransformerEncoderLayer(dim, 2, 32, dropout=0.0, batch_first=True)
+                                    for _ in range(2))
+        self.parallel = nn.ModuleList(TwoScaleBlock(dim) for _ in range(2))
+        self.head = nn.Linear(dim, 5)
+
+    def forward(self, x):
+        cls = self.cls.expand(len(x), -1, -1)
+        fine = torch.cat([cls, self.fine(x).flatten(2).transpose(1, 2)], dim=1)
+        coarse = torch.cat([cls, self.coarse(x).flatten(2).transpose(1, 2)], dim=1)
+        for block in self.serial:
+            coarse = block(coarse)
+        for block in self.parallel:
+            fine, coarse = block(fine, coarse)
+        return self.head(coarse[:, 0])
+
+
+def test_blocks_that_hand_their_first_tokens_back_are_not_the_features():
+    model = TinyCoaT().eval()
+    x = torch.randn(2, 3, 32, 32)
+    source = camkit.locate_features(model, ModelInputs.of(x))
+    # the parallel blocks' first input (the fine tokens) never reaches the head
+    assert str(source.point) == "serial.1:input"
+    result = camkit.explain(model, x, "gradcam", upsample=False, normalize=False, relu=False)
+    captured = {}
+    handle = model.serial[1].register_forward_pre_hook(lambda m, args: captured.setdefault("x", args[0]))
+    try:
+        logits = model(x)
+    finally:
+        handle.remove()
+    score = logits.gather(1, result.targets[:, None]).sum()
+    grad = torch.autograd.grad(score, captured["x"])[0][:, 1:].reshape(2, 4, 4, 16)
+    expected = torch.einsum("nhwc,nc->nhw", captured["x"][:, 1:].reshape(2, 4, 4, 16), grad.mean(dim=(1, 2)))
+    assert float(expected.abs().amax()) > 0
+    torch.testing.assert_close(result.maps, expected.detach(), atol=1e-5, rtol=1e-4)
+
+
 def test_an_explicit_token_layer_is_folded_too():
     model = TinyViT().eval()
     result = camkit.explain(model, torch.randn(2, 3, 32, 32), "gradcam", layer="blocks.1", upsample=False)
@@ -343,6 +398,7 @@ TIMM = {  # name: (head is GAP + linear, built for 64 px inputs)
     "mobilevit_xxs": (True, False), "repvgg_a0": (True, False), "convnext_atto": (False, False),
     "vit_tiny_patch16_224": (False, True), "deit_tiny_distilled_patch16_224": (False, True),
     "levit_128s": (False, True), "pit_ti_224": (False, True), "mobilenetv3_small_100": (False, False),
+    "coat_tiny": (False, True),
 }
 
 
