@@ -22,7 +22,7 @@ demo: $(STAMP)
 	$(BIN)/camkit demo --out camkit-demo --seed $(SEED)
 
 test: $(STAMP)
-	$(BIN)/ruff check camkit plugins
+	$(BIN)/ruff check camkit plugins tests benchmarks
 	$(BIN)/mypy
 	$(BIN)/python -m pytest -q tests
 

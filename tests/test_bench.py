@@ -107,8 +107,8 @@ def test_bench_tables_plots_baselines_and_direct_parity(toy):
     assert (out / "bars_toy-cnn_toy-boxes.png").stat().st_size > 1000
     assert (out / "curves_toy-cnn_toy-boxes.png").stat().st_size > 1000
     # the suite's mean equals the metric evaluated directly on all 9 samples
-    from camkit_plugins.metrics.base import EvalBatch
     from camkit.layout import Layout
+    from camkit_plugins.metrics.base import EvalBatch
 
     dataset = camkit.lookup("datasets", "toy-boxes")(split="test", seed=0)
     torch.manual_seed(0)
@@ -199,7 +199,8 @@ def test_config_file_and_flags(tmp_path):
 @pytest.mark.slow
 def test_torchrun_two_processes_gives_the_one_process_numbers(toy, tmp_path):
     """9 samples over 2 ranks: the sampler pads rank 1 with a duplicate, which must be dropped."""
-    config = {**toy, "metrics": ["pointing_game", "energy_pointing_game", {"name": "deletion", "options": {"steps": 3}}],
+    config = {**toy,
+              "metrics": ["pointing_game", "energy_pointing_game", {"name": "deletion", "options": {"steps": 3}}],
               "methods": ["gradcam"], "plots": False}
     outputs = {}
     for procs in (1, 2):

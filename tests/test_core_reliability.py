@@ -10,8 +10,6 @@ import torch.nn as nn
 import camkit
 from camkit.methods import HeadMismatchWarning
 from camkit.validation import NonFiniteError
-
-
 from conftest import tiny_gap_net as gap_net
 
 

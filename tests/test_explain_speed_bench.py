@@ -22,4 +22,5 @@ def test_explain_speed_reports_both_decode_paths(tmp_path):
     assert len(rows) == 3 and rows[0]["vs_cam_call"] == 1.0
     assert all(row["images_per_s"] > 0 and row["vs_cam_call"] == row["images_per_s"] / rows[0]["images_per_s"]
                for row in rows)
-    assert report["setting"]["photo"] == "20x28 JPEG" and "| camkit explain" in (tmp_path / "explain_speed.md").read_text()
+    assert (report["setting"]["photo"] == "20x28 JPEG"
+            and "| camkit explain" in (tmp_path / "explain_speed.md").read_text())

@@ -123,7 +123,8 @@ def test_targets_are_checked_against_the_issue_bars(speed, tmp_path):
     assert not any(t["device"] == "cpu" for t in found)  # no CPU rows: no CPU targets
     section = speed.markdown_targets(found)
     assert "Headline cases: 3 of 4 targets met." in section
-    assert "| **gradcam throughput vs plain forward** | >= 0.9 | cuda resnet50 b256 fp32 224px | 0.850 | FAIL |" in section
+    assert ("| **gradcam throughput vs plain forward** | >= 0.9 | cuda resnet50 b256 fp32 224px | 0.850 | FAIL |"
+            in section)
     # a run without the headline case says so instead of passing silently
     missing = speed.targets([_row(speed, "cam", model="resnet18", throughput_vs_forward=1.0)])
     headline = [t for t in missing if t["headline"]]

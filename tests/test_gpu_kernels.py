@@ -15,12 +15,12 @@ import torch.nn as nn
 
 import camkit
 from camkit.kernels import ConstantMapWarning, NumpyKernel, TorchKernel, select_kernel
+from camkit.kernels import jet_table as jet_lut
 from camkit_plugins import gpu as gpu_plugin
 from camkit_plugins.gpu.accelerate import accelerate, autocast_dtype
-from camkit.kernels import TorchKernel, jet_table as jet_lut
+from camkit_plugins.gpu.kernel import CudaKernel
 
 jet_overlay_torch = TorchKernel().overlay
-from camkit_plugins.gpu.kernel import CudaKernel
 
 
 def tiny_cnn(classes: int = 5) -> nn.Module:

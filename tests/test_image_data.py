@@ -11,8 +11,17 @@ import torch
 from torchvision.io import write_png
 
 import camkit
-from camkit_plugins.image.datasets import (CorruptImageError, SkipCorrupt, build_digits, build_image_folder,
-                                           TensorImageDataset, build_mnist, build_shapes, collate_skipping, read_idx)
+from camkit_plugins.image.datasets import (
+    CorruptImageError,
+    SkipCorrupt,
+    TensorImageDataset,
+    build_digits,
+    build_image_folder,
+    build_mnist,
+    build_shapes,
+    collate_skipping,
+    read_idx,
+)
 from camkit_plugins.image.train import evaluate_accuracy, train_classifier
 
 
@@ -74,7 +83,8 @@ def test_mnist_idx_raw_and_gz(tmp_path, compress):
     test = build_mnist("test", root=tmp_path)
     assert test.images.shape == (5, 1, 28, 28) and test.labels.tolist() == [0, 1, 2, 3, 4]
     assert torch.allclose(test.images[2, 0] * 0.5 + 0.5, torch.from_numpy(test_images[2] / 255.0).float())
-    train, val = build_mnist("train", root=tmp_path, val_fraction=0.25), build_mnist("val", root=tmp_path, val_fraction=0.25)
+    train = build_mnist("train", root=tmp_path, val_fraction=0.25)
+    val = build_mnist("val", root=tmp_path, val_fraction=0.25)
     assert len(train) == 15 and len(val) == 5
     assert sorted(train.labels.tolist() + val.labels.tolist()) == sorted(train_labels.tolist())
 

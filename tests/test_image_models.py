@@ -20,7 +20,8 @@ def test_registered_models_need_no_family():
 
 def test_resnet_any_head_and_output_stride():
     build = camkit.lookup("models", "resnet18")
-    model, stride16, stride8 = build(num_classes=3), build(num_classes=3, output_stride=16), build(num_classes=3, output_stride=8)
+    model, stride16, stride8 = (build(num_classes=3), build(num_classes=3, output_stride=16),
+                                build(num_classes=3, output_stride=8))
     x = torch.randn(2, 3, 32, 32)
     assert model.eval()(x).shape == (2, 3) and stride8.eval()(x).shape == (2, 3)
     source = camkit.locate_features(model.eval(), ModelInputs.of(x))

@@ -82,7 +82,8 @@ def test_camkit_explain_writes_a_page_whose_every_picture_loads(tmp_path):
     from torchvision.io import write_png
 
     for name in ("p0", "p1", "p2"):
-        write_png(torch.randint(0, 255, (3, 20, 24), dtype=torch.uint8, generator=generator), str(inputs / f"{name}.png"))
+        write_png(torch.randint(0, 255, (3, 20, 24), dtype=torch.uint8, generator=generator),
+                  str(inputs / f"{name}.png"))
     model = camkit.lookup("models", "mnist-gap")(num_classes=3, in_channels=3).eval()
     config = {"classes": ["a", "b", "c"], "input_size": 16, "mean": [0.5] * 3, "std": [0.5] * 3, "in_channels": 3}
     out = tmp_path / "out"

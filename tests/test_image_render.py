@@ -6,8 +6,15 @@ import pytest
 import torch
 
 import camkit
-from camkit_plugins.image.render import (jet_lut, label_text, overlay, overlay_file_name, overlay_torch, save_grid,
-                                         write_overlay)
+from camkit_plugins.image.render import (
+    jet_lut,
+    label_text,
+    overlay,
+    overlay_file_name,
+    overlay_torch,
+    save_grid,
+    write_overlay,
+)
 
 
 def test_jet_table_matches_the_classic_ramps():

@@ -64,6 +64,9 @@ def test_ablationcam_options_and_transformed_features_are_clear_errors():
     with pytest.raises(ValueError, match="closed_form"):
         explain(GapNet(2).eval(), torch.randn(2, 3, 8, 8), "ablationcam", method_options={"closed_form": "yes"})
     net = GapNet(2).eval()
-    to_nhwc = lambda f: f.permute(0, 2, 3, 1)
+
+    def to_nhwc(f):
+        return f.permute(0, 2, 3, 1)
+
     with pytest.raises(ValueError, match="feature_transform"):
         explain(net, torch.randn(2, 3, 8, 8), "ablationcam", layer="body", layout="NHWC", feature_transform=to_nhwc)

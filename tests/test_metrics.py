@@ -362,7 +362,8 @@ def test_randomization_changes_cam_and_leaves_the_model_alone():
     assert model.training and all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     # a map that ignores the model survives randomisation: correlation exactly 1
     batch.explain = lambda m, inputs, t: maps
-    assert torch.allclose(metric("randomization").evaluate(batch).values["spearman"], torch.ones(4, 3, dtype=torch.float64))
+    spearman = metric("randomization").evaluate(batch).values["spearman"]
+    assert torch.allclose(spearman, torch.ones(4, 3, dtype=torch.float64))
 
 
 # ---------------------------------------------------------------- helpers and baselines

@@ -4,7 +4,6 @@ and real weight loading from a cache this test writes), Hugging Face folders, To
 import numpy as np
 import pytest
 import torch
-import torch.nn as nn
 from torchvision.io import write_png
 
 from camkit.cli import main
@@ -47,7 +46,8 @@ def test_file_and_module_callables_through_the_cli(tmp_path, pictures, tiny_file
                  "--size", "32", "--workers", "0", "--method", "gradcam"])
     assert code == 0
     overlays = sorted(p.name for p in out.glob("p*_pred_*.jpg"))
-    assert len(overlays) == 2 and all(name.split("_pred_")[1][:-4].rsplit("_", 1)[0] in {"apple", "banana", "cherry"} for name in overlays)
+    assert len(overlays) == 2 and all(name.split("_pred_")[1][:-4].rsplit("_", 1)[0] in {"apple", "banana", "cherry"}
+                                      for name in overlays)
     monkeypatch.syspath_prepend(str(tmp_path))
     model, config = load_model_spec("tiny_zoo:build", labels=str(labels), mean=(0.5, 0.5, 0.5), std=(0.2, 0.2, 0.2))
     assert config["classes"] == ["apple", "banana", "cherry"] and config["input_size"] == 224
@@ -66,7 +66,8 @@ def test_torchvision_weights_load_from_the_local_cache_only(tmp_path, monkeypatc
     import torchvision
 
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
-    with pytest.raises(ModelSpecError, match=r"not in the local torch cache.*squeezenet1_1-b8a52dc0.pth.*--weights none"):
+    with pytest.raises(ModelSpecError,
+                       match=r"not in the local torch cache.*squeezenet1_1-b8a52dc0.pth.*--weights none"):
         load_model_spec("torchvision:squeezenet1_1")
     torch.manual_seed(3)
     written = torchvision.models.squeezenet1_1().state_dict()

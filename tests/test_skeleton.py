@@ -8,8 +8,13 @@ import pytest
 import torch
 
 import camkit
-from camkit_plugins.skeleton.data import (SYNTHETIC_CLASSES, build_ntu_skeleton, build_skeleton_npy,
-                                          build_skeleton_synthetic, read_skeleton_file)
+from camkit_plugins.skeleton.data import (
+    SYNTHETIC_CLASSES,
+    build_ntu_skeleton,
+    build_skeleton_npy,
+    build_skeleton_synthetic,
+    read_skeleton_file,
+)
 from camkit_plugins.skeleton.evaluation import energy_share, frame_importance, joint_importance, pointing_hits
 from camkit_plugins.skeleton.graph import NTU25, OPENPOSE18, get_graph
 from camkit_plugins.skeleton.masking import MaskRule, frames_from_cells
@@ -363,7 +368,8 @@ def test_part_occlusion_augmentation_hides_one_whole_part_set_or_nothing():
 def test_summarise_runs_reports_mean_and_sample_std():
     from camkit_plugins.skeleton.evaluation import markdown_table, summarise_runs
 
-    means, spread = summarise_runs({"a": [{"accuracy": 0.5}, {"accuracy": 0.7}, {"accuracy": 0.9}], "b": [{"accuracy": 1.0}]})
+    means, spread = summarise_runs({"a": [{"accuracy": 0.5}, {"accuracy": 0.7}, {"accuracy": 0.9}],
+                                    "b": [{"accuracy": 1.0}]})
     assert means["a"]["accuracy"] == pytest.approx(0.7) and spread["a"]["accuracy"] == pytest.approx(0.2)
     assert spread["b"] == {}
     assert markdown_table(means, spread).splitlines()[2] == "| accuracy | 70.0 ± 20.0 | 100.0 |"

@@ -20,8 +20,9 @@ DATA = ["-d", "size=24", "-d", "frames=16"]
 def test_train_explain_eval_through_the_cli(tmp_path, capsys):
     one, two = tmp_path / "one", tmp_path / "two"
     for out, streams in ((one, 1), (two, 2)):
-        code = main(["train", "skeleton", *DATA, "--streams", str(streams), "-m", "config=tiny", "--occlude-parts", "0.5",
-                     "-m", "mask_rule=topk", "-m", "mask_amount=8", "--epochs", "1", "--out", str(out)])
+        code = main(["train", "skeleton", *DATA, "--streams", str(streams), "-m", "config=tiny",
+                     "--occlude-parts", "0.5", "-m", "mask_rule=topk", "-m", "mask_amount=8", "--epochs", "1",
+                     "--out", str(out)])
         assert code == 0
     model, config = load_checkpoint(two)
     assert config["model_options"]["streams"] == 2 and config["input_layout"] == "NCTVM"
@@ -48,7 +49,8 @@ def test_train_explain_eval_through_the_cli(tmp_path, capsys):
         clean = (model(torch.stack([test_set[i]["input"] for i in range(24)])).argmax(1)
                  == torch.as_tensor(test_set.labels)).float().mean().item()
     assert results["two (2 streams)"]["accuracy"] == pytest.approx(clean)
-    for name in ("accuracy left arm", "accuracy class cue 1", "accuracy 5 random frames", "pointing game", "energy share"):
+    for name in ("accuracy left arm", "accuracy class cue 1", "accuracy 5 random frames", "pointing game",
+                 "energy share"):
         assert 0 <= results["one (1 stream)"][name] <= 1
     table = (evaluated / "results.md").read_text()
     assert "| pointing game |" in table and table.count("\n") == 2 + len(results["one (1 stream)"])

@@ -148,7 +148,8 @@ def test_stgcn_label_pickles_beside_the_data_arrays(tmp_path):
 
 
 def kinetics_frame(index, people):
-    return {"frame_index": index, "skeleton": [{"pose": pose.tolist(), "score": score.tolist()} for pose, score in people]}
+    return {"frame_index": index,
+            "skeleton": [{"pose": pose.tolist(), "score": score.tolist()} for pose, score in people]}
 
 
 def test_kinetics_json_centres_xy_keeps_the_best_scored_people_and_trains(tmp_path):
@@ -213,7 +214,8 @@ def test_ntu_missing_lists_and_the_ntu120_splits(tmp_path):
     with pytest.raises(ValueError, match=r"bad.txt:1: 'S001C001' is not an NTU sample name"):
         build("train", missing=str(tmp_path / "bad.txt"), **options)
     _, config = train_one_epoch(tmp_path / "model", "ntu-skeleton", "-d", f"root={tmp_path}", "-d", "frames=2",
-                                "-d", "protocol=all", "-d", "num_classes=120", "-d", f"missing={tmp_path / 'missing.txt'}")
+                                "-d", "protocol=all", "-d", "num_classes=120",
+                                "-d", f"missing={tmp_path / 'missing.txt'}")
     assert config["input_shape"] == [3, 2, 25, 2] and len(config["classes"]) == 120
 
 

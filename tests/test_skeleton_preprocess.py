@@ -95,7 +95,8 @@ def test_rotation_between_maps_one_direction_onto_another():
 
 def ramp(length, joints=2):
     """A clip whose value in frame t is t + 1 (so a read frame names itself)."""
-    return np.broadcast_to(np.arange(1, length + 1, dtype=np.float32)[None, :, None, None], (3, length, joints, 1)).copy()
+    return np.broadcast_to(np.arange(1, length + 1, dtype=np.float32)[None, :, None, None],
+                           (3, length, joints, 1)).copy()
 
 
 def test_clip_windows_pad_sample_crop_and_resize():

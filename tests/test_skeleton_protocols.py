@@ -10,8 +10,14 @@ import camkit
 from camkit.cli import main
 from camkit_plugins.skeleton.evaluation import class_report
 from camkit_plugins.skeleton.graph import NTU25_PARTS
-from camkit_plugins.skeleton.protocols import (PAPER_COLUMNS, PAPER_REFERENCE, jitter, occlude_frame_block,
-                                               paper_table, ragcn_conditions)
+from camkit_plugins.skeleton.protocols import (
+    PAPER_COLUMNS,
+    PAPER_REFERENCE,
+    jitter,
+    occlude_frame_block,
+    paper_table,
+    ragcn_conditions,
+)
 
 
 def clip_with_frames(first, last, t=20, n=1):

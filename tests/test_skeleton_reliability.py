@@ -43,7 +43,8 @@ BAD_INPUTS = [
      "unknown dataset skeleton-synthetic option 'sise'. Did you mean 'size'"),
     (["train", "skeleton", *DATA, "-m", "confg=tiny", "--out", "{out}"],
      "unknown model ragcn option 'confg'. Did you mean 'config'"),
-    (["train", "skeleton", *DATA, "-m", "dropout=high", "--out", "{out}"], "model ragcn option dropout=high must be a number"),
+    (["train", "skeleton", *DATA, "-m", "dropout=high", "--out", "{out}"],
+     "model ragcn option dropout=high must be a number"),
     (["train", "skeleton", "-d", "size", "--out", "{out}"], "-d 'size' is not KEY=VALUE"),
     (["train", "skeleton", "-d", "split=xsub", "--out", "{out}"], "choose the split with --split"),
     (["train", "skeleton", *DATA], "train skeleton needs --out DIR"),
@@ -159,7 +160,8 @@ def test_option_checks_name_the_option_and_read_numbers_given_for_text_as_text()
     given = parse_key_values(["root=2024", "frames=3", "rate=1", "flag=true", 'graph={"joints": 3, "bones": []}'], "-d")
     assert check_options(given, accepted, "dataset d") == {"root": "2024", "frames": 3, "rate": 1, "flag": True,
                                                            "graph": {"joints": 3, "bones": []}}
-    for pair, message in [("frames=2.5", "frames=2.5 must be a whole number"), ("frames=true", "must be a whole number"),
+    for pair, message in [("frames=2.5", "frames=2.5 must be a whole number"),
+                          ("frames=true", "must be a whole number"),
                           ("flag=1", "flag=1 must be true or false"), ("rate=fast", "rate=fast must be a number"),
                           ("frame=3", r"unknown dataset d option 'frame'\. Did you mean 'frames', 'rate'\? "
                                       r"Available: flag, frames, graph, rate, root$")]:

@@ -6,8 +6,15 @@ import torch
 import torch.nn as nn
 
 import camkit
-from camkit.targets import (ClassProbability, ClassScore, DetectionBox, EmbeddingSimilarity, Negative, Regression,
-                            SegmentationRegion)
+from camkit.targets import (
+    ClassProbability,
+    ClassScore,
+    DetectionBox,
+    EmbeddingSimilarity,
+    Negative,
+    Regression,
+    SegmentationRegion,
+)
 
 
 def gap_net(outputs: int = 4) -> nn.Module:
@@ -121,7 +128,8 @@ def test_bad_callable_targets_are_clear_errors():
     with pytest.raises(TypeError, match=r"class-id targets need \(N, classes\) logits.*SegmentationRegion"):
         camkit.explain(TinySegmenter().eval(), x, "gradcam", layer="backbone")
     with pytest.raises(ValueError, match=r"mask of shape \(3, 3\) does not fit"):
-        camkit.explain(TinySegmenter().eval(), x, "gradcam", layer="backbone", targets=SegmentationRegion(0, torch.ones(3, 3)))
+        camkit.explain(TinySegmenter().eval(), x, "gradcam", layer="backbone",
+                       targets=SegmentationRegion(0, torch.ones(3, 3)))
 
 
 @pytest.mark.slow
