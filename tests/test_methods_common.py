@@ -22,6 +22,7 @@ NEW_METHODS = {
     "iscam": {"num_samples": 2, "chunk_size": 16},
     "kpcacam": {},
     "shapleycam": {},
+    "segeigencam": {},
 }
 SHAPES = {1: (3, 3, 12), 2: (3, 3, 8, 8), 3: (3, 3, 4, 6, 6)}
 

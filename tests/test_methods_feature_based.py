@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from camkit import explain
-from tests.methods_models import DeepHead, features_and_gradients, normalise, numpy_projection_maps
+from tests.methods_models import DeepHead, GapNet, features_and_gradients, normalise, numpy_projection_maps
 
 
 def test_gradcam_elementwise_is_the_sum_of_positive_products():
@@ -25,6 +25,53 @@ def test_eigengradcam_is_the_projection_of_g_times_f_on_its_first_singular_vecto
     expected = numpy_projection_maps(g * f)
     got = explain(net, x, "eigengradcam", layer="features", targets=targets, upsample=False)
     torch.testing.assert_close(got.maps, normalise(expected), atol=1e-4, rtol=1e-3)
+
+
+@pytest.mark.parametrize("centre", [False, True])
+@pytest.mark.parametrize("layer", ["features", "features.0"])  # after the ReLU, and signed features before it
+def test_segeigencam_projects_abs_g_times_f_and_makes_its_largest_extreme_positive(layer, centre):
+    net = DeepHead().eval()
+    x = torch.randn(3, 3, 6, 6)
+    targets = torch.tensor([1, 2, 0])
+    module = net.features if layer == "features" else net.features[0]
+    f, g, _ = features_and_gradients(net, module, x, targets)
+    weighted = (g.abs() * f).double()
+    raw = []
+    for n in range(3):
+        matrix = weighted[n].flatten(1).T  # sites x channels
+        matrix = matrix - matrix.mean(dim=0) if centre else matrix  # pytorch-grad-cam's form: centred
+        v = torch.linalg.svd(matrix, full_matrices=False)[2][0]
+        projection = (matrix @ v).view(6, 6)
+        raw.append(-projection if projection.min().abs() > projection.max().abs() else projection)
+    got = explain(net, x, "segeigencam", layer=layer, targets=targets, upsample=False,
+                  method_options={"centre": centre})
+    torch.testing.assert_close(got.maps, normalise(torch.stack(raw).float()), atol=1e-4, rtol=1e-3)
+
+
+class FixedFeatures(torch.nn.Module):
+    def __init__(self, features):
+        super().__init__()
+        self.register_buffer("features", features)
+
+    def forward(self, x):  # the same features for every input (still differentiable for the head)
+        return self.features.expand(len(x), -1, -1, -1) + 0 * x[:, :1]
+
+
+def test_segeigencam_flips_a_projection_whose_largest_magnitude_is_negative():
+    # one dominant channel (1, 1, 1, -5): its singular vector projects to a map whose extreme is negative
+    features = torch.tensor([[[1.0, 1.0], [1.0, -5.0]], [[0.01, 0.0], [0.0, 0.0]]])[None]
+    net = torch.nn.Sequential(FixedFeatures(features), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
+                              torch.nn.Linear(2, 1))
+    with torch.no_grad():
+        net[3].weight.fill_(1.0)
+    got = explain(net.eval(), torch.zeros(1, 1, 2, 2), "segeigencam", layer="0", targets=torch.tensor([0]),
+                  upsample=False, relu=False, normalize=False)
+    p = features[0].flatten(1).T.double() / 4  # |g| = 1 / 4 sites
+    v = torch.linalg.svd(p, full_matrices=False)[2][0]
+    projection = (p @ v).view(2, 2)
+    expected = projection if projection.max() > -projection.min() else -projection
+    torch.testing.assert_close(got.maps[0].double(), expected, atol=1e-6, rtol=1e-5)
+    assert float(got.maps[0, 1, 1]) > 1.0  # the -5 site, now the positive extreme
 
 
 def test_fem_weights_are_the_share_of_sites_above_k_sigma():
@@ -81,3 +128,15 @@ def test_top_eigenvectors_equal_the_exact_decomposition(n):
     torch.testing.assert_close((got[:-1] * exact[:-1]).sum(1).abs(), torch.ones(8, dtype=torch.float64),
                                atol=1e-5, rtol=0)
     assert torch.equal(got[-1], torch.zeros(n, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("dims", [1, 3])
+def test_centred_segeigencam_in_1d_and_3d_topk_equals_one_target_at_a_time(dims):
+    model = GapNet(dims).eval()
+    x = torch.randn(2, 3, *([10] if dims == 1 else [4, 5, 5]))
+    options = {"method_options": {"centre": True}, "upsample": False}
+    top = explain(model, x, "segeigencam", topk=2, **options)
+    assert top.maps.shape == (2, 2, *x.shape[2:]) and torch.isfinite(top.maps).all()
+    for k in range(2):
+        one = explain(model, x, "segeigencam", targets=top.targets[:, k], **options)
+        torch.testing.assert_close(top.maps[:, k], one.maps, atol=1e-5, rtol=1e-4)

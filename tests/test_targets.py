@@ -91,6 +91,27 @@ def test_segmentation_region_against_hand_computed_gradients():
     torch.testing.assert_close(predicted.maps, hand_gradcam(model, model.backbone, x, region), atol=1e-6, rtol=1e-4)
 
 
+def test_segeigencam_of_a_segmentation_region_against_hand_computed_gradients():
+    model, x = TinySegmenter().eval(), torch.randn(2, 3, 8, 8)
+    mask = torch.zeros(8, 8)
+    mask[2:6, 1:4] = 1
+    captured = {}
+    handle = model.backbone.register_forward_hook(lambda m, i, out: captured.setdefault("f", out))
+    try:
+        scores = (model(x)["out"][:, 1] * mask).sum(dim=(1, 2))
+    finally:
+        handle.remove()
+    f = captured["f"]
+    weighted = (torch.autograd.grad(scores.sum(), f)[0].abs() * f).detach().double()  # |g| f: (2, 5, 4, 4)
+    expected = []
+    for n in range(2):
+        matrix = weighted[n].flatten(1).T
+        projection = (matrix @ torch.linalg.svd(matrix, full_matrices=False)[2][0]).view(4, 4)
+        expected.append(-projection if projection.min().abs() > projection.max().abs() else projection)
+    result = camkit.explain(model, x, "segeigencam", layer="backbone", targets=SegmentationRegion(1, mask), **RAW)
+    torch.testing.assert_close(result.maps.double(), torch.stack(expected).relu(), atol=1e-6, rtol=1e-4)
+
+
 def test_embedding_similarity_against_hand_computed_gradients():
     model, x = gap_net(outputs=5), torch.randn(3, 3, 8, 8)
     reference = torch.randn(5)

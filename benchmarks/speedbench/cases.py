@@ -10,7 +10,7 @@ import torch
 CAMKIT_METHODS = ("cam", "gradcam", "gradcam++", "xgradcam", "layercam", "hirescam", "scorecam", "eigencam")
 # issue 12's methods: timed when named with --methods (fullgrad is camkit.fullgrad, not a weight method)
 NEW_METHODS = ("gradcam-elementwise", "eigengradcam", "fem", "ablationcam", "finercam", "smoothgradcam++", "sscam",
-               "iscam", "fullgrad", "kpcacam", "shapleycam", "legrad")
+               "iscam", "fullgrad", "kpcacam", "shapleycam", "legrad", "segeigencam")
 # vision-transformer methods: a case of their own on torchvision's ViT-B/16 (random weights, a random head)
 VIT_METHODS = ("legrad",)  # timed with the paper's per-block scores, torchcam's projection
 VIT_MODEL = "vit_b_16"
@@ -25,7 +25,8 @@ QUICK_PAIRS = frozenset({("pytorch-grad-cam", "gradcam"), ("torchcam", "cam"), (
                          ("pytorch-grad-cam", "fem"), ("pytorch-grad-cam", "ablationcam"),
                          ("pytorch-grad-cam", "fullgrad"),
                          ("torchcam", "smoothgradcam++"), ("torchcam", "sscam"), ("torchcam", "iscam"),
-                         ("pytorch-grad-cam", "kpcacam"), ("pytorch-grad-cam", "shapleycam"), ("torchcam", "legrad")})
+                         ("pytorch-grad-cam", "kpcacam"), ("pytorch-grad-cam", "shapleycam"), ("torchcam", "legrad"),
+                         ("pytorch-grad-cam", "finercam"), ("pytorch-grad-cam", "segeigencam")})
 # maps of random-weight models agree to float rounding when the formula is the same
 AGREEMENT_TOLERANCE = 1e-3
 # known formula differences, so a large difference there is reported, not treated as a bug
@@ -40,6 +41,8 @@ KNOWN_DIFFERENCES = {
     ("pytorch-grad-cam", "fullgrad"): "normalises every channel of every layer separately (camkit: per sample, as the "
                                       "authors' code; per_channel=True agrees to ~1e-7)",
     ("torchcam", "smoothgradcam++"): "other noise draws; ReLU of the last noisy sample's gradient, not of the mean",
+    ("pytorch-grad-cam", "finercam"): "differentiates through the softmax weights of the comparison classes",
+    ("pytorch-grad-cam", "segeigencam"): "centres each channel of |g| * f before the SVD",
     ("torchcam", "sscam"): "other noise draws; softmax over the channel scores, not over classes",
     ("torchcam", "iscam"): "accumulated coefficient ((1 + ... + i) / N times the mask); softmax over the channel "
                            "scores",
@@ -60,6 +63,7 @@ NEW_METHOD_TARGETS = (
     ("gradcam-elementwise time vs its own forward", "gradcam-elementwise", "own_forward_ratio", "<=", 1.15),
     ("eigengradcam time vs its own forward", "eigengradcam", "own_forward_ratio", "<=", 1.15),
     ("shapleycam time vs its own forward", "shapleycam", "own_forward_ratio", "<=", 1.15),
+    ("segeigencam time vs its own forward", "segeigencam", "own_forward_ratio", "<=", 1.15),
     ("ablationcam speed-up vs pytorch-grad-cam, same batch", "ablationcam", "speedup:pytorch-grad-cam", ">=", 20.0),
     ("fullgrad speed-up vs pytorch-grad-cam, same batch", "fullgrad", "speedup:pytorch-grad-cam", ">=", 2.0),
     ("smoothgradcam++ speed-up vs torchcam, same batch", "smoothgradcam++", "speedup:torchcam", ">=", 2.0),

@@ -43,21 +43,24 @@ def grad_cam_runner(model: torch.nn.Module, method: str, x: torch.Tensor, ids: t
                "layercam": pgc.LayerCAM, "hirescam": pgc.HiResCAM, "scorecam": pgc.ScoreCAM, "eigencam": pgc.EigenCAM,
                "gradcam-elementwise": pgc.GradCAMElementWise, "eigengradcam": pgc.EigenGradCAM, "fem": pgc.FEM,
                "ablationcam": pgc.AblationCAM, "fullgrad": pgc.FullGrad, "kpcacam": pgc.KPCA_CAM,
-               "shapleycam": pgc.ShapleyCAM}
+               "shapleycam": pgc.ShapleyCAM, "segeigencam": getattr(pgc, "SegEigenCAM", None),
+               "finercam": getattr(pgc, "FinerCAM", None)}
     options = {"kpcacam": {"kernel": "rbf"}}.get(method, {})  # camkit's default kernel (the peer's is sigmoid)
-    if method not in classes:
+    if classes.get(method) is None:  # Seg-Eigen-CAM: 1.5.7 on
         yield None
         return
-    targets = [ClassifierOutputTarget(int(i)) for i in ids]
+    # Finer-CAM builds its own targets from the top class (the benchmark's ids are the top classes)
+    targets = None if method == "finercam" else [ClassifierOutputTarget(int(i)) for i in ids]
     layers = [] if method == "fullgrad" else [inner(model).layer4]  # FullGrad takes every bias layer itself
     explainer = classes[method](model=model, target_layers=layers, **options)
+    base = getattr(explainer, "base_cam", explainer)  # Finer-CAM wraps a Grad-CAM holding the hooks
     try:
         yield lambda: explainer(input_tensor=x, targets=targets)
     finally:
-        explainer.activations_and_grads.release()
+        base.activations_and_grads.release()
         # it keeps the last forward's outputs, and with them the autograd graph (EigenCAM never
         # backpropagates): gigabytes that would count against every later runner's peak memory
-        explainer.outputs = None
+        base.outputs = None
 
 
 @contextlib.contextmanager

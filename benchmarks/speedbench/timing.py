@@ -99,7 +99,7 @@ def own_forward_ratio(model: torch.nn.Module, method: str, x: torch.Tensor, ids:
 def measure_case(case: Case, methods: tuple[str, ...], toolkits: list[str], repeats: int,
                  scorecam_chunk: int = 256, pairs: frozenset[tuple[str, str]] | None = None,
                  own_forward_methods: tuple[str, ...] = ("cam", "gradcam", "gradcam-elementwise", "eigengradcam",
-                                                         "shapleycam", "kpcacam"),
+                                                         "shapleycam", "kpcacam", "segeigencam"),
                  failures: list[dict[str, Any]] | None = None) -> list[Row]:
     """Every runner of one case, timed in the same rounds; rows relative to the plain forward.
     ``pairs``: the (toolkit, method) pairs to run besides camkit (default: every one the toolkits have).
