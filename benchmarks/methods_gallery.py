@@ -28,6 +28,7 @@ METHODS = [  # (title, how)
     ("CAM", ("cam", {})), ("Grad-CAM", ("gradcam", {})), ("Grad-CAM++", ("gradcam++", {})),
     ("XGrad-CAM", ("xgradcam", {})), ("LayerCAM", ("layercam", {})), ("HiResCAM", ("hirescam", {})),
     ("Grad-CAM elem.", ("gradcam-elementwise", {})), ("EigenGrad-CAM", ("eigengradcam", {})),
+    ("Seg-Eigen-CAM", ("segeigencam", {})),
     ("Eigen-CAM", ("eigencam", {})), ("KPCA-CAM", ("kpcacam", {})), ("Shapley-CAM (ReST)", "shapley"),
     ("FEM", ("fem", {})), ("Random-CAM", ("randomcam", {"seed": 0})),
     ("Finer-CAM", ("finercam", {})), ("SmoothGrad-CAM++", ("smoothgradcam++", {"seed": 0})),
