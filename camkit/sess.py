@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import warnings
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Iterable, Iterator, Sequence
 
@@ -333,6 +334,7 @@ def explain_sess(model: nn.Module, inputs: Tensor, method: "str | CamMethod" = "
 
     from camkit.contraction import postprocess
     from camkit.explainer import Explainer
+    from camkit.kernels import ConstantMapWarning
     from camkit.targets import resolve_targets
 
     _check_options(inputs, pool, pre_filter, theta, num_scales, scale_step, batch_size, targets, options)
@@ -374,7 +376,9 @@ def explain_sess(model: nn.Module, inputs: Tensor, method: "str | CamMethod" = "
         first = None
         with Explainer(model, method, layer, layout, **options) as explainer:
             for patches, jobs, patch_ids in windows.crops(inputs, kept, image_of_job, batch_size):
-                result = explainer(patches, class_of_job[jobs])
+                with warnings.catch_warnings():  # a patch without evidence of the class maps to 0: expected
+                    warnings.simplefilter("ignore", ConstantMapWarning)
+                    result = explainer(patches, class_of_job[jobs])
                 if tuple(result.maps.shape) != (len(jobs), window, window):
                     raise ValueError(f"SESS needs one (window, window) map per patch; {result.method} gives maps "
                                      f"{result.map_letters} {tuple(result.maps.shape)} from layer {result.layer!r}")
