@@ -97,14 +97,14 @@ def _reflect_101(length: int, radius: int, device: Any) -> Tensor:
 
 class SlidingWindows:
     """The patches of an ``(H, W)`` image: for every scale, the windows over the image resized to it.
-    Patch ``p`` is window ``(top[p], left[p])`` of scale ``scale_of[p]``, numbered scale by scale, row by
-    row; every image of a batch has the same patches."""
+    Patch ``p`` is the window at ``(top[p], left[p])`` of its scaled image; patches are numbered scale by
+    scale (scale i's start at ``firsts[i]``), row by row. Every image of a batch has the same patches."""
 
     def __init__(self, height: int, width: int, window: int, stride: int, scales: Sequence[int], device: Any,
                  dtype: Any) -> None:
         import torch
 
-        self.height, self.width, self.window = height, width, window
+        self.window = window
         self.sizes = [scaled_size(height, width, s) for s in scales]
         self.firsts: list[int] = []  # the first patch of each scale
         tops: list[int] = []
@@ -121,8 +121,8 @@ class SlidingWindows:
             lefts += [x for _ in ys for x in xs]
             row_offsets += [row_offset] * (len(ys) * len(xs))
             col_offsets += [col_offset] * (len(ys) * len(xs))
-            # a patch map pasted on a zero canvas of the scaled size and resized to (H, W) is the patch
-            # map between the window's columns of these operators: no canvas of the scaled size is built
+            # a patch map pasted on a zero canvas of the scaled size and resized to (H, W) only meets the
+            # window's columns of the (H, scaled) resize operators: no canvas of the scaled size is built
             shrink_rows.append(resize_operator(scaled_height, height, device=device, dtype=dtype).T)
             shrink_cols.append(resize_operator(scaled_width, width, device=device, dtype=dtype).T)
             row_offset += scaled_height

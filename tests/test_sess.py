@@ -239,6 +239,24 @@ def test_progress_bar_over_chunks(capsys, monkeypatch):
     assert updates == [(8, 1)] * 16
 
 
+@pytest.mark.parametrize("options", [dict(num_scales=4),
+                                     dict(num_scales=3, window=12, stride=7, pre_filter=0.4, theta=0.2),
+                                     dict(num_scales=3, pool="max", smooth=False, softmax_scores=False)])
+def test_same_maps_as_pytorch_grad_cam(options):
+    """pytorch-grad-cam (the bench extra) is not a test dependency: skipped without it."""
+    pgc = pytest.importorskip("pytorch_grad_cam")
+    net = strided_net()
+    x = torch.randn(2, 3, 20, 26)
+    theirs_options = dict(num_scales=options["num_scales"], window_size=options.get("window"),
+                          step_size=options.get("stride"), pre_filter_ratio=options.get("pre_filter", 0.0),
+                          theta=options.get("theta", 0.0), pool=options.get("pool", "mean"),
+                          smooth=options.get("smooth", True), use_softmax_scores=options.get("softmax_scores", True))
+    with pgc.SESS(net, [net[3]], base_method=pgc.GradCAM, **theirs_options) as sess:
+        theirs = torch.from_numpy(sess(x))
+    ours = explain_sess(net, x, "gradcam", layer="3", **options).maps
+    torch.testing.assert_close(ours, theirs, atol=2e-5, rtol=0)  # they add 1e-7 to min-max denominators
+
+
 @pytest.mark.gpu
 def test_cpu_and_gpu_agree():
     net = strided_net()
