@@ -235,6 +235,8 @@ def _check_options(inputs: Any, pool: str, pre_filter: float, theta: float, num_
         shape = tuple(inputs.shape) if isinstance(inputs, torch.Tensor) else type(inputs).__name__
         raise ValueError(f"SESS slides square windows over images: inputs must be one (N, C, H, W) tensor, got "
                          f"{shape}")
+    if len(inputs) == 0:
+        raise ValueError("inputs hold no image: nothing to explain")
     if "input_layout" in options and Layout.parse(options["input_layout"]).letters != "NCHW":
         raise ValueError(f"SESS slides windows over NCHW images, got input_layout={options['input_layout']!r}")
     if pool not in POOLS:

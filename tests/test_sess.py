@@ -198,6 +198,8 @@ def test_bad_options_are_named(options, named):
 def test_only_images(shape):
     with pytest.raises(ValueError, match=r"SESS slides square windows over images.*\(N, C, H, W\)"):
         explain_sess(strided_net(), torch.randn(*shape), "gradcam")
+    with pytest.raises(ValueError, match="no image"):
+        explain_sess(strided_net(), torch.randn(0, 3, 16, 16), "gradcam")
 
 
 def test_model_left_as_found():
