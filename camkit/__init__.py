@@ -46,6 +46,7 @@ _LAZY = {
     "eigen_smooth": "camkit.ensemble",
     "explain_layers": "camkit.ensemble",
     "explain_augmented": "camkit.ensemble",
+    "explain_sess": "camkit.sess",
     "deep_feature_factorization": "camkit.factorization",
     "guided_backprop": "camkit.guided",
     "guided_gradcam": "camkit.guided",
