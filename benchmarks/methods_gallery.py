@@ -39,7 +39,8 @@ METHODS = [  # (title, how)
      ("sscam", {"num_samples": 2, "std": 0.3, "seed": 0, "chunk_size": 160}, PERTURBATION_LAYER)),
     ("IS-CAM* (2 steps)", ("iscam", {"num_samples": 2, "chunk_size": 160}, PERTURBATION_LAYER)),
     ("FullGrad", "fullgrad"), ("Guided Grad-CAM", "guided"), ("Grad-CAM, eigen-smoothed", "eigen"),
-    ("Grad-CAM, TTA flip+scales", "tta"), ("Grad-CAM, 2 layers (max)", "layers"), ("DFF concept 1", "dff"),
+    ("Grad-CAM, TTA flip+scales", "tta"), ("Grad-CAM, 2 layers (max)", "layers"), ("Grad-CAM, SESS", "sess"),
+    ("DFF concept 1", "dff"),
 ]
 
 
@@ -81,6 +82,10 @@ def maps_for(model: torch.nn.Module, x: torch.Tensor, how: object) -> torch.Tens
         return explain_augmented(model, x, "gradcam", flips="W", scales=(0.75, 1.25)).maps
     if how == "layers":
         return explain_layers(model, x, "gradcam", ["_blocks.14", "_blocks.15"], fusion="max").maps
+    if how == "sess":
+        from camkit.sess import explain_sess
+
+        return explain_sess(model, x, "gradcam").maps
     return deep_feature_factorization(model, x, concepts=4).maps[:, 0]
 
 
