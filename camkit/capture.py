@@ -121,16 +121,18 @@ class FeatureCapture:
             return args, {**kwargs, key: self.take(kwargs[key])}
         raise TypeError(f"{self.layer_name!r}: the module was called without arguments, nothing to capture")
 
-    def run(self, forward: Callable[[], Any], grad_from_here: bool) -> Any:
+    def run(self, forward: Callable[[], Any], grad_from_here: bool, record: bool = False) -> Any:
         """``forward()`` with the capture armed: under ``no_grad`` (autograd switched on from the capture
-        point when ``grad_from_here``) or ``inference_mode``; grad mode restored and the capture disarmed
-        after, so later forwards pass untouched. The point must be reached exactly once."""
+        point when ``grad_from_here``), with autograd on throughout (``record``: a method differentiates
+        with respect to what came before the point) or under ``inference_mode``; grad mode restored and the
+        capture disarmed after, so later forwards pass untouched. The point must be reached exactly once."""
         import torch
 
-        self.reset(grad_from_here)
+        self.reset(grad_from_here and not record)
         grad_mode = torch.is_grad_enabled()
+        mode = torch.enable_grad() if record else torch.no_grad() if grad_from_here else torch.inference_mode()
         try:
-            with self.during_forward(), torch.no_grad() if grad_from_here else torch.inference_mode():
+            with self.during_forward(), mode:
                 output = forward()
         finally:
             torch.set_grad_enabled(grad_mode)

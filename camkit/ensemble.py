@@ -51,6 +51,10 @@ class EigenSmoothed(CamMethod):
         self.needs_gradients = method.needs_gradients
         self.needs_hessian = getattr(method, "needs_hessian", False)
         self.runs_model = getattr(method, "runs_model", False)
+        self.records_forward = getattr(method, "records_forward", False)
+
+    def recording(self, model: Any, layer: str, inputs: Any) -> Any:
+        return self.inner.recording(model, layer, inputs)
 
     def weights(self, ctx: WeightContext) -> Weights:
         import torch

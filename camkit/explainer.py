@@ -219,17 +219,23 @@ class Explainer:
         batch = ModelInputs.of(inputs, self.primary_input)
         point, layout, transform = self._where(batch)
         needs_grad = self.method.needs_gradients
+        records = getattr(self.method, "records_forward", False)
         with contextlib.ExitStack() as stack:
-            if needs_grad:  # a caller's inference_mode would forbid the autograd graph after the layer
+            if needs_grad or records:  # a caller's inference_mode would forbid the autograd graph
                 stack.enter_context(torch.inference_mode(False))
             stack.enter_context(evaluation_mode(self.model, self.eval_mode))
             capture = self._capture_for_call(stack, point)
-            output = capture.run(lambda: batch(self.model), grad_from_here=needs_grad)
+            run = _requiring_grad(batch) if records else batch
+            with self.method.recording(self.model, str(point), run.tensor) if records \
+                    else contextlib.nullcontext() as recorded:
+                output = capture.run(lambda: run(self.model), grad_from_here=needs_grad, record=records)
             scored = select_output(output, self.output)
             layout, transform = self._view(capture.features, layout, transform, batch)
             features, raw = self._features(capture, layout, transform, batch)
             target = self._targets(targets, topk, scored, grad=needs_grad)
             ctx = self._context(batch, features, raw, scored, target, layout, transform, str(point))
+            if records:
+                ctx.recorded, ctx.scored = recorded, scored
             with torch.no_grad() if needs_grad else torch.inference_mode():
                 weights = self._weights(ctx, target)
                 maps = self._maps(ctx, weights, target)
@@ -366,6 +372,13 @@ class Explainer:
         """The scored output for ``inputs`` in place of the primary input (perturbation methods such as
         Score-CAM); other inputs follow ``owners`` (the sample each row comes from)."""
         return select_output(batch.with_primary(inputs, owners)(self.model), self.output)
+
+
+def _requiring_grad(batch: ModelInputs) -> ModelInputs:
+    """``batch`` with a copy of its (floating-point) primary input that requires grad, so the recorded
+    graph reaches every layer even when the parameters are frozen."""
+    x = batch.tensor
+    return batch.with_primary(x.detach().clone().requires_grad_(True)) if x.is_floating_point() else batch
 
 
 def _detached(value: Any) -> Any:

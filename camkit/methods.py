@@ -14,8 +14,9 @@ demand, only if the method sets ``needs_gradients = True``), their Hessian times
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, ContextManager, Mapping
 
 from camkit.layout import Layout
 
@@ -82,6 +83,10 @@ class WeightContext:
     target_scores: Tensor | None = None  # (N,) or (N, K): what the maps explain (a logit for class ids)
     classifier_bias: Callable[[], Tensor | None] = lambda: None  # the bias of ``classifier``'s layer, if known
     other_inputs: bool = False  # the model takes other per-sample inputs beside ``inputs`` (see ``forward``)
+    # methods that record the core's forward (``records_forward``): what ``recording`` gave, and the
+    # scored output with its autograd graph back to the inputs
+    recorded: Any = None
+    scored: Any = None
 
     @property
     def target_shape(self) -> tuple[int, ...]:
@@ -162,6 +167,9 @@ class CamMethod:
     # runs the model again on perturbed inputs (Score-CAM): refused with eval_mode=False, where the
     # masked batches would update BatchNorm's running statistics
     runs_model: bool = False
+    # watches the core's forward, which then records autograd from the input: inside ``recording``,
+    # whose value reaches ``weights`` as ``ctx.recorded`` (and the scored output as ``ctx.scored``)
+    records_forward: bool = False
 
     def __init__(self, **options: Any) -> None:
         if options:
@@ -169,3 +177,8 @@ class CamMethod:
 
     def weights(self, ctx: WeightContext) -> Weights:  # pragma: no cover - interface
         raise NotImplementedError
+
+    def recording(self, model: nn.Module, layer: str, inputs: Tensor) -> ContextManager[Any]:
+        """Entered around the core's forward of ``inputs`` when ``records_forward``: hooks or a torch
+        function mode that note what the method needs (removed on exit); its value is ``ctx.recorded``."""
+        return contextlib.nullcontext()

@@ -6,7 +6,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from camkit import explain
+from camkit import Explainer, explain
+from camkit_plugins.methods.legrad import LeGrad
 from tests.methods_models import GapNet, TinyViT, normalise
 
 
@@ -64,6 +65,30 @@ def test_legrad_picks_layers():
                                atol=1e-5, rtol=1e-4)
     with pytest.raises(ValueError, match="3 attention blocks"):
         explain(model, x, "legrad", method_options={"layers": [5]})
+
+
+def test_legrad_reads_the_attention_in_the_explained_forward_itself():
+    model = TinyViT().eval()
+    x = torch.randn(2, 3, 16, 16)
+    calls = []
+    handle = model.register_forward_hook(lambda m, i, o: calls.append(i[0].shape[0]))
+    try:
+        with Explainer(model, "legrad", upsample=False) as explainer:
+            explainer(x)  # the first call also locates the features (a one-sample probe)
+            calls.clear()
+            got = explainer(x, topk=2)
+    finally:
+        handle.remove()
+    assert calls == [2]  # one forward of the batch: no forward of LeGrad's own
+    for k in range(2):
+        torch.testing.assert_close(got.maps[:, k], normalise(legrad_by_hand(model, x, got.targets[:, k])),
+                                   atol=1e-5, rtol=1e-4)
+
+    class OwnForward(LeGrad):  # as when another method wraps it: LeGrad runs a forward of its own
+        records_forward = False
+
+    own = explain(model, x, OwnForward(), targets=got.targets, upsample=False)
+    torch.testing.assert_close(own.maps, got.maps, atol=1e-6, rtol=1e-5)
 
 
 def test_legrad_leaves_the_model_as_found():

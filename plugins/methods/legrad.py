@@ -9,8 +9,9 @@ where r takes the query rows (``rows="mean"``: the mean over all T query tokens,
 tokens (class, registers), folded into the patch grid of the captured features (the token grid camkit
 finds for transformers). ``layers`` picks blocks by index in call order (default: all).
 
-The attention probabilities are caught in one extra forward (with a backward per target) as the outputs
-of every ``softmax`` call giving (N, heads, T, T) or (N heads, T, T): ``nn.Softmax``, ``F.softmax`` and
+The attention probabilities are caught during the explained forward itself (``records_forward``: the
+core then records autograd from the input; one backward per target follows) as the outputs of every
+``softmax`` call giving (N, heads, T, T) or (N heads, T, T): ``nn.Softmax``, ``F.softmax`` and
 ``Tensor.softmax`` alike. ``nn.MultiheadAttention`` (torchvision's ViT) is asked for its weights during that
 forward (``need_weights=True``, by hooks removed after it), which makes it compute them with an explicit
 softmax instead of its fused fast path; the tensor it multiplies the values with is taken. Models that call
@@ -27,7 +28,8 @@ located default: the input of the last block). The map is no sum over channels o
 method returns it directly (``Weights.direct_map``)."""
 
 import contextlib
-from typing import Any, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator, Sequence
 
 from camkit.hookspecs import hookimpl
 from camkit.methods import CamMethod, WeightContext, Weights
@@ -36,63 +38,84 @@ FUSED_ATTENTION = ("scaled_dot_product_attention", "_native_multi_head_attention
 ROWS = ("mean", "class")
 
 
-def attention_probabilities(ctx: WeightContext, inputs: Any, blocks: Sequence[Any] = ()) -> tuple[Any, list[Any],
-                                                                                                 list[Any]]:
-    """``(output, [A^l], [z^l])``: one forward of ``inputs`` with autograd on, every attention matrix
-    (N, heads, T, T) that a softmax produced in it, in call order, and the outputs of ``blocks``."""
+@dataclass
+class AttentionRecord:
+    """What one forward showed: every attention matrix a softmax produced (call order), the fused attention
+    kernels called instead, and the outputs of the watched blocks."""
+
+    attention: list[Any] = field(default_factory=list)
+    fused: list[str] = field(default_factory=list)
+    block_outputs: list[Any] = field(default_factory=list)
+
+    def check(self) -> None:
+        if self.fused or not self.attention:  # a fused block would silently drop out of the mean over blocks
+            how = (f"it calls {sorted(set(self.fused))}, fused kernels that" if self.fused
+                   else "no softmax gave (N, heads, T, T) matrices: the model")
+            raise ValueError(f"legrad needs the attention probabilities of every block, but {how} never form "
+                             f"them; compute attention with an explicit softmax (timm: "
+                             f"timm.layers.set_fused_attn(False) before building the model, or "
+                             f"block.attn.fused_attn = False)")
+
+
+@contextlib.contextmanager
+def watching_attention(model: Any, samples: int, blocks: Sequence[Any] = ()) -> Iterator[AttentionRecord]:
+    """Inside the block, forwards of ``model`` (with autograd on) note into the record every (N, heads, T, T)
+    or (N heads, T, T) softmax output, ``nn.MultiheadAttention``'s weights (asked for by temporary hooks) and
+    the outputs of ``blocks``; every hook is removed on exit."""
     import torch
     from torch.overrides import TorchFunctionMode
 
     from camkit.capture import function_name
 
-    found: list[Any] = []
-    fused: list[str] = []
-    outputs: list[Any] = []
-    n = inputs.shape[ctx.input_layout.batch_axis]
+    record = AttentionRecord()
 
     class Watch(TorchFunctionMode):
         def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
             out = func(*args, **(kwargs or {}))
             name = function_name(func)
-            if name == "softmax" and is_attention(out, n):
-                found.append(out)
+            if name == "softmax" and is_attention(out, samples):
+                record.attention.append(out)
             elif name in FUSED_ATTENTION:
-                fused.append(name)
+                record.fused.append(name)
             return out
 
     with contextlib.ExitStack() as stack:
-        for module in ctx.model.modules():
+        for module in model.modules():
             if isinstance(module, torch.nn.MultiheadAttention):
                 stack.callback(module.register_forward_pre_hook(_with_weights, with_kwargs=True).remove)
-                stack.callback(module.register_forward_hook(lambda m, i, out: found.append(_used_weights(out))).remove)
+                stack.callback(module.register_forward_hook(
+                    lambda m, i, out: record.attention.append(_used_weights(out))).remove)
         for block in blocks:
             stack.callback(block.register_forward_hook(
-                lambda m, i, out: outputs.append(out[0] if isinstance(out, tuple) else out)).remove)
-        stack.enter_context(torch.inference_mode(False))
-        stack.enter_context(torch.enable_grad())
+                lambda m, i, out: record.block_outputs.append(out[0] if isinstance(out, tuple) else out)).remove)
         stack.enter_context(Watch())
+        yield record
+
+
+def attention_probabilities(ctx: WeightContext, inputs: Any, blocks: Sequence[Any] = ()) -> tuple[Any,
+                                                                                                 AttentionRecord]:
+    """``(output, record)``: a forward of ``inputs`` of its own with autograd on, watched (for a LeGrad
+    called outside the core, which otherwise records its forward)."""
+    import torch
+
+    n = inputs.shape[ctx.input_layout.batch_axis]
+    with torch.inference_mode(False), torch.enable_grad(), watching_attention(ctx.model, n, blocks) as record:
         x = inputs.clone() if inputs.is_inference() else inputs
         if x.is_floating_point():  # the graph reaches every block even with frozen parameters
             x = x.detach().requires_grad_(True)
         output = ctx.forward(x)
-    if fused or not found:  # a block with fused attention would silently drop out of the mean over blocks
-        how = f"it calls {sorted(set(fused))}, fused kernels that" if fused else "no softmax gave (N, heads, T, T) " \
-                                                                               "matrices: the model"
-        raise ValueError(f"legrad needs the attention probabilities of every block, but {how} never form them; "
-                         f"compute attention with an explicit softmax (timm: timm.layers.set_fused_attn(False) "
-                         f"before building the model, or block.attn.fused_attn = False)")
-    return output, found, outputs
+    return output, record
 
 
-def sibling_blocks(ctx: WeightContext) -> list[Any]:
+def sibling_blocks(model: Any, layer: str) -> list[Any]:
     """The children of the container holding the captured layer's module (a ViT's blocks)."""
     from camkit.capture import CapturePoint, resolve_layer
 
-    point = CapturePoint.parse(ctx.model, ctx.layer)
+    point = CapturePoint.parse(model, layer)
     if point.kind not in ("input", "output") or "." not in point.module:
         raise ValueError(f"legrad with score_projection scores the outputs of the transformer blocks holding the "
                          f"features; the features here are {point}: use the located default (a block's input)")
-    return list(resolve_layer(ctx.model, point.module.rsplit(".", 1)[0])[1].children())
+    return list(resolve_layer(model, point.module.rsplit(".", 1)[0])[1].children())
 
 
 def is_attention(tensor: Any, samples: int) -> bool:
@@ -126,7 +149,7 @@ class LeGrad(CamMethod):
     name = "legrad"
     description = "ViTs: positive gradients of the score w.r.t. every block's attention, on the patches"
     needs_gradients = False
-    runs_model = True
+    records_forward = True  # the attention is caught during the core's forward: no forward of its own
 
     def __init__(self, rows: str = "mean", layers: Sequence[int] | None = None,
                  score_projection: Callable[[Any], Any] | None = None) -> None:
@@ -138,13 +161,23 @@ class LeGrad(CamMethod):
         self.layers = None if layers is None else [int(i) for i in layers]
         self.score_projection = score_projection
 
+    def recording(self, model: Any, layer: str, inputs: Any) -> Any:
+        blocks = sibling_blocks(model, layer) if self.score_projection is not None else ()
+        return watching_attention(model, inputs.shape[0], blocks)
+
     def weights(self, ctx: WeightContext) -> Weights:
         import torch
 
         if ctx.targets is None or getattr(ctx.logits, "ndim", 0) != 2:
             raise ValueError("legrad differentiates a class's logit: it needs a classifier and class-id targets")
         per_block = self.score_projection is not None
-        output, attention, outputs = attention_probabilities(ctx, ctx.inputs, sibling_blocks(ctx) if per_block else ())
+        if ctx.recorded is not None:
+            output, record = ctx.scored, ctx.recorded
+        else:
+            blocks = sibling_blocks(ctx.model, ctx.layer) if per_block else ()
+            output, record = attention_probabilities(ctx, ctx.inputs, blocks)
+        record.check()
+        attention, outputs = record.attention, record.block_outputs
         if per_block and len(outputs) != len(attention):
             raise ValueError(f"legrad with score_projection pairs each block with its attention, but {len(outputs)} "
                              f"blocks ran and {len(attention)} attention matrices were formed")
