@@ -16,6 +16,8 @@
 #             ResNet-50/18, fp32/bf16/fp16, 7 methods against the plain forward
 #   scorecam  speed.py: Score-CAM, ResNet-50/18, batch 8 each, vs pytorch-grad-cam and    ~2.5 min
 #             torchcam (join its targets with the speed stage's afterwards: see the stage)
+#   methods   speed.py: issue 12's methods against their peers (ResNet-18, batch 64), and     ~5 min
+#             SS-CAM / IS-CAM against torchcam (the 2x bars; batch 2, 224 px, the defaults)
 #   kernels   speed_kernels.py (torch vs Triton, + numerical check) and speed.py with     ~1.5 min
 #             CAMKIT_TRITON=1 (ResNet-50 batch 256, fp32 / bf16)
 #   forward   speed_forward.py, ResNet-50 batch 256: eager options (autocast,             ~5 min
@@ -23,7 +25,7 @@
 #   graphs    speed_forward.py, ResNet-50 batch 32: torch.compile with CUDA graphs         ~3 min
 #   skeleton  skeleton_speed.py on CUDA: default sizes, then batch 64 x 300 frames        ~1 min
 #   explain   benchmarks/explain_speed.py on CUDA (optional, not in "all")                 ~2 min
-#   all       every stage but explain, in order (~20 min: only where a command may run that long)
+#   all       every stage but explain, in order (~25 min: only where a command may run that long)
 #
 # Results: one folder per benchmark, logs/ with each command's whole output, summary.txt with each
 # command's exit status and seconds, all packed into $OUT/gpu_results.tar.gz at exit (the device
@@ -217,6 +219,21 @@ stage_scorecam() {
     [ -f "$OUT/speed_scorecam/speed.md" ] && sed -n '/^## Targets/,$p' "$OUT/speed_scorecam/speed.md"
 }
 
+stage_methods() {
+    setup_camkit
+    setup_toolkits
+    # issue 12: gradient methods <= 1.15x a forward (CPU bar; here for the record), Smooth Grad-CAM++ and
+    # FullGrad >= 2x their peers, the maps' differences; then SS-CAM / IS-CAM >= 2x torchcam, where the
+    # masked forwards decide (camkit's chunks of 256 against torchcam's 32)
+    step methods 250 "$PY" benchmarks/speed.py --device cuda --models resnet18 --batch-sizes 64 --dtypes fp32 \
+        --methods gradcam,gradcam-elementwise,eigengradcam,shapleycam,segeigencam,fem,kpcacam,finercam,smoothgradcam++,fullgrad \
+        --repeats 5 --out "$OUT/speed_new_methods"
+    [ -f "$OUT/speed_new_methods/speed.md" ] && sed -n '/^## Targets/,$p' "$OUT/speed_new_methods/speed.md"
+    step perturbation 270 "$PY" benchmarks/speed.py --device cuda --models resnet18 --methods sscam,iscam \
+        --toolkits torchcam --scorecam-batch 2 --scorecam-repeats 2 --out "$OUT/speed_perturbation"
+    [ -f "$OUT/speed_perturbation/speed.md" ] && sed -n '/^## Targets/,$p' "$OUT/speed_perturbation/speed.md"
+}
+
 stage_kernels() {
     setup_camkit
     step kernels 200 "$PY" benchmarks/speed_kernels.py --device cuda --batch 256 --repeats 30 --out "$OUT/kernels"
@@ -262,22 +279,23 @@ stage_explain() {
     show "$OUT/explain/explain_speed.md"
 }
 
-[ $# -gt 0 ] || { sed -n '2,30p' "$0"; exit 2; }
+[ $# -gt 0 ] || { sed -n '2,32p' "$0"; exit 2; }
 for stage in "$@"; do
     case "$stage" in
-        tests|speed|scorecam|kernels|forward|graphs|skeleton|explain)
+        tests|speed|scorecam|methods|kernels|forward|graphs|skeleton|explain)
             STAGE_DEADLINE=$((SECONDS + STAGE_BUDGET))
             say "stage $stage started"
             "stage_$stage"
             say "stage $stage done" ;;
         all)
-            for s in tests speed scorecam kernels forward graphs skeleton; do
+            for s in tests speed scorecam methods kernels forward graphs skeleton; do
                 STAGE_DEADLINE=$((SECONDS + STAGE_BUDGET))
                 say "stage $s started"
                 "stage_$s"
                 say "stage $s done"
             done ;;
-        *) echo "unknown stage $stage: tests|speed|scorecam|kernels|forward|graphs|skeleton|explain|all" >&2; exit 2 ;;
+        *) echo "unknown stage $stage: tests|speed|scorecam|methods|kernels|forward|graphs|skeleton|explain|all" >&2
+           exit 2 ;;
     esac
 done
 echo "--- $OUT/summary.txt"
