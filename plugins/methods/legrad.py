@@ -49,12 +49,11 @@ class AttentionRecord:
 
     def check(self) -> None:
         if self.fused or not self.attention:  # a fused block would silently drop out of the mean over blocks
-            how = (f"it calls {sorted(set(self.fused))}, fused kernels that" if self.fused
-                   else "no softmax gave (N, heads, T, T) matrices: the model")
-            raise ValueError(f"legrad needs the attention probabilities of every block, but {how} never form "
-                             f"them; compute attention with an explicit softmax (timm: "
-                             f"timm.layers.set_fused_attn(False) before building the model, or "
-                             f"block.attn.fused_attn = False)")
+            why = (f"it calls {sorted(set(self.fused))}, fused kernels that never form them" if self.fused
+                   else "no softmax in its forward gave (N, heads, T, T) matrices")
+            raise ValueError(f"legrad needs the attention probabilities of every block, but {why}; compute "
+                             f"attention with an explicit softmax (timm: timm.layers.set_fused_attn(False) before "
+                             f"building the model, or block.attn.fused_attn = False)")
 
 
 @contextlib.contextmanager
