@@ -318,6 +318,7 @@ class Explainer:
             _gradient_fn=(lambda: derivatives()[0]) if needs_grad else None,
             _hessian_fn=(lambda: derivatives()[1]) if needs_grad and second_order else None,
             target_scores=target.scores.detach(), other_inputs=len(batch.named_tensors()) > 1,
+            feature_transform=transform,
         )
 
     def _weights(self, ctx: WeightContext, target: "Target") -> Weights:

@@ -83,6 +83,8 @@ class WeightContext:
     target_scores: Tensor | None = None  # (N,) or (N, K): what the maps explain (a logit for class ids)
     classifier_bias: Callable[[], Tensor | None] = lambda: None  # the bias of ``classifier``'s layer, if known
     other_inputs: bool = False  # the model takes other per-sample inputs beside ``inputs`` (see ``forward``)
+    # how ``features`` were read from the layer's output (e.g. tokens folded into a grid), or None
+    feature_transform: Callable[[Any], Any] | None = None
     # methods that record the core's forward (``records_forward``): what ``recording`` gave, and the
     # scored output with its autograd graph back to the inputs
     recorded: Any = None

@@ -58,15 +58,8 @@ def test_ablationcam_closed_form_needs_no_ablation_forward_and_a_deep_head_is_ab
     torch.testing.assert_close(got.maps, ablation_by_loop(deep, deep.features, x, targets), atol=1e-5, rtol=1e-4)
 
 
-def test_ablationcam_options_and_transformed_features_are_clear_errors():
+def test_ablationcam_options_are_clear_errors():
     with pytest.raises(ValueError, match="chunk_size"):
         explain(GapNet(2).eval(), torch.randn(2, 3, 8, 8), "ablationcam", method_options={"chunk_size": 0})
     with pytest.raises(ValueError, match="closed_form"):
         explain(GapNet(2).eval(), torch.randn(2, 3, 8, 8), "ablationcam", method_options={"closed_form": "yes"})
-    net = GapNet(2).eval()
-
-    def to_nhwc(f):
-        return f.permute(0, 2, 3, 1)
-
-    with pytest.raises(ValueError, match="feature_transform"):
-        explain(net, torch.randn(2, 3, 8, 8), "ablationcam", layer="body", layout="NHWC", feature_transform=to_nhwc)

@@ -30,27 +30,76 @@ def replaced_output(ctx: WeightContext, replace: Callable[[Any], Any]) -> Iterat
         handle.remove()
 
 
-def check_untransformed(ctx: WeightContext, output: Any, method: str) -> None:
-    """Methods that write the layer's output must see it as ``ctx.features`` (no ``feature_transform``)."""
-    batch = ctx.layout.batch_axis  # a rerun may hold another number of samples
-    if output.ndim != ctx.features.ndim or any(a != b for i, (a, b) in enumerate(zip(output.shape, ctx.features.shape))
-                                               if i != batch):
-        raise ValueError(f"{method} replaces the output of layer {ctx.layer!r}, but its features were reshaped "
-                         f"by feature_transform ({tuple(output.shape)} -> {tuple(ctx.features.shape)}); "
-                         f"use it without feature_transform (e.g. layout='NLC' for tokens)")
+def feature_view(ctx: WeightContext, output: Any, method: str) -> Any:
+    """The layer's ``output`` as the features see it (through ``ctx.feature_transform``), checked against
+    ``ctx.features`` (any batch size: a rerun may hold another number of samples)."""
+    view = ctx.feature_transform(output) if ctx.feature_transform is not None else output
+    batch = ctx.layout.batch_axis
+    if view.ndim != ctx.features.ndim or any(a != b for i, (a, b) in enumerate(zip(view.shape, ctx.features.shape))
+                                             if i != batch):
+        raise ValueError(f"{method} reruns the model and reads layer {ctx.layer!r}, whose output "
+                         f"{tuple(output.shape)} gives features {tuple(view.shape)}, not shaped like "
+                         f"{tuple(ctx.features.shape)}")
+    return view
+
+
+def source_index(ctx: WeightContext, output: Any, method: str) -> Any:
+    """For every feature element, the flat index of the element of the layer's ``output`` it is read from:
+    ``feature_transform`` applied to the positions, and checked on ``output`` itself. Only a transform that
+    selects and rearranges elements (slicing, reshaping, permuting: camkit's token grids) has one."""
+    import torch
+
+    transform = ctx.feature_transform
+    assert transform is not None
+    positions = torch.arange(output.numel(), device=output.device).view(output.shape)
+    wrong = (f"{method} writes features back into the output of layer {ctx.layer!r}, which needs a "
+             f"feature_transform that only selects and rearranges elements (slicing, reshape, permute)")
+    try:
+        index = transform(positions)
+    except (RuntimeError, TypeError) as exc:
+        raise ValueError(f"{wrong}; applied to element positions it failed: {exc}") from exc
+    selects = index.dtype == torch.long and index.numel() > 0 and 0 <= int(index.min()) \
+        and int(index.max()) < output.numel() and torch.equal(output.flatten()[index], transform(output))
+    if not selects:
+        raise ValueError(f"{wrong}; {getattr(transform, '__qualname__', transform)!r} computes new values")
+    return index
+
+
+@contextlib.contextmanager
+def replaced_features(ctx: WeightContext, replace: Callable[[Any], Any], method: str) -> Iterator[None]:
+    """Inside the block, every forward of ``ctx.model`` hands the layers after ``ctx.layer`` its output with
+    the features (as ``ctx.features`` sees them) replaced by ``replace(features)``: through
+    ``feature_transform`` and back (see ``source_index``) when there is one."""
+    indices: dict[tuple[Any, ...], Any] = {}  # one check per output shape
+
+    def swap(output: Any) -> Any:
+        features = replace(feature_view(ctx, output, method))
+        if ctx.feature_transform is None:
+            return features
+        key = (tuple(output.shape), output.device)
+        if key not in indices:
+            indices[key] = source_index(ctx, output, method)
+        written = output.flatten().clone()
+        written[indices[key].flatten()] = features.flatten().to(written.dtype)
+        return written.view_as(output)
+
+    with replaced_output(ctx, swap):
+        yield
 
 
 def rerun_gradients(ctx: WeightContext, inputs: Any, score: Callable[[Any], Any], method: str) -> tuple[Any, Any]:
     """``(features, gradients)`` of the target layer for ``inputs``: one extra forward and one backward per
     column of ``score(logits)`` (``(N,)`` or ``(N, K)``), with a hook of this method's own, for gradients
     of scores the core does not compute (other classes, noisy inputs). Gradients are shaped like
-    ``ctx.gradients`` (the features' shape, or ``(N, K, ...)`` batch first). Never touches ``.grad``."""
+    ``ctx.gradients`` (the features' shape, or ``(N, K, ...)`` batch first), through ``feature_transform``
+    as the core's are. Never touches ``.grad``."""
     import torch
 
     seen: dict[str, Any] = {}
+    view = ctx.feature_transform or (lambda tensor: tensor)
 
     def leaf(output: Any) -> Any:
-        check_untransformed(ctx, output, method)
+        feature_view(ctx, output, method)
         seen["f"] = output.detach().clone().requires_grad_(True)
         torch.set_grad_enabled(True)  # autograd records only the layers after the target (restored below)
         return seen["f"].clone()
@@ -63,11 +112,11 @@ def rerun_gradients(ctx: WeightContext, inputs: Any, score: Callable[[Any], Any]
             torch.set_grad_enabled(False)
         with torch.enable_grad():
             if scores.ndim == 1:
-                return seen["f"].detach(), torch.autograd.grad(scores.sum(), seen["f"])[0]
+                return view(seen["f"].detach()), view(torch.autograd.grad(scores.sum(), seen["f"])[0])
             k = scores.shape[1]
-            grads = [torch.autograd.grad(scores[:, j].sum(), seen["f"], retain_graph=j < k - 1)[0]
+            grads = [view(torch.autograd.grad(scores[:, j].sum(), seen["f"], retain_graph=j < k - 1)[0])
                      .movedim(ctx.layout.batch_axis, 0) for j in range(k)]
-    return seen["f"].detach(), torch.stack(grads, dim=1)
+    return view(seen["f"].detach()), torch.stack(grads, dim=1)
 
 
 def gap_linear_head(ctx: WeightContext, method: str, trust: bool = False) -> tuple[Any, Any] | None:
@@ -95,11 +144,7 @@ def gap_linear_head(ctx: WeightContext, method: str, trust: bool = False) -> tup
     generator = torch.Generator(device=f.device).manual_seed(0)
     factors = torch.rand(shape, generator=generator, device=f.device, dtype=torch.float32).to(f.dtype)
 
-    def rescale(output: Any) -> Any:
-        check_untransformed(ctx, output, method)
-        return output * factors
-
-    with replaced_output(ctx, rescale):
+    with replaced_features(ctx, lambda features: features * factors, method):
         moved = ctx.forward(ctx.inputs).float()
     predicted = ctx.logits.float() + (pooled * (factors.flatten().float() - 1)) @ matrix.T
     tolerance = HEAD_TOLERANCE.get(str(f.dtype).removeprefix("torch."), DEFAULT_HEAD_TOLERANCE)

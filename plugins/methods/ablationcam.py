@@ -59,7 +59,7 @@ class AblationCam(CamMethod):
         """``(N, K, C)`` target scores with channel k zeroed, all pairs batched ``chunk_size`` at a time."""
         import torch
 
-        from camkit_plugins.methods._replace import check_untransformed, replaced_output
+        from camkit_plugins.methods._replace import replaced_features
 
         layout, in_layout = ctx.layout, ctx.input_layout
         f = ctx.features.movedim(layout.batch_axis, 0)  # batch first
@@ -71,11 +71,7 @@ class AblationCam(CamMethod):
         keep_shape[0], keep_shape[channel_axis] = -1, channels
         chunk: dict[str, Any] = {}
 
-        def ablated(output: Any) -> Any:
-            check_untransformed(ctx, output, self.name)
-            return chunk["features"]
-
-        with replaced_output(ctx, ablated):
+        with replaced_features(ctx, lambda features: chunk["features"], self.name):
             for start in range(0, n * channels, self.chunk_size):
                 pairs = torch.arange(start, min(start + self.chunk_size, n * channels), device=f.device)
                 owner, channel = pairs // channels, pairs % channels

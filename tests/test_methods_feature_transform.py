@@ -1,0 +1,69 @@
+"""Methods that rerun the model and read or rewrite the target layer (Ablation-CAM, Finer-CAM, Smooth
+Grad-CAM++) through a ``feature_transform``: a permuted layout, and the token grid camkit finds for a ViT."""
+
+import pytest
+import torch
+
+from camkit import explain
+from tests.methods_models import GapNet, TinyViT, normalise
+
+RERUNS = {"ablationcam": {"closed_form": False, "chunk_size": 4}, "finercam": {"comparisons": 2},
+          "smoothgradcam++": {"closed_form": False, "std": 0.3, "num_samples": 2, "seed": 0}}
+
+
+def to_nhwc(f):
+    return f.permute(0, 2, 3, 1)
+
+
+@pytest.mark.parametrize("method", sorted(RERUNS))
+def test_a_permuted_layout_gives_the_same_maps(method):
+    net = GapNet(2).eval()
+    x = torch.randn(2, 3, 8, 8)
+    plain = explain(net, x, method, layer="body", topk=2, method_options=RERUNS[method])
+    permuted = explain(net, x, method, layer="body", layout="NHWC", feature_transform=to_nhwc, topk=2,
+                       method_options=RERUNS[method])
+    torch.testing.assert_close(permuted.maps, plain.maps, atol=1e-5, rtol=1e-4)
+
+
+def test_a_transform_that_computes_values_cannot_be_written_back():
+    net = GapNet(2).eval()
+    with pytest.raises(ValueError, match="only selects and rearranges elements.*computes new values"):
+        explain(net, torch.randn(2, 3, 8, 8), "ablationcam", layer="body", layout="NHWC",
+                feature_transform=lambda f: to_nhwc(f) * 2, method_options=RERUNS["ablationcam"])
+
+
+def test_on_a_vits_token_grid_finer_and_smooth_gradcampp_reduce_to_the_core_methods():
+    model = TinyViT().eval()
+    x = torch.randn(2, 3, 16, 16)
+    targets = torch.tensor([1, 3])
+    options = {"targets": targets, "upsample": False}
+    finer = explain(model, x, "finercam", method_options={"alpha": 0.0}, **options)
+    torch.testing.assert_close(finer.maps, explain(model, x, "gradcam", **options).maps, atol=1e-5, rtol=1e-4)
+    smooth = explain(model, x, "smoothgradcam++", method_options={"std": 0.0, "num_samples": 2}, **options)
+    torch.testing.assert_close(smooth.maps, explain(model, x, "gradcam++", **options).maps, atol=1e-5, rtol=1e-4)
+    assert finer.layer == "blocks.2:input" and finer.layout == "NHWC"
+
+
+def test_ablationcam_on_a_vits_token_grid_zeroes_one_channel_of_the_patch_tokens():
+    model = TinyViT().eval()
+    x = torch.randn(2, 3, 16, 16)
+    targets = torch.tensor([0, 4])
+    got = explain(model, x, "ablationcam", targets=targets, upsample=False, method_options={"chunk_size": 5})
+    tokens = {}
+    handle = model.blocks[2].register_forward_pre_hook(lambda m, args: tokens.setdefault("x", args[0].detach()))
+    with torch.no_grad():
+        logits = model(x)
+    handle.remove()
+    patches = tokens["x"][:, 1:].reshape(2, 4, 4, 16)  # the class token first, then the 4 x 4 grid
+    raw = torch.zeros(2, 4, 4)
+    for n in range(2):
+        score = logits[n, targets[n]]
+        for k in range(16):
+            ablated = tokens["x"][n:n + 1].clone()
+            ablated[:, 1:, k] = 0  # the patch tokens' channel k; the class token keeps it
+            handle = model.blocks[2].register_forward_pre_hook(lambda m, args, a=ablated: (a,))
+            with torch.no_grad():
+                drop = score - model(x[n:n + 1])[0, targets[n]]
+            handle.remove()
+            raw[n] += drop / score * patches[n, :, :, k]
+    torch.testing.assert_close(got.maps, normalise(raw), atol=1e-5, rtol=1e-4)
