@@ -115,8 +115,13 @@ def locate_features(model: Any, batch: ModelInputs) -> FeatureSource:
         cached = _LOCATED.get(model, {}).get(signature)
     if cached is not None:
         return cached
-    one = batch.select(slice(0, 1))
-    source = get_plugin_manager().hook.camkit_locate_features(model=model, inputs=one)
+    import torch
+
+    # outside inference mode (a caller's, or a method's asking for the classifier): the tracer follows
+    # in-place changes by version counters, which inference tensors do not have; a gathered sample is a copy
+    with torch.inference_mode(False):
+        one = batch.select(torch.zeros(1, dtype=torch.long, device=batch.tensor.device))
+        source = get_plugin_manager().hook.camkit_locate_features(model=model, inputs=one)
     if source is None:  # pragma: no cover - the built-in generic locator always answers
         raise ValueError(f"no plugin could locate the features of {type(model).__name__}; pass layer=...")
     with _LOCATED_LOCK:
@@ -236,9 +241,13 @@ class Explainer:
             ctx = self._context(batch, features, raw, scored, target, layout, transform, str(point))
             if records:
                 ctx.recorded, ctx.scored = recorded, scored
-            with torch.no_grad() if needs_grad else torch.inference_mode():
-                weights = self._weights(ctx, target)
-                maps = self._maps(ctx, weights, target)
+            try:
+                with torch.no_grad() if needs_grad else torch.inference_mode():
+                    weights = self._weights(ctx, target)
+                    maps = self._maps(ctx, weights, target)
+            finally:
+                if records:  # an open Explainer keeps its capture: not the recorded graph with it
+                    capture.features = None
         return CamResult(maps=maps, targets=target.class_ids, logits=_detached(scored), method=self.method_name,
                          layer=str(point), layout=str(layout), target_scores=target.scores.detach(),
                          map_letters=layout.map_letters(target.multi, self.reduce))

@@ -53,7 +53,8 @@ class _Call:
     name: str
     module: Any
     first_input: Any
-    first_output: Any = None
+    input_version: int = -1
+    hands_back_first_input: bool = False  # returned its first input unchanged (same tensor, same version)
 
 
 @dataclass
@@ -131,12 +132,16 @@ def record_forward(model: Any, run: Callable[[], Any]) -> _Trace:
     def before(name: str, module: Any, args: Any, kwargs: Any) -> None:
         trace.running.append((name, module))
         trace.counts[name] = trace.counts.get(name, 0) + 1
-        open_calls.append(_Call(next(counter), name, module, _first_tensor(args, kwargs)))
+        first = _first_tensor(args, kwargs)
+        open_calls.append(_Call(next(counter), name, module, first, -2 if first is None else _version(first)))
         trace.calls.append(open_calls[-1])
 
     def after(name: str, module: Any, args: Any, output: Any) -> None:
         trace.running.pop()
-        open_calls.pop().first_output = _first_tensor(output if isinstance(output, (tuple, list)) else (output,), {})
+        call = open_calls.pop()
+        first = _first_tensor(output if isinstance(output, (tuple, list)) else (output,), {})
+        call.hands_back_first_input = first is not None and first is call.first_input \
+            and _version(first) == call.input_version
         order = next(counter)
         trace.finished[name] = order
         if isinstance(output, torch.Tensor):
@@ -248,7 +253,7 @@ def _from_token_blocks(model: Any, trace: _Trace, input_sizes: dict[str, int]) -
             continue
         block = first_call.get(id(children[-1]))
         if block is None or trace.counts.get(block.name) != 1 or block.first_input is None \
-                or block.first_input.ndim != 3 or block.first_output is block.first_input:
+                or block.first_input.ndim != 3 or block.hands_back_first_input:
             continue  # a block handing its first input back unchanged works on other tokens (CoaT's parallel ones)
         grid = token_grid(block.first_input.shape[1], input_sizes)
         if grid is not None and (best is None or trace.finished[block.name] > best[0]):

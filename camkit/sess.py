@@ -254,6 +254,9 @@ def _check_options(inputs: Any, pool: str, pre_filter: float, theta: float, num_
                          "(an int, one per image, (N, K) ids, 'all' or topk=k), not a callable")
     if not options.get("normalize", True):
         raise ValueError("SESS weights and fuses normalised patch maps: keep normalize on")
+    if not options.get("eval_mode", True):
+        raise ValueError("SESS runs the model on every patch (hundreds of forwards); with eval_mode=False they "
+                         "would update BatchNorm's running statistics and change the model: keep eval_mode=True")
     if "output_size" in options or not options.get("upsample", True):
         raise ValueError("SESS returns maps of the input's size: do not pass output_size or upsample=False")
 

@@ -261,6 +261,50 @@ def test_blocks_that_hand_their_first_tokens_back_are_not_the_features():
     torch.testing.assert_close(result.maps, expected.detach(), atol=1e-5, rtol=1e-4)
 
 
+class InplaceResidualBlock(nn.Module):
+    """A block adding its residuals in place (inference-only code): it changes the tensor it returns."""
+
+    def __init__(self, dim: int = 16) -> None:
+        super().__init__()
+        self.mix = nn.Linear(dim, dim)
+
+    def forward(self, x):
+        x += self.mix(x)
+        return x
+
+
+def test_a_block_adding_its_residual_in_place_still_counts_as_a_block():
+    model = TinyViT().eval()
+    model.blocks = nn.ModuleList(InplaceResidualBlock() for _ in range(3))
+    source = camkit.locate_features(model, ModelInputs.of(torch.randn(2, 3, 32, 32)))
+    assert str(source.point) == "blocks.2:input"
+
+
+class InplaceReluHead(nn.Module):
+    """DenseNet's pattern: features, then a functional ReLU in place, then functional pooling."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = nn.Conv2d(3, 6, 3, padding=1)
+        self.fc = nn.Linear(6, 4)
+
+    def forward(self, x):
+        f = nn.functional.relu(self.features(x), inplace=True)
+        return self.fc(nn.functional.adaptive_avg_pool2d(f, 1).flatten(1))
+
+
+def test_locating_inside_inference_mode_sees_in_place_changes():
+    x = torch.randn(2, 3, 8, 8)
+    expected = str(camkit.locate_features(InplaceReluHead().eval(), ModelInputs.of(x)).point)
+    assert expected == "adaptive_avg_pool2d#0:input"  # after the ReLU, not the conv's output
+    model = InplaceReluHead().eval()
+    with torch.inference_mode():
+        assert str(camkit.locate_features(model, ModelInputs.of(x.clone())).point) == expected
+    model = InplaceReluHead().eval()  # a method asking for the classifier locates under inference mode
+    camkit.explain(model, x, "smoothgradcam++", layer="features")
+    assert camkit.explain(model, x, "gradcam").layer == expected
+
+
 def test_an_explicit_token_layer_is_folded_too():
     model = TinyViT().eval()
     result = camkit.explain(model, torch.randn(2, 3, 32, 32), "gradcam", layer="blocks.1", upsample=False)

@@ -140,3 +140,13 @@ def test_centred_segeigencam_in_1d_and_3d_topk_equals_one_target_at_a_time(dims)
     for k in range(2):
         one = explain(model, x, "segeigencam", targets=top.targets[:, k], **options)
         torch.testing.assert_close(top.maps[:, k], one.maps, atol=1e-5, rtol=1e-4)
+
+
+def test_centred_segeigencam_with_the_batch_axis_not_first():
+    model = GapNet(1).eval()
+    x = torch.randn(2, 3, 10)
+    options = {"method_options": {"centre": True}, "upsample": False, "layer": "body", "targets": torch.tensor([1, 2])}
+    batch_first = explain(model, x, "segeigencam", **options)
+    length_first = explain(model, x, "segeigencam", layout="LNC", feature_transform=lambda f: f.permute(2, 0, 1),
+                           input_layout="NCL", **options)
+    torch.testing.assert_close(length_first.maps, batch_first.maps, atol=1e-5, rtol=1e-4)

@@ -32,6 +32,47 @@ def test_a_transform_that_computes_values_cannot_be_written_back():
                 feature_transform=lambda f: to_nhwc(f) * 2, method_options=RERUNS["ablationcam"])
 
 
+def test_smoothgradcampp_auto_takes_the_noisy_path_through_a_transform_that_computes_values():
+    net = GapNet(2).eval()
+    x = torch.randn(2, 3, 8, 8)
+    options = {"layer": "body", "layout": "NHWC", "feature_transform": lambda f: to_nhwc(f) * 2, "topk": 2}
+    auto = explain(net, x, "smoothgradcam++", method_options={"std": 0.3, "num_samples": 2, "seed": 0}, **options)
+    noisy = explain(net, x, "smoothgradcam++", method_options=RERUNS["smoothgradcam++"], **options)
+    torch.testing.assert_close(auto.maps, noisy.maps)
+
+
+class KeywordHead(torch.nn.Module):
+    """A head called with its input as a keyword only: ``head(feats=x)``."""
+
+    def __init__(self):
+        super().__init__()
+        self.pool, self.fc = torch.nn.AdaptiveAvgPool2d(1), torch.nn.Linear(6, 4)
+
+    def forward(self, *, feats):
+        return self.fc(torch.tanh(self.pool(feats).flatten(1)))
+
+
+class KeywordNet(torch.nn.Module):
+    def __init__(self, keyword):
+        super().__init__()
+        torch.manual_seed(0)
+        self.keyword = keyword
+        self.body = GapNet(2).body
+        self.head = KeywordHead()
+
+    def forward(self, x):
+        f = self.body(x)
+        return self.head(feats=f) if self.keyword else self.head.fc(torch.tanh(self.head.pool(f).flatten(1)))
+
+
+@pytest.mark.parametrize("method", sorted(RERUNS))
+def test_reruns_replace_a_keyword_only_input(method):
+    x = torch.randn(2, 3, 8, 8)
+    keyword = explain(KeywordNet(True).eval(), x, method, layer="head:input", topk=2, method_options=RERUNS[method])
+    positional = explain(KeywordNet(False).eval(), x, method, layer="body", topk=2, method_options=RERUNS[method])
+    torch.testing.assert_close(keyword.maps, positional.maps, atol=1e-5, rtol=1e-4)
+
+
 def test_on_a_vits_token_grid_finer_and_smooth_gradcampp_reduce_to_the_core_methods():
     model = TinyViT().eval()
     x = torch.randn(2, 3, 16, 16)

@@ -77,6 +77,7 @@ def test_legrad_reads_the_attention_in_the_explained_forward_itself():
             explainer(x)  # the first call also locates the features (a one-sample probe)
             calls.clear()
             got = explainer(x, topk=2)
+            assert explainer._capture.features is None  # the recorded graph is not kept between calls
     finally:
         handle.remove()
     assert calls == [2]  # one forward of the batch: no forward of LeGrad's own

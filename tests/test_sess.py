@@ -179,6 +179,7 @@ BAD = [
     (dict(scales=()), "scales"),
     (dict(batch_size=0), "batch_size"),
     (dict(normalize=False), "normalize"),
+    (dict(eval_mode=False), "eval_mode"),
     (dict(upsample=False), "upsample"),
     (dict(output_size={"H": 8, "W": 8}), "output_size"),
     (dict(input_layout="NHWC"), "input_layout"),

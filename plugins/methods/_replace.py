@@ -20,7 +20,13 @@ def replaced_output(ctx: WeightContext, replace: Callable[[Any], Any]) -> Iterat
     if point.kind == "output":
         handle = module.register_forward_hook(lambda m, i, output: replace(output))
     elif point.kind == "input":
-        handle = module.register_forward_pre_hook(lambda m, args: (replace(args[0]), *args[1:]))
+        def replace_input(module: Any, args: Any, kwargs: Any) -> Any:
+            if args:  # the first positional argument, else the first keyword, as the capture reads it
+                return (replace(args[0]), *args[1:]), kwargs
+            key = next(iter(kwargs))
+            return args, {**kwargs, key: replace(kwargs[key])}
+
+        handle = module.register_forward_pre_hook(replace_input, with_kwargs=True)
     else:
         raise ValueError(f"this method replaces the features in a rerun, which needs a module's output or input; "
                          f"the features here are {point} (a function call): pass layer=<module name>")
@@ -43,6 +49,10 @@ def feature_view(ctx: WeightContext, output: Any, method: str) -> Any:
     return view
 
 
+class NotAnElementMap(ValueError):
+    """A ``feature_transform`` that computes values: features cannot be written back through it."""
+
+
 def source_index(ctx: WeightContext, output: Any, method: str) -> Any:
     """For every feature element, the flat index of the element of the layer's ``output`` it is read from:
     ``feature_transform`` applied to the positions, and checked on ``output`` itself. Only a transform that
@@ -57,11 +67,11 @@ def source_index(ctx: WeightContext, output: Any, method: str) -> Any:
     try:
         index = transform(positions)
     except (RuntimeError, TypeError) as exc:
-        raise ValueError(f"{wrong}; applied to element positions it failed: {exc}") from exc
+        raise NotAnElementMap(f"{wrong}; applied to element positions it failed: {exc}") from exc
     selects = index.dtype == torch.long and index.numel() > 0 and 0 <= int(index.min()) \
         and int(index.max()) < output.numel() and torch.equal(output.flatten()[index], transform(output))
     if not selects:
-        raise ValueError(f"{wrong}; {getattr(transform, '__qualname__', transform)!r} computes new values")
+        raise NotAnElementMap(f"{wrong}; {getattr(transform, '__qualname__', transform)!r} computes new values")
     return index
 
 
@@ -123,8 +133,9 @@ def gap_linear_head(ctx: WeightContext, method: str, trust: bool = False) -> tup
     """``(W, pooled)``: the classifier matrix ``(classes, C)`` and the features' mean over sites ``(N, C)``
     (float32) when the logits are global average pooling of the layer followed by one linear layer W, else
     None. Unless ``trust``, one forward with every channel rescaled by a random factor checks it: for
-    GAP + linear the logits move by exactly (pooled' - pooled) W^T. With ``trust`` a model without a
-    classifier is an error."""
+    GAP + linear the logits move by exactly (pooled' - pooled) W^T (a ``feature_transform`` that computes
+    values cannot carry the rescaled features back: None). With ``trust`` a model without a classifier is
+    an error."""
     import torch
 
     from camkit_plugins.methods.cam import DEFAULT_HEAD_TOLERANCE, HEAD_TOLERANCE
@@ -143,9 +154,11 @@ def gap_linear_head(ctx: WeightContext, method: str, trust: bool = False) -> tup
     shape[ctx.layout.channel_axis] = f.shape[ctx.layout.channel_axis]
     generator = torch.Generator(device=f.device).manual_seed(0)
     factors = torch.rand(shape, generator=generator, device=f.device, dtype=torch.float32).to(f.dtype)
-
-    with replaced_features(ctx, lambda features: features * factors, method):
-        moved = ctx.forward(ctx.inputs).float()
+    try:
+        with replaced_features(ctx, lambda features: features * factors, method):
+            moved = ctx.forward(ctx.inputs).float()
+    except NotAnElementMap:  # the rescaled features cannot reach the head: no closed form, the general path
+        return None
     predicted = ctx.logits.float() + (pooled * (factors.flatten().float() - 1)) @ matrix.T
     tolerance = HEAD_TOLERANCE.get(str(f.dtype).removeprefix("torch."), DEFAULT_HEAD_TOLERANCE)
     scale = float(ctx.logits.float().abs().amax()) + 1e-6

@@ -43,8 +43,7 @@ class SegEigenCam(CamMethod):
         sign = torch.where(lowest.abs() > highest.abs(), -1.0, 1.0).to(v.dtype)[:, None]
         if self.centre:  # the centred projection is no longer a sum of weighted features
             sites = [ctx.features.shape[ctx.layout.letters.index(ch)] for ch in ctx.layout.site_letters]
-            return Weights.direct_map((projection * sign).view(*magnitude.shape[:2 if ctx.multi_target else 1],
-                                                                 *sites))
+            return Weights.direct_map((projection * sign).view(*ctx.target_shape, *sites))
         v = (v * sign).view(*magnitude.shape[:2], -1) if ctx.multi_target else v * sign
         return Weights.site(magnitude * ctx.as_site_tensor(v))
 
