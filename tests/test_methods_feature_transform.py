@@ -108,3 +108,16 @@ def test_ablationcam_on_a_vits_token_grid_zeroes_one_channel_of_the_patch_tokens
             handle.remove()
             raw[n] += drop / score * patches[n, :, :, k]
     torch.testing.assert_close(got.maps, normalise(raw), atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("method", sorted(RERUNS))
+def test_reruns_scored_by_the_logit_refuse_another_target_and_take_class_scores(method):
+    from camkit.targets import ClassProbability, ClassScore
+
+    net = GapNet(2).eval()
+    x = torch.randn(2, 3, 8, 8)
+    with pytest.raises(ValueError, match="class logit.*ClassProbability"):
+        explain(net, x, method, targets=ClassProbability(1), method_options=RERUNS[method])
+    by_score = explain(net, x, method, targets=ClassScore(1), method_options=RERUNS[method])
+    by_id = explain(net, x, method, targets=1, method_options=RERUNS[method])
+    torch.testing.assert_close(by_score.maps, by_id.maps)

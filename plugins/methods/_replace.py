@@ -163,3 +163,18 @@ def gap_linear_head(ctx: WeightContext, method: str, trust: bool = False) -> tup
     tolerance = HEAD_TOLERANCE.get(str(f.dtype).removeprefix("torch."), DEFAULT_HEAD_TOLERANCE)
     scale = float(ctx.logits.float().abs().amax()) + 1e-6
     return (matrix, pooled) if bool((moved - predicted).abs().amax() <= tolerance * scale) else None
+
+
+def require_logit_targets(ctx: WeightContext, method: str) -> None:
+    """Methods that score their reruns by the class logit explain the logit: a target that scores something
+    else (``ClassProbability``, ``ClassReST``) would be silently replaced, so it is an error."""
+    import torch
+
+    if ctx.targets is None or ctx.target_scores is None:
+        raise ValueError(f"{method} scores its reruns by a class's logit: it needs class-id targets")
+    ids = ctx.targets if ctx.multi_target else ctx.targets[:, None]
+    logits = ctx.logits.gather(1, ids)
+    if not torch.equal(ctx.target_scores.reshape(logits.shape).to(logits.dtype), logits):
+        raise ValueError(f"{method} scores its reruns by the class logit, but the target here scores something "
+                         f"else (e.g. ClassProbability); pass class ids (ints, topk, 'all', ClassScore) or use a "
+                         f"method that follows any target, such as 'gradcam++'")

@@ -36,6 +36,9 @@ class AblationCam(CamMethod):
     def weights(self, ctx: WeightContext) -> Weights:
         import torch
 
+        from camkit_plugins.methods._replace import require_logit_targets
+
+        require_logit_targets(ctx, self.name)
         ids = ctx.targets if ctx.multi_target else ctx.targets[:, None]
         scores = ctx.logits.float().gather(1, ids)  # (N, K)
         drops = self._closed_form_drops(ctx, ids) if self.closed_form is not False else None

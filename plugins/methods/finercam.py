@@ -39,8 +39,9 @@ class FinerCam(CamMethod):
         self.comparisons = int(comparisons)
 
     def weights(self, ctx: WeightContext) -> Weights:
-        from camkit_plugins.methods._replace import rerun_gradients
+        from camkit_plugins.methods._replace import require_logit_targets, rerun_gradients
 
+        require_logit_targets(ctx, self.name)
         ids = ctx.targets if ctx.multi_target else ctx.targets[:, None]
         logits = ctx.logits.float()
         count = min(self.comparisons, logits.shape[1] - 1)

@@ -48,8 +48,9 @@ class SmoothGradCamPlusPlus(CamMethod):
         self.closed_form = closed_form
 
     def weights(self, ctx: WeightContext) -> Weights:
-        from camkit_plugins.methods._replace import gap_linear_head
+        from camkit_plugins.methods._replace import gap_linear_head, require_logit_targets
 
+        require_logit_targets(ctx, self.name)
         ids = ctx.targets if ctx.multi_target else ctx.targets[:, None]
         head = None if self.closed_form is False else gap_linear_head(ctx, self.name, trust=self.closed_form is True)
         if head is None:
