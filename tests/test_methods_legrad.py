@@ -7,7 +7,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from camkit import Explainer, explain
-from camkit_plugins.methods.legrad import LeGrad
+from camkit_plugins.methods.legrad import LeGrad, explicit_attention
 from tests.methods_models import GapNet, TinyViT, normalise
 
 
@@ -117,13 +117,35 @@ def test_legrad_works_with_frozen_parameters_and_in_inference_mode():
     torch.testing.assert_close(got, expected)
 
 
-def test_legrad_says_what_it_needs_from_fused_attention():
-    with pytest.raises(ValueError, match="scaled_dot_product_attention.*set_fused_attn"):
-        explain(TinyViT(fused=True).eval(), torch.randn(1, 3, 16, 16), "legrad")
+def test_legrad_writes_out_fused_attention():
+    x = torch.randn(2, 3, 16, 16)
+    explicit = TinyViT().eval()
+    fused = TinyViT(fused=True).eval()
+    fused.load_state_dict(explicit.state_dict())
     mixed = TinyViT().eval()
-    mixed.blocks[1].attn.fused = True  # one block would silently drop out of the mean over blocks
-    with pytest.raises(ValueError, match="scaled_dot_product_attention"):
-        explain(mixed, torch.randn(1, 3, 16, 16), "legrad")
+    mixed.load_state_dict(explicit.state_dict())
+    mixed.blocks[1].attn.fused = True  # one block fused, the others explicit: every block still counts
+    expected = explain(explicit, x, "legrad", topk=2, upsample=False)
+    for model in (fused, mixed):
+        got = explain(model, x, "legrad", topk=2, upsample=False)
+        torch.testing.assert_close(got.maps, expected.maps, atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(got.logits, expected.logits, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("case", ["plain", "bool mask", "float mask", "causal", "scale", "grouped"])
+def test_explicit_attention_is_scaled_dot_product_attention(case):
+    q, k, v = torch.randn(2, 4, 5, 8), torch.randn(2, 4, 5, 8), torch.randn(2, 4, 5, 8)
+    options = {"bool mask": {"attn_mask": torch.rand(5, 5) > 0.3}, "float mask": {"attn_mask": torch.randn(5, 5)},
+               "causal": {"is_causal": True}, "scale": {"scale": 0.7}}.get(case, {})
+    if case == "bool mask":
+        options["attn_mask"][:, 0] = True  # every query sees at least one key
+    if case == "grouped":
+        k, v, options = k[:, :2], v[:, :2], {"enable_gqa": True}
+    attention, out = explicit_attention(q, k, v, **options)
+    torch.testing.assert_close(out, F.scaled_dot_product_attention(q, k, v, **options), atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(attention.sum(-1), torch.ones(2, 4, 5))
+    with pytest.raises(ValueError, match="dropout_p"):
+        explicit_attention(q, k, v, dropout_p=0.1)
 
 
 def test_legrad_without_attention_or_on_token_sites_is_one_clear_error():
@@ -139,14 +161,14 @@ def test_legrad_on_a_timm_vit():
     model = timm.models.vision_transformer.VisionTransformer(img_size=32, patch_size=8, embed_dim=32, depth=2,
                                                              num_heads=2, num_classes=5).eval()
     x = torch.randn(2, 3, 32, 32)
+    targets = torch.tensor([0, 3])
     for block in model.blocks:
-        block.attn.fused_attn = True
-    with pytest.raises(ValueError, match="fused_attn"):
-        explain(model, x, "legrad")
+        block.attn.fused_attn = True  # timm's default: F.scaled_dot_product_attention
+    fused = explain(model, x, "legrad", targets=targets, upsample=False)
     for block in model.blocks:
         block.attn.fused_attn = False
-    targets = torch.tensor([0, 3])
     got = explain(model, x, "legrad", targets=targets, upsample=False)
+    torch.testing.assert_close(fused.maps, got.maps, atol=1e-5, rtol=1e-4)
     assert (got.maps.flatten(1).amax(1) == 1).all()  # no constant map
     # timm's attention: q k^T -> Tensor.softmax -> attn_drop (identity in eval): its output is A
     drops = [block.attn.attn_drop for block in model.blocks]

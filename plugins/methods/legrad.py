@@ -14,10 +14,10 @@ core then records autograd from the input; one backward per target follows) as t
 ``softmax`` call giving (N, heads, T, T) or (N heads, T, T): ``nn.Softmax``, ``F.softmax`` and
 ``Tensor.softmax`` alike. ``nn.MultiheadAttention`` (torchvision's ViT) is asked for its weights during that
 forward (``need_weights=True``, by hooks removed after it), which makes it compute them with an explicit
-softmax instead of its fused fast path; the tensor it multiplies the values with is taken. Models that call
-``F.scaled_dot_product_attention`` (timm's default) never form the probabilities: LeGrad then says so; for
-timm, build the model after ``timm.layers.set_fused_attn(False)`` (or set ``block.attn.fused_attn = False`` on
-every block).
+softmax instead of its fused fast path; the tensor it multiplies the values with is taken. A fused
+``F.scaled_dot_product_attention`` (timm's default, Hugging Face's "sdpa") never forms the probabilities:
+during that forward it runs written out (``explicit_attention``: softmax(q k^T * scale + mask) v, the same
+values up to rounding), so its probabilities exist and are taken.
 
 By default every block's gradient is that of the model's output score S_c, which needs nothing
 model-specific. The paper (and torchcam) scores each block's own output tokens through the head,
@@ -34,7 +34,8 @@ from typing import Any, Callable, Iterator, Sequence
 from camkit.hookspecs import hookimpl
 from camkit.methods import CamMethod, WeightContext, Weights
 
-FUSED_ATTENTION = ("scaled_dot_product_attention", "_native_multi_head_attention")
+FUSED_ATTENTION = ("_native_multi_head_attention",)  # scaled_dot_product_attention is written out instead
+SDPA_ARGUMENTS = ("query", "key", "value", "attn_mask", "dropout_p", "is_causal", "scale", "enable_gqa")
 ROWS = ("mean", "class")
 
 
@@ -50,17 +51,19 @@ class AttentionRecord:
     def check(self) -> None:
         if self.fused or not self.attention:  # a fused block would silently drop out of the mean over blocks
             why = (f"it calls {sorted(set(self.fused))}, fused kernels that never form them" if self.fused
-                   else "no softmax in its forward gave (N, heads, T, T) matrices")
-            raise ValueError(f"legrad needs the attention probabilities of every block, but {why}; compute "
-                             f"attention with an explicit softmax (timm: timm.layers.set_fused_attn(False) before "
-                             f"building the model, or block.attn.fused_attn = False)")
+                   else "no softmax (or scaled_dot_product_attention) in its forward gave (N, heads, T, T) "
+                        "matrices")
+            raise ValueError(f"legrad needs the attention probabilities of every block, but {why}; it is for "
+                             f"vision transformers whose attention is a softmax, F.scaled_dot_product_attention "
+                             f"or nn.MultiheadAttention")
 
 
 @contextlib.contextmanager
 def watching_attention(model: Any, samples: int, blocks: Sequence[Any] = ()) -> Iterator[AttentionRecord]:
     """Inside the block, forwards of ``model`` (with autograd on) note into the record every (N, heads, T, T)
-    or (N heads, T, T) softmax output, ``nn.MultiheadAttention``'s weights (asked for by temporary hooks) and
-    the outputs of ``blocks``; every hook is removed on exit."""
+    or (N heads, T, T) softmax output, the probabilities of every ``F.scaled_dot_product_attention`` (run
+    written out, ``explicit_attention``), ``nn.MultiheadAttention``'s weights (asked for by temporary hooks)
+    and the outputs of ``blocks``; every hook is removed on exit."""
     import torch
     from torch.overrides import TorchFunctionMode
 
@@ -70,8 +73,12 @@ def watching_attention(model: Any, samples: int, blocks: Sequence[Any] = ()) -> 
 
     class Watch(TorchFunctionMode):
         def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
-            out = func(*args, **(kwargs or {}))
             name = function_name(func)
+            if name == "scaled_dot_product_attention":  # fused kernels never form the probabilities
+                attention, out = explicit_attention(**dict(zip(SDPA_ARGUMENTS, args)), **(kwargs or {}))
+                record.attention.append(attention)
+                return out
+            out = func(*args, **(kwargs or {}))
             if name == "softmax" and is_attention(out, samples):
                 record.attention.append(out)
             elif name in FUSED_ATTENTION:
@@ -89,6 +96,32 @@ def watching_attention(model: Any, samples: int, blocks: Sequence[Any] = ()) -> 
                 lambda m, i, out: record.block_outputs.append(out[0] if isinstance(out, tuple) else out)).remove)
         stack.enter_context(Watch())
         yield record
+
+
+def explicit_attention(query: Any, key: Any, value: Any, attn_mask: Any = None, dropout_p: float = 0.0,
+                       is_causal: bool = False, scale: float | None = None,
+                       enable_gqa: bool = False) -> tuple[Any, Any]:
+    """``(probabilities, output)`` of ``F.scaled_dot_product_attention`` written out: softmax(q k^T * scale
+    + mask) and its product with v (the same values up to rounding; no dropout: explanations are of the
+    model in eval mode)."""
+    import math
+
+    import torch
+
+    if dropout_p:
+        raise ValueError(f"legrad explains the model in eval mode, but scaled_dot_product_attention was called "
+                         f"with dropout_p={dropout_p}; keep eval_mode=True")
+    if enable_gqa and key.shape[-3] != query.shape[-3]:  # grouped-query attention: heads share keys
+        key = key.repeat_interleave(query.shape[-3] // key.shape[-3], dim=-3)
+        value = value.repeat_interleave(query.shape[-3] // value.shape[-3], dim=-3)
+    scores = query @ key.transpose(-2, -1) * (1 / math.sqrt(query.shape[-1]) if scale is None else scale)
+    if is_causal:
+        allowed = torch.ones(query.shape[-2], key.shape[-2], dtype=torch.bool, device=query.device).tril()
+        scores = scores.masked_fill(~allowed, float("-inf"))
+    if attn_mask is not None:
+        scores = scores.masked_fill(~attn_mask, float("-inf")) if attn_mask.dtype == torch.bool else scores + attn_mask
+    attention = scores.softmax(dim=-1)
+    return attention, attention @ value
 
 
 def attention_probabilities(ctx: WeightContext, inputs: Any, blocks: Sequence[Any] = ()) -> tuple[Any,
