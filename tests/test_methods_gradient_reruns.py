@@ -92,6 +92,24 @@ def test_smoothgradcampp_on_a_gap_linear_head_is_gradcampp_without_noisy_forward
     assert float(closed.maps.std()) > 0.1
 
 
+def test_smoothgradcampp_auto_sees_a_head_linear_only_on_positive_pooled_values():
+    # GAP -> ReLU -> linear with every pooled value positive at the clean input: rescaling channels by
+    # positive factors would find the head linear; the noisy copies cross the ReLU's kink
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 1, bias=False), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
+                              torch.nn.ReLU(), torch.nn.Linear(4, 3)).eval()
+    with torch.no_grad():
+        net[0].weight.fill_(0.5)
+        net[4].weight.copy_(torch.arange(12.0).view(3, 4) / 10 - 0.5)
+    x = torch.full((2, 3, 1, 2), 0.2)
+    options = {"std": 2.0, "num_samples": 4, "seed": 0}
+    raw = {"layer": "0", "targets": torch.tensor([0, 2]), "relu": False, "normalize": False, "upsample": False}
+    auto = explain(net, x, "smoothgradcam++", method_options=options, **raw)
+    noisy = explain(net, x, "smoothgradcam++", method_options={**options, "closed_form": False}, **raw)
+    closed = explain(net, x, "smoothgradcam++", method_options={**options, "closed_form": True}, **raw)
+    torch.testing.assert_close(auto.maps, noisy.maps)
+    assert not torch.allclose(closed.maps, noisy.maps, atol=1e-3)  # trusting the head would be wrong here
+
+
 def test_smoothgradcampp_auto_runs_the_noisy_copies_on_a_deep_head():
     net = DeepHead().eval()
     x = torch.randn(2, 3, 6, 6)

@@ -132,7 +132,7 @@ def rerun_gradients(ctx: WeightContext, inputs: Any, score: Callable[[Any], Any]
 def gap_linear_head(ctx: WeightContext, method: str, trust: bool = False) -> tuple[Any, Any] | None:
     """``(W, pooled)``: the classifier matrix ``(classes, C)`` and the features' mean over sites ``(N, C)``
     (float32) when the logits are global average pooling of the layer followed by one linear layer W, else
-    None. Unless ``trust``, one forward with every channel rescaled by a random factor checks it: for
+    None. Unless ``trust``, one forward with every channel rescaled by a random factor in (-1, 1) checks it: for
     GAP + linear the logits move by exactly (pooled' - pooled) W^T (a ``feature_transform`` that computes
     values cannot carry the rescaled features back: None). With ``trust`` a model without a classifier is
     an error."""
@@ -153,7 +153,8 @@ def gap_linear_head(ctx: WeightContext, method: str, trust: bool = False) -> tup
     shape = [1] * f.ndim
     shape[ctx.layout.channel_axis] = f.shape[ctx.layout.channel_axis]
     generator = torch.Generator(device=f.device).manual_seed(0)
-    factors = torch.rand(shape, generator=generator, device=f.device, dtype=torch.float32).to(f.dtype)
+    # signed: a head linear only where the pooled values are positive (GAP -> ReLU -> linear) fails too
+    factors = (2 * torch.rand(shape, generator=generator, device=f.device, dtype=torch.float32) - 1).to(f.dtype)
     try:
         with replaced_features(ctx, lambda features: features * factors, method):
             moved = ctx.forward(ctx.inputs).float()
