@@ -17,13 +17,19 @@ from camkit.hookspecs import hookimpl
 
 @hookimpl
 def camkit_register_metrics() -> dict[str, Any]:
-    from camkit_plugins.metrics.faithfulness import AverageDrop, Deletion, Insertion, RoadMetric
-    from camkit_plugins.metrics.localization import BoxLocalization, EnergyPointingGame, PointingGame
-    from camkit_plugins.metrics.sanity import Randomization
+    import importlib
 
-    metrics = (PointingGame, EnergyPointingGame, BoxLocalization, Deletion, Insertion, RoadMetric,
-               AverageDrop, Randomization)
-    return {metric.name: metric for metric in metrics}
+    # each family module lists its metric classes in METRICS and other names in ALIASES (name -> class)
+    registry: dict[str, Any] = {}
+    for family in FAMILY_MODULES:
+        module = importlib.import_module(f"camkit_plugins.metrics.{family}")
+        for metric in module.METRICS:
+            registry[metric.name] = metric
+        registry.update(getattr(module, "ALIASES", {}))
+    return registry
+
+
+FAMILY_MODULES = ("faithfulness", "localization", "sanity")
 
 
 @hookimpl

@@ -88,12 +88,17 @@ class Metric:
     """Base class: subclasses set the class attributes and implement ``evaluate``.
 
     ``requires``: batch fields needed (``"ground_truth"``, ``"box"``); ``primary``: the value used to
-    rank methods; ``higher_is_better``: its direction; ``options()``: what a report must record."""
+    rank methods; ``higher_is_better``: its direction; ``options()``: what a report must record;
+    ``family``: one of ``FAMILIES``; ``quantus_name``: the Quantus 0.6 class it corresponds to, if any
+    (the metric is then registered under that name in snake_case, with Quantus's parameter names and
+    defaults where they apply)."""
 
     name: str = ""
     requires: tuple[str, ...] = ()
     primary: str = ""
     higher_is_better: bool = True
+    family: str = ""
+    quantus_name: str = ""
 
     def __init__(self, **options: Any) -> None:
         if options:
@@ -148,6 +153,21 @@ def box_masks(boxes: Any, map_shape: tuple[int, ...], map_letters: str) -> Any:
     xs = torch.arange(w)[None, None, :]
     x0, y0, x1, y1 = (boxes[:, i, None, None] for i in range(4))
     return (xs >= x0) & (xs < x1) & (ys >= y0) & (ys < y1)
+
+
+FAMILIES = ("faithfulness", "robustness", "localisation", "complexity", "randomisation", "axiomatic", "protocol")
+
+# Metric random streams are told apart by a name, so two metrics (or two draws of one metric) never share
+# draws by accident; each (seed, stream, sample id) has its own generator.
+def sample_generator(seed: int, index: int, stream: str, device: Any = "cpu") -> Any:
+    """A ``torch.Generator`` on ``device`` seeded by ``(seed, stream, sample id)``: a sample's random draws
+    do not depend on the batch it is in, the shard or the world size."""
+    import zlib
+
+    import torch
+
+    key = zlib.crc32(f"{stream}:{int(seed)}:{int(index)}".encode())
+    return torch.Generator(device=device).manual_seed(key)
 
 
 TIE_SEED_OFFSET = 7_919  # keeps the tie-breaking streams apart from the random baseline's and the noise's

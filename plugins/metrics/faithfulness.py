@@ -179,3 +179,6 @@ class AverageDrop(Metric):
 
     def options(self) -> dict[str, Any]:
         return {"space": self.space}
+
+
+METRICS = (Deletion, Insertion, RoadMetric, AverageDrop,)

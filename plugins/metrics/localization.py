@@ -150,3 +150,6 @@ def dilate(mask: Any, map_letters: str, radius: float) -> Any:
     conv = (F.conv1d, F.conv2d, F.conv3d)[len(cont) - 1]
     grown = conv(moved.reshape(-1, 1, *spatial).float(), ball, padding=r) > 0
     return grown.reshape(moved.shape).movedim(last, cont)
+
+
+METRICS = (PointingGame, EnergyPointingGame, BoxLocalization,)

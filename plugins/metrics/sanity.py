@@ -79,3 +79,6 @@ class Randomization(Metric):
 
     def options(self) -> dict[str, Any]:
         return {"depth": self.depth, "max_layers": self.max_layers}
+
+
+METRICS = (Randomization,)
