@@ -43,6 +43,29 @@ def test_map_boxes_every_region_or_the_largest():
     d = np.zeros((5, 5))
     d[1, 1] = d[2, 2] = 1.0
     assert map_boxes(d, 0.5).tolist() == [[1, 1, 3, 3]]
+    # a ring touching the border with a dot in its hole: two regions
+    ring = np.zeros((7, 7))
+    ring[0:7, 0:7] = 1.0
+    ring[1:6, 1:6] = 0.0
+    ring[3, 3] = 1.0
+    assert sorted(map_boxes(ring, 0.5).tolist()) == [[0, 0, 7, 7], [3, 3, 4, 4]]
+
+
+def test_map_boxes_equal_the_8_connected_regions_of_scipy():
+    from scipy import ndimage
+
+    rng = np.random.default_rng(5)
+    for score_map in rng.random((3, 24, 24)) ** 2:
+        for tau in (0.3, 0.6, 0.9):
+            labels, count = ndimage.label(score_map > tau, structure=np.ones((3, 3)))
+            expected = []
+            for region in ndimage.find_objects(labels):
+                expected.append([region[1].start, region[0].start, region[1].stop, region[0].stop])
+            assert sorted(map_boxes(score_map, tau).tolist()) == sorted(expected)
+            sizes = np.bincount(labels.ravel())[1:]
+            largest = ndimage.find_objects(labels)[int(np.argmax(sizes))]
+            assert map_boxes(score_map, tau, multi_contour=False).tolist() == [
+                [largest[1].start, largest[0].start, largest[1].stop, largest[0].stop]]
 
 
 def test_box_iou_by_hand_in_both_conventions():

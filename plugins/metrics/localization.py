@@ -75,8 +75,11 @@ def top_share(a: Any, truth: Any, k: Any) -> Any:
     import torch
 
     n, f = a.shape
+    if isinstance(k, int):  # one k for every row: a partial selection, not a sort
+        kth = a.topk(min(max(k, 1), f), dim=1).values[:, -1:]
+    else:
+        kth = a.sort(dim=1, descending=True).values.gather(1, (torch.as_tensor(k) - 1).clamp(0, f - 1)[:, None])
     k = torch.as_tensor(k, device=a.device).expand(n).long()
-    kth = a.sort(dim=1, descending=True).values.gather(1, (k - 1).clamp(0, f - 1)[:, None])
     above, tied = a > kth, a == kth
     truth = truth.bool()
     tied_share = (tied & truth).sum(dim=1).double() / tied.sum(dim=1).clamp_min(1).double()

@@ -73,12 +73,18 @@ def map_boxes(score_map: Any, threshold: float, multi_contour: bool = True, conv
     height, width = score_map.shape
     if convention == "camkit":
         kept = (score_map > threshold).astype(np.uint8)
-        count, _, stats, _ = cv2.connectedComponentsWithStats(kept, connectivity=8)
-        stats = stats[1:]  # label 0 is the background
-        if count <= 1:
-            return np.zeros((0, 4), dtype=np.int64)
-        if not multi_contour:
-            stats = stats[[int(np.argmax(stats[:, cv2.CC_STAT_AREA]))]]
+        if multi_contour:  # outer contours bound the 8-connected regions (4x faster than labelling them):
+            # RETR_CCOMP puts every outer contour, also one inside another region's hole, at the top level
+            # (no parent); findContours skips the image's outermost pixels, so they get a zero border first
+            padded = cv2.copyMakeBorder(kept, 1, 1, 1, 1, cv2.BORDER_CONSTANT, value=0)
+            contours, hierarchy = cv2.findContours(padded, cv2.RETR_CCOMP, cv2.CHAIN_APPROX_SIMPLE)[-2:]
+            outer = [c for c, links in zip(contours, hierarchy[0] if hierarchy is not None else []) if links[3] < 0]
+            stats = np.array([cv2.boundingRect(c) for c in outer], dtype=np.int64).reshape(-1, 4)
+            stats[:, :2] -= 1
+        else:  # the largest region by its number of sites needs the labels
+            count, _, stats, _ = cv2.connectedComponentsWithStats(kept, connectivity=8)
+            stats = stats[1:]  # label 0 is the background
+            stats = stats[[int(np.argmax(stats[:, cv2.CC_STAT_AREA]))]] if count > 1 else stats
         x, y, w, h = (stats[:, i] for i in range(4))
         return np.stack([x, y, x + w, y + h], axis=1).astype(np.int64)
     image = (score_map * 255).astype(np.uint8)
@@ -90,8 +96,8 @@ def map_boxes(score_map: Any, threshold: float, multi_contour: bool = True, conv
         contours = [max(contours, key=cv2.contourArea)]
     boxes = []
     for contour in contours:
-        x, y, w, h = cv2.boundingRect(contour)
-        boxes.append([x, y, min(x + w, width - 1), min(y + h, height - 1)])
+        left, top, span_x, span_y = cv2.boundingRect(contour)
+        boxes.append([left, top, min(left + span_x, width - 1), min(top + span_y, height - 1)])
     return np.asarray(boxes, dtype=np.int64)
 
 
