@@ -26,7 +26,7 @@ def batch_of(maps, inputs, layout="NCHW", letters="NHW"):
 
 def ours(name, batch, **options):
     metric = camkit.lookup("metrics", name)(**options)
-    return metric.evaluate(batch).values[metric.primary].double().numpy()
+    return metric.evaluate(batch).values[metric.primary].double().cpu().numpy()
 
 
 def theirs(cls, a, x, **options):
@@ -124,3 +124,28 @@ def test_values_do_not_depend_on_the_batch():
         whole = ours(name, batch_of(maps, x))
         parts = np.concatenate([ours(name, batch_of(maps[i:i + 1], x[i:i + 1])) for i in range(4)])
         np.testing.assert_allclose(whole, parts, atol=1e-12, err_msg=name)
+
+
+def test_element_features_on_a_skeleton_broadcast_over_channels_and_bodies():
+    maps = sparse_maps(2, 6, 5, seed=4)  # (N, T, V) onto inputs (N, C=3, T, V, M=2): 6 elements per site
+    batch = batch_of(maps, torch.zeros(2, 3, 6, 5, 2), "NCTVM", "NTV")
+    np.testing.assert_allclose(ours("effective_complexity", batch, features="element"),
+                               6 * ours("effective_complexity", batch))
+    np.testing.assert_allclose(ours("complexity", batch, features="element"),
+                               ours("complexity", batch) + math.log(6), atol=1e-12)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_maps_give_the_cpu_values():
+    maps = sparse_maps(3, 8, 8, seed=5)
+    mask = torch.rand(3, 8, 8) < 0.3
+    mask[:, 0, 0] = True
+    x = torch.rand(3, 3, 8, 8, dtype=torch.float64)
+    for name in ("pointing_game", "top_k_intersection", "relevance_mass_accuracy", "relevance_rank_accuracy",
+                 "attribution_localisation", "auc", "focus", "sparseness", "complexity", "effective_complexity"):
+        options = {"k": 5} if name == "top_k_intersection" else {}
+        cpu = batch_of(maps, x)
+        cpu.mask = mask
+        gpu = batch_of(maps.cuda(), x.cuda())
+        gpu.mask = mask.cuda()
+        np.testing.assert_allclose(ours(name, gpu, **options), ours(name, cpu, **options), atol=1e-9, err_msg=name)

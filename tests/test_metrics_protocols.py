@@ -158,6 +158,13 @@ def test_box_accuracy_batching_and_merge_invariance():
     a.merge(b.state())
     for other in (two, a):
         assert all((other.state()[k] == one.state()[k]).all() for k in ("hits", "count"))
+    sizes = BoxAccuracy(thresholds=np.arange(0, 1, 0.1))  # a list of maps of different sizes
+    sizes.add([maps[0], maps[1, :12]], boxes[:2])
+    sizes.add(list(maps[2:]), boxes[2:])
+    expected = np.concatenate([box_hits(maps[:1], boxes[:1], sizes.thresholds, (0.3, 0.5, 0.7)),
+                               box_hits(maps[1:2, :12], boxes[1:2], sizes.thresholds, (0.3, 0.5, 0.7)),
+                               box_hits(maps[2:], boxes[2:], sizes.thresholds, (0.3, 0.5, 0.7))]).sum(axis=0)
+    assert (sizes.hits == expected).all() and sizes.count[0] == 6
     with pytest.raises(ValueError, match="different settings"):
         one.merge(BoxAccuracy(iou_thresholds=(0.5,)).state())
 
@@ -206,6 +213,12 @@ def test_pxap_equals_scikit_learn_average_precision_and_merges():
     b.add(torch.from_numpy(maps[1:]), torch.from_numpy(masks[1:]))
     a.merge(b.state())
     expected = 100 * average_precision_score(masks.ravel(), maps.ravel())
+    listed = PixelAveragePrecision()
+    listed.add([maps[0], maps[1, :7]], [masks[0], masks[1, :7]])
+    listed.add(list(maps[2:]), list(masks[2:]))
+    cut = np.concatenate([maps[0].ravel(), maps[1, :7].ravel(), maps[2].ravel()])
+    cut_masks = np.concatenate([masks[0].ravel(), masks[1, :7].ravel(), masks[2].ravel()])
+    assert listed.result()["pxap"] == pytest.approx(100 * average_precision_score(cut_masks, cut), abs=1e-9)
     assert whole.result()["pxap"] == pytest.approx(expected, abs=1e-9)
     assert a.result()["pxap"] == pytest.approx(expected, abs=1e-9)
 

@@ -142,7 +142,12 @@ def box_hits(maps: Any, boxes: Any, thresholds: Any, iou_thresholds: Any,
     ``iou_thresholds[d]`` (some box of its map reaches IoU >= delta with some ground-truth box).
 
     ``maps``: ``(N, H, W)`` in [0, 1]; ``boxes``: per image ``(K_i, 4)`` ground-truth boxes (see
-    ``_box_lists``). An image without ground-truth boxes is an error (the protocol has no such image)."""
+    ``_box_lists``), or a list of ``(H_i, W_i)`` maps of different sizes. An image without ground-truth
+    boxes is an error (the protocol has no such image)."""
+    if isinstance(maps, (list, tuple)):
+        truth = _box_lists(boxes, len(maps))
+        parts = [box_hits(m, [b], thresholds, iou_thresholds, multi_contour, convention) for m, b in zip(maps, truth)]
+        return np.concatenate(parts) if parts else np.zeros((0, len(thresholds), len(iou_thresholds)), dtype=bool)
     maps = _check_maps(maps)
     truth = _box_lists(boxes, len(maps))
     deltas = np.asarray(iou_thresholds, dtype=np.float64)
@@ -189,8 +194,9 @@ class BoxAccuracy(_Accumulator):
     ``thresholds``: CAM thresholds tau (default 0, 0.01, ..., 0.99); ``iou_thresholds``: the deltas
     (V2: 0.3, 0.5, 0.7); ``multi_contour``: every region's box (V2) or the largest region's only (V1:
     ``multi_contour=False, iou_thresholds=(0.5,)``); ``convention``: ``BOX_CONVENTIONS``.
-    ``add(maps (N, H, W) in [0, 1], boxes)`` with boxes per image ``(K_i, 4)`` (a list, ``(N, 4)`` or
-    ``(N, K, 4)``) counts the hits at every (tau, delta); state: ``hits (T, D)``, ``count (1,)``."""
+    ``add(maps (N, H, W) in [0, 1] or a list of (H_i, W_i), boxes)`` with boxes per image ``(K_i, 4)`` (a
+    list, ``(N, 4)`` or ``(N, K, 4)``) counts the hits at every (tau, delta); state: ``hits (T, D)``,
+    ``count (1,)``."""
 
     _state_keys = ("hits", "count")
 
@@ -264,7 +270,14 @@ def pxap_edges(bins: int = 1000) -> np.ndarray:
 
 def pixel_histograms(maps: Any, masks: Any, ignore: Any = None, bins: int = 1000) -> np.ndarray:
     """``(N, 2, bins + 2)`` counts of each map's scores over the ground-truth pixels (row 0) and the other
-    pixels (row 1), ``ignore`` pixels left out; bins as ``pxap_edges`` (``np.histogram``'s rule)."""
+    pixels (row 1), ``ignore`` pixels left out; bins as ``pxap_edges`` (``np.histogram``'s rule). Lists of
+    per-image ``(H_i, W_i)`` arrays are taken too (images of different sizes)."""
+    if isinstance(maps, (list, tuple)):
+        ignores = [None] * len(maps) if ignore is None else list(ignore)
+        if not (len(maps) == len(masks) == len(ignores)):
+            raise ValueError(f"got {len(maps)} maps, {len(masks)} masks and {len(ignores)} ignore regions")
+        parts = [pixel_histograms(m, k, i, bins) for m, k, i in zip(maps, masks, ignores)]
+        return np.concatenate(parts) if parts else np.zeros((0, 2, bins + 2))
     maps = _check_maps(maps)
     masks = _numpy(masks, bool)
     if masks.size != maps.size:
