@@ -317,12 +317,18 @@ def test_bench_box_metrics_mean_curves_give_the_data_set_value():
                             ("max_box_acc", BoxAccuracy(iou_thresholds=(0.5,), multi_contour=False))):
         metric = camkit.lookup("metrics", name)()
         values = metric.evaluate(bench_batch(maps, box=box)).values
-        assert values["box_acc"].shape == (5, 100)
+        assert values["box_acc_curve"].shape == (5, 100)
+        torch.testing.assert_close(values["box_acc"], values["box_acc_curve"].mean(dim=1))
         reference.add(maps, box)
         means = {k: v.double().mean(dim=0).tolist() for k, v in values.items()}
         assert metric.dataset_values(means)[name] == pytest.approx(reference.result()["box_acc"])
     fixed = camkit.lookup("metrics", "max_box_acc_v2")(cam_threshold=0.2)
-    assert fixed.evaluate(bench_batch(maps, box=box)).values["box_acc"].shape == (5,)
+    at = fixed.evaluate(bench_batch(maps, box=box)).values
+    torch.testing.assert_close(at["box_acc"], at["box_acc_curve"][:, 20])
+    held_out_tau = BoxAccuracy()
+    held_out_tau.add(maps, box)
+    means = {k: v.double().mean(dim=0).tolist() for k, v in at.items()}
+    assert fixed.dataset_values(means)["max_box_acc_v2"] == pytest.approx(held_out_tau.result(threshold=0.2)["box_acc"])
 
 
 def test_bench_pxap_and_wsss_from_mean_values():
@@ -349,3 +355,45 @@ def test_bench_pxap_and_wsss_from_mean_values():
     one = SegmentationSeeds(2, [0.15], ignore_index=-1)
     one.add(maps[:1, None], [[1]], mask[:1].long())
     assert values["miou"][0].item() == pytest.approx(one.result()["miou"])
+
+
+def test_bench_batches_carry_the_data_set_values(tmp_path):
+    """Through ``camkit bench`` (batches of 4 over 9 samples), the mean curves give the numbers of one pass."""
+    from camkit.plugin_manager import set_plugin_manager
+    from camkit_plugins.bench.runner import MapMaker, run_suite
+    from test_bench import TOY_PLUGIN
+
+    plugin = tmp_path / "toy_plugin.py"
+    plugin.write_text(TOY_PLUGIN)
+    set_plugin_manager(None)
+    try:
+        records = run_suite({"models": ["toy-cnn"], "datasets": ["toy-boxes"], "methods": ["cam"],
+                             "metrics": ["max_box_acc_v2", "pxap", {"name": "wsss_miou", "options": {
+                                 "background_thresholds": [0.2, 0.5]}}],
+                             "samples": 9, "batch_size": 4, "out": str(tmp_path / "out"), "plugins": [str(plugin)],
+                             "device": "cpu", "plots": False}, progress=False)
+        dataset = camkit.lookup("datasets", "toy-boxes")(split="test", seed=0)
+        layout = Layout.parse("NCHW")
+        inputs = torch.stack([dataset[i]["input"] for i in range(9)])
+        maps = MapMaker("baseline-random", layout, {}, 0)(None, inputs, None, torch.arange(9))
+    finally:
+        set_plugin_manager(None)
+    cells = {r["metric"]: r for r in records if r["method"] == "baseline-random"}
+    boxes = torch.tensor([dataset[i]["box"] for i in range(9)])
+    box_masks = torch.zeros(9, 16, 16, dtype=torch.bool)
+    for i, (x0, y0, x1, y1) in enumerate(boxes.tolist()):
+        box_masks[i, y0:y1, x0:x1] = True
+    wsol = BoxAccuracy()
+    wsol.add(maps, boxes)
+    metric = camkit.lookup("metrics", "max_box_acc_v2")()
+    assert metric.dataset_values(cells["max_box_acc_v2"]["values"])["max_box_acc_v2"] == pytest.approx(
+        wsol.result()["max_box_acc_v2"])
+    px = PixelAveragePrecision()
+    px.add(maps, box_masks)
+    pxap = camkit.lookup("metrics", "pxap")()
+    assert pxap.dataset_values(cells["pxap"]["values"])["pxap"] == pytest.approx(px.result()["pxap"])
+    seeds = SegmentationSeeds(2, [0.15, 0.2, 0.5], ignore_index=-1)
+    seeds.add(maps[:, None], [[1]] * 9, box_masks.long())
+    wsss = camkit.lookup("metrics", "wsss_miou")(background_thresholds=[0.2, 0.5])
+    assert wsss.dataset_values(cells["wsss_miou"]["values"])["miou_curve"] == pytest.approx(
+        seeds.result()["miou_curve"].tolist())

@@ -500,12 +500,13 @@ class MaxBoxAccV2(Metric):
     end exclusive). No forward pass; maps ``(N, H, W)`` in [0, 1] of the ground-truth class.
 
     Parameters (wsolevaluation's names): ``cam_curve_interval=0.01``; ``iou_threshold_list=(30, 50, 70)``
-    (percent); ``multi_contour_eval=True``; ``cam_threshold=None`` (a tau chosen on a held-out split: the
-    primary ``box_acc`` is then each sample's hit, mean over deltas, at that tau); ``convention``
-    (``BOX_CONVENTIONS``, ``"camkit"``).
+    (percent); ``multi_contour_eval=True``; ``cam_threshold=None`` (a tau chosen on a held-out split);
+    ``convention`` (``BOX_CONVENTIONS``, ``"camkit"``).
 
-    Values: ``hits_iou<delta>`` curves ``(N, T)`` (100 = right); ``box_acc`` (``(N, T)`` mean over deltas,
-    or ``(N,)`` at ``cam_threshold``). The data-set number is not a mean of per-sample numbers (tau is the
+    Values: ``hits_iou<delta>`` curves ``(N, T)`` (100 = right) and their mean over deltas
+    ``box_acc_curve``; the primary ``box_acc`` ``(N,)`` is the sample's hit (mean over deltas) at
+    ``cam_threshold``, or without one its mean over every tau (a threshold-free summary that selects
+    nothing on the evaluated set). The published number is not a mean of per-sample numbers (tau is the
     best for the whole set): ``dataset_values(means)`` reads it off the mean curves (max over tau per
     delta, mean over deltas), which the bench's sums and torchrun's all-reduce give exactly."""
 
@@ -544,7 +545,8 @@ class MaxBoxAccV2(Metric):
         taus = [f"{tau:.3g}" for tau in acc.thresholds]
         values = {f"hits_iou{v}": torch.from_numpy(hits[:, :, d]) for d, v in enumerate(self.iou_threshold_list)}
         mean = hits.mean(axis=2)
-        values["box_acc"] = torch.from_numpy(mean if self._tau_index is None else mean[:, self._tau_index])
+        values["box_acc_curve"] = torch.from_numpy(mean)
+        values["box_acc"] = torch.from_numpy(mean.mean(axis=1) if self._tau_index is None else mean[:, self._tau_index])
         labels = {name: taus for name, value in values.items() if value.ndim == 2}
         return MetricValues(values, labels)
 
