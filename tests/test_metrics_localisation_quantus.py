@@ -263,3 +263,13 @@ def test_per_sample_values_do_not_depend_on_the_batch():
         parts = np.concatenate([camkit_values(name, batch_of(maps[i:i + 1], mask[i:i + 1], x[i:i + 1]), value,
                                               **options) for i in range(4)])
         np.testing.assert_allclose(whole, parts, atol=1e-12, err_msg=name)
+
+
+def test_auc_with_many_ties_equals_scikit_learn():
+    from sklearn.metrics import roc_auc_score
+
+    maps, mask, x = image_case(n=4, seed=7)
+    maps = (maps * 4).floor() / 4  # five levels: large ties
+    values = camkit_values("auc", batch_of(maps, mask, x), "auc")
+    expected = [roc_auc_score(m.ravel().numpy(), a.ravel().numpy()) for a, m in zip(maps, mask)]
+    np.testing.assert_allclose(values, expected, atol=1e-12)

@@ -360,12 +360,19 @@ class AUC(AttributionMetric):
     def score(self, a: Any, truth: Any, batch: EvalBatch) -> MetricValues:
         import torch
 
-        from camkit_plugins.metrics.base import average_ranks
-
-        positives = truth.sum(dim=1).double()
+        # one sort per row; tied values form groups, and a truth feature beats the negatives of the groups
+        # below its own and half of those in it
+        values, order = a.sort(dim=1)
+        positive = truth.gather(1, order).double()
+        starts = torch.ones_like(values, dtype=torch.bool)
+        starts[:, 1:] = values[:, 1:] != values[:, :-1]
+        group = starts.long().cumsum(dim=1) - 1
+        negatives_in = torch.zeros_like(positive).scatter_add_(1, group, 1.0 - positive)
+        positives_in = torch.zeros_like(positive).scatter_add_(1, group, positive)
+        below = negatives_in.cumsum(dim=1) - negatives_in
+        u = (positives_in * (below + 0.5 * negatives_in)).sum(dim=1)
+        positives = positive.sum(dim=1)
         negatives = truth.shape[1] - positives
-        rank_sum = (average_ranks(a) * truth).sum(dim=1)
-        u = rank_sum - positives * (positives + 1) / 2
         defined = (positives > 0) & (negatives > 0)
         auc = torch.where(defined, u / (positives * negatives).clamp_min(1), torch.full_like(u, float("nan")))
         return MetricValues({"auc": auc})
