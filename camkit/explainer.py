@@ -7,7 +7,7 @@ import functools
 import threading
 import weakref
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from camkit.adapters import ModelInputs, describe, select_output
 from camkit.capture import CapturePoint, FeatureCapture, capture_features, evaluation_mode
@@ -453,49 +453,3 @@ def _target_gradients(target: "Target", features: Any, layout: Layout, layer: st
     if not second_order:
         return grads, None
     return grads, torch.stack([shaped(h).movedim(layout.batch_axis, 0) for _, h in found], dim=1)
-
-
-def explain(
-    model: nn.Module,
-    inputs: Tensor | Sequence[Tensor] | Mapping[str, Any],
-    method: str | CamMethod = "cam",
-    layer: Any = None,
-    targets: Any = None,
-    layout: str | Layout | None = None,
-    *,
-    topk: int | None = None,
-    eigen_smooth: bool = False,
-    fusion: str = "mean",
-    augment: Mapping[str, Any] | None = None,
-    **options: Any,
-) -> CamResult:
-    """Class activation maps of ``model`` on the batch ``inputs`` in one call.
-
-    ``method``: a registered name ("cam", "gradcam", "gradcam++", "xgradcam", "layercam", "hirescam",
-    "scorecam", "eigencam", ... ``camkit list methods``). ``inputs``: a tensor batch, a tuple of
-    positional inputs or a dict of keyword inputs. ``targets``: None (predicted class), an int, one id per
-    sample, an (N, K) array, "all", or a callable scoring the model output (``camkit.targets``); or
-    ``topk=k``. Options every method can use (``camkit.ensemble``): ``eigen_smooth=True`` (first
-    principal component of the weighted features), ``layer=[...]`` several layers fused by ``fusion``
-    ("mean", "max", "product"), ``augment={"flips": "W", "scales": (0.75, 1.25)}`` (test-time
-    augmentation, undone and averaged; never along discrete axes). Other options as for ``Explainer``."""
-    from camkit import ensemble
-
-    if eigen_smooth:
-        method = ensemble.EigenSmoothed(method, **dict(options.pop("method_options", None) or {}))
-    if isinstance(layer, (list, tuple)):
-        if augment:
-            raise ValueError("pass either several layers or augment=, not both")
-        return ensemble.explain_layers(model, inputs, method, layer, fusion, targets, topk=topk,
-                                       **({"layouts": [layout] * len(layer)} if layout else {}), **options)
-    if augment:
-        return ensemble.explain_augmented(model, inputs, method, layer, targets, layout, topk=topk, **augment,
-                                          **options)
-    return Explainer(model, method, layer, layout, **options)(inputs, targets, topk=topk)
-
-
-def available_methods() -> Sequence[str]:
-    """Names of the registered CAM methods."""
-    from camkit.plugin_manager import registry
-
-    return list(registry("methods"))
