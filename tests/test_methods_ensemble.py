@@ -6,8 +6,8 @@ import torch
 import torch.nn as nn
 
 from camkit import explain
-from camkit.targets import ClassProbability, ClassScore, Negative
 from camkit.ensemble import eigen_smooth, explain_augmented, explain_layers
+from camkit.targets import ClassProbability, ClassScore, Negative
 from tests.methods_models import DeepHead, GapNet, features_and_gradients, normalise, numpy_projection_maps
 
 

