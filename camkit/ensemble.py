@@ -20,7 +20,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 from camkit.explainer import Explainer
 from camkit.layout import CONTINUOUS, Layout
-from camkit.methods import CamMethod, WeightContext, Weights
+from camkit.methods import CamMethod, InputMapMethod, WeightContext, Weights, method_factory
 
 FUSIONS = ("mean", "max", "product")
 
@@ -39,13 +39,15 @@ class EigenSmoothed(CamMethod):
 
     def __init__(self, method: "str | CamMethod", **method_options: Any) -> None:
         if isinstance(method, str):
-            from camkit.plugin_manager import lookup
-
-            inner: CamMethod = lookup("methods", method)(**method_options)
+            inner: CamMethod = method_factory(method)(**method_options)
         elif method_options:
             raise TypeError("method options go with a method name, not with a method object")
         else:
             inner = method
+        if isinstance(inner, InputMapMethod):
+            raise ValueError(f"eigen smoothing projects one layer's weighted features, but "
+                             f"{getattr(inner, 'name', type(inner).__name__)} computes its map from the whole model: "
+                             f"use it without eigen_smooth")
         self.inner = inner
         method = inner
         self.name = f"{getattr(method, 'name', type(method).__name__)}+eigen"
