@@ -239,3 +239,17 @@ def test_any_method_plus_sess_is_explain_sess_of_that_method():
         camkit.explain(net, x, "gradcam+sess", method_options={"windw": 8})
     with pytest.raises(ValueError, match="eigen smoothing projects one layer's weighted features"):
         camkit.explain(net, x, "fullgrad", eigen_smooth=True)
+
+
+def test_the_plugin_hook_reference_lists_every_built_in_method():
+    from pathlib import Path
+
+    from camkit.plugin_manager import get_plugin_manager
+
+    text = (Path(__file__).parents[1] / "docs" / "plugins.md").read_text()
+    reference = text[text.index("### `camkit_register_methods()`"):text.index("### `camkit_register_model_families")]
+    built_in = {name for name, plugin in get_plugin_manager().pm.list_name_plugin()
+                if getattr(plugin, "__name__", "").startswith("camkit_plugins.methods.")}
+    registered = {method for plugin in built_in for method in
+                  get_plugin_manager().pm.get_plugin(plugin).camkit_register_methods()}
+    assert {"cam", "fullgrad", "sess"} <= registered and all(f"`{name}`" in reference for name in registered)
