@@ -33,6 +33,7 @@ _LAZY = {
     "WeightContext": "camkit.methods",
     "Weights": "camkit.methods",
     "HeadMismatchWarning": "camkit.methods",
+    "InputMapMethod": "camkit.methods",
     "ModelFamily": "camkit.families",
     "Command": "camkit.cli",
     "ConstantMapWarning": "camkit.kernels",

@@ -32,7 +32,8 @@ def explain(
     """Class activation maps of ``model`` on the batch ``inputs`` in one call.
 
     ``method``: a registered name ("cam", "gradcam", "gradcam++", "xgradcam", "layercam", "hirescam",
-    "scorecam", "eigencam", ... ``camkit list methods``). ``inputs``: a tensor batch, a tuple of
+    "scorecam", "eigencam", "fullgrad", "guided-gradcam", "dff", ... ``camkit list methods``), a composition
+    such as "gradcam+sess", or a ``CamMethod`` object. ``inputs``: a tensor batch, a tuple of
     positional inputs or a dict of keyword inputs. ``targets``: None (predicted class), an int, one id per
     sample, an (N, K) array, "all", or a callable scoring the model output (``camkit.targets``); or
     ``topk=k``. Options every method can use (``camkit.ensemble``): ``eigen_smooth=True`` (first
