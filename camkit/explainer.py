@@ -236,6 +236,16 @@ class Explainer:
             raise TypeError("method options go with a method name, not with a method object")
         return getattr(method, "name", type(method).__name__), method
 
+    def input_layout_of(self, inputs: Any) -> Layout:
+        """The layout of the primary input for an ``InputMapMethod``: as given, else the one a model family's
+        features imply (``NCTVM`` for ST-GCN), else channels-first by rank."""
+        if self.input_layout is not None:
+            return self.input_layout
+        family = family_source(self.model)
+        if family is not None and family.layout is not None:
+            return default_input_layout(family.layout)
+        return layout_for_rank(inputs.ndim)
+
     def finish(self, maps: Any, map_letters: str, input_layout: Layout, *, targets: Any, logits: Any,
                target_scores: Any, layer: str) -> CamResult:
         """The ``CamResult`` of an ``InputMapMethod``'s maps on the input's sites (``map_letters`` the input's

@@ -253,3 +253,15 @@ def test_the_plugin_hook_reference_lists_every_built_in_method():
     registered = {method for plugin in built_in for method in
                   get_plugin_manager().pm.get_plugin(plugin).camkit_register_methods()}
     assert {"cam", "fullgrad", "sess"} <= registered and all(f"`{name}`" in reference for name in registered)
+
+
+def test_guided_methods_on_skeletons_reduce_channels_then_persons():
+    from camkit.guided import guided_backprop
+
+    model = camkit.lookup("models", "stgcn")(num_classes=3, config="tiny", in_channels=3, persons=2).eval()
+    x = torch.randn(2, 3, 8, 25, 2)
+    got = camkit.explain(model, x, "guided-backprop", reduce="M")
+    by_hand = guided_backprop(model, x, got.targets, input_layout="NCTVM").maps.abs().sum(1).mean(-1)
+    assert got.map_letters == "NTV" and got.layout == "NCTVM"
+    torch.testing.assert_close(got.maps, _minmax(by_hand))
+    assert camkit.explain(model, x, "guided-gradcam", reduce="M").maps.shape == (2, 8, 25)

@@ -170,9 +170,8 @@ class _GuidedMethod(InputMapMethod):
 
     def _finish(self, explainer: "Explainer", found: GuidedResult, inputs: Any) -> "CamResult":
         maps, letters = reduce_channels(found, self.channels)
-        input_layout = explainer.input_layout or layout_for_rank(inputs.ndim)
-        return explainer.finish(maps, letters, input_layout, targets=found.targets, logits=found.logits,
-                                target_scores=found.scores, layer=found.layer)
+        return explainer.finish(maps, letters, explainer.input_layout_of(inputs), targets=found.targets,
+                                logits=found.logits, target_scores=found.scores, layer=found.layer)
 
 
 class GuidedBackprop(_GuidedMethod):
@@ -182,8 +181,9 @@ class GuidedBackprop(_GuidedMethod):
     description = "input gradient through ReLUs that pass back only positive gradients (per-channel |.| summed)"
 
     def explain(self, explainer: "Explainer", inputs: Any, targets: Any, topk: int | None) -> "CamResult":
-        found = guided_backprop(explainer.model, inputs, targets, topk=topk, input_layout=explainer.input_layout,
-                                eval_mode=explainer.eval_mode, output=explainer.output)
+        found = guided_backprop(explainer.model, inputs, targets, topk=topk,
+                                input_layout=explainer.input_layout_of(inputs), eval_mode=explainer.eval_mode,
+                                output=explainer.output)
         return self._finish(explainer, found, inputs)
 
 
@@ -199,8 +199,8 @@ class GuidedGradCam(_GuidedMethod):
         self.base = base
 
     def explain(self, explainer: "Explainer", inputs: Any, targets: Any, topk: int | None) -> "CamResult":
-        # the map at the input's own size, normalised: what the guided gradients are multiplied with
-        cam = explainer.with_method(self.base, relu=True, normalize=True, upsample=True, output_size=None)
+        # the map at the input's own size and sites, normalised: what the guided gradients are multiplied with
+        cam = explainer.with_method(self.base, relu=True, normalize=True, upsample=True, output_size=None, reduce="")
         found = _guided_gradcam(cam, inputs, targets, topk)
         return self._finish(explainer, found, inputs)
 
