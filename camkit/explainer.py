@@ -262,6 +262,10 @@ class Explainer:
         import torch
 
         if isinstance(self.method, InputMapMethod):  # maps from the whole model, not from one layer
+            if not isinstance(inputs, torch.Tensor):
+                raise ValueError(f"{self.method_name} computes its maps on the sites of one input tensor; got "
+                                 f"{describe(inputs)} (models taking several inputs need a method that weights "
+                                 f"one layer's features, such as 'gradcam')")
             return self.method.explain(self, inputs, targets, topk)
         batch = ModelInputs.of(inputs, self.primary_input)
         point, layout, transform = self._where(batch)

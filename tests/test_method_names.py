@@ -265,3 +265,9 @@ def test_guided_methods_on_skeletons_reduce_channels_then_persons():
     assert got.map_letters == "NTV" and got.layout == "NCTVM"
     torch.testing.assert_close(got.maps, _minmax(by_hand))
     assert camkit.explain(model, x, "guided-gradcam", reduce="M").maps.shape == (2, 8, 25)
+
+
+@pytest.mark.parametrize("method", ["fullgrad", "guided-backprop", "gradcam+sess"])
+def test_input_map_methods_refuse_several_inputs_in_one_line(method):
+    with pytest.raises(ValueError, match=f"{method.replace('+', '[+]')} computes its maps on the sites of one input"):
+        camkit.explain(nn_cnn(), {"x": torch.randn(1, 3, 16, 16)}, method)
