@@ -21,6 +21,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import sys
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -227,7 +228,9 @@ def _serialized(path: Path) -> Any:
     try:
         if path.suffix in EXPORT_SUFFIXES:
             return torch.export.unflatten(torch.export.load(str(path)))  # keeps the module tree hooks need
-        return torch.jit.load(str(path), map_location="cpu")
+        with warnings.catch_warnings():  # loaded only to be named in the refusal: torch's deprecation is noise
+            warnings.simplefilter("ignore", FutureWarning)
+            return torch.jit.load(str(path), map_location="cpu")
     except Exception as exc:
         kind = "torch.export archive" if path.suffix in EXPORT_SUFFIXES else "TorchScript file"
         raise ModelSpecError(f"{path}: not a readable {kind} ({type(exc).__name__}: {str(exc)[:160]})") from exc
