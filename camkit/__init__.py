@@ -15,11 +15,11 @@ from camkit.hookspecs import hookimpl, hookspec
 __version__ = "0.1.0"
 
 _LAZY = {
-    "explain": "camkit.explainer",
+    "explain": "camkit.api",
     "Explainer": "camkit.explainer",
     "CamResult": "camkit.explainer",
     "resolve_targets": "camkit.explainer",
-    "available_methods": "camkit.explainer",
+    "available_methods": "camkit.api",
     "tokens_to_grid": "camkit.locate",
     "Layout": "camkit.layout",
     "class_activation_map": "camkit.contraction",
@@ -33,6 +33,7 @@ _LAZY = {
     "WeightContext": "camkit.methods",
     "Weights": "camkit.methods",
     "HeadMismatchWarning": "camkit.methods",
+    "InputMapMethod": "camkit.methods",
     "ModelFamily": "camkit.families",
     "Command": "camkit.cli",
     "ConstantMapWarning": "camkit.kernels",

@@ -17,6 +17,22 @@ CONFIG_FILE = "config.json"
 TRAINING_FILE = "training.pt"
 
 
+def check_free_for_training(out: str | Path, resume: str | Path | None = None, overwrite: bool = False) -> None:
+    """Refuse to train into ``out`` when it already holds a checkpoint (``config.json``, ``model.pt`` or
+    ``training.pt``): the first epoch's checkpoint would replace the model there, so a run killed in epoch 1
+    would have destroyed it. Allowed when ``resume`` is ``out`` itself (continuing that run) or with
+    ``overwrite``. A ``FileExistsError`` (the CLI's one-line error, status 2) says what to pass instead."""
+    folder = Path(out)
+    held = [name for name in (CONFIG_FILE, WEIGHTS_FILE, TRAINING_FILE) if (folder / name).exists()]
+    if not held or overwrite:
+        return
+    if resume is not None and Path(resume).resolve() == folder.resolve():
+        return
+    raise FileExistsError(f"{folder} already holds a checkpoint ({', '.join(held)}): training would replace it "
+                          f"from the first epoch on; pass --resume {folder} to continue that run, --overwrite to "
+                          f"replace it, or another --out")
+
+
 def save_checkpoint(directory: str | Path, model: Any, config: Mapping[str, Any]) -> Path:
     """Write the model's state dict and its config; returns the directory."""
     missing = [key for key in ("model", "classes") if key not in config]

@@ -69,45 +69,52 @@ def class_activation_map(
             raise ValueError("pass weights either as a Weights or by keyword, not both")
         by_kind: dict[str, Any] = {weights.keyword: weights.tensor}
         return class_activation_map(features, layout, dtype=dtype, **by_kind)
-    given = [w is not None for w in (channel_weights, site_weights, class_weights)]
-    if sum(given) != 1:
+    given = {kind: w for kind, w in (("channel", channel_weights), ("site", site_weights), ("class", class_weights))
+             if w is not None}
+    if len(given) != 1:
         raise ValueError("pass exactly one of channel_weights, site_weights, class_weights")
+    (kind, matrix), = given.items()
+    equation = _contraction_equation(features, layout, kind, matrix)
+    if _is_numpy(features):
+        maps = select_kernel(features).contract(equation, features, matrix)
+        _check_finite(maps, "class activation maps (from the features and weights)")
+        return maps if dtype is None else maps.astype(dtype)
+    return _contract_torch(features, matrix, equation, dtype)
+
+
+def _contraction_equation(features: Any, layout: Layout, kind: str, matrix: Any) -> str:
+    """The einsum equation of ``kind`` weights (``"channel"``, ``"site"`` or ``"class"``) against features
+    in ``layout``; weights of a shape that does not fit are an error naming both shapes."""
     n_samples = features.shape[layout.batch_axis]
     n_channels = features.shape[layout.channel_axis]
     f = layout.subscripts
     sites = layout.site_letters.lower()
     without_batch = f.replace("n", "")
-
-    if channel_weights is not None:
-        matrix: Any = channel_weights
+    if kind == "channel":
         if tuple(matrix.shape) == (n_samples, n_channels):
-            equation = f"{f},nc->n{sites}"
-        elif matrix.ndim == 3 and (matrix.shape[0], matrix.shape[2]) == (n_samples, n_channels):
-            equation = f"{f},nkc->nk{sites}"
-        else:
-            raise ValueError(f"channel_weights of shape {tuple(matrix.shape)} do not fit features "
-                             f"{tuple(features.shape)} in layout {layout}: expected (N={n_samples}, C={n_channels}) "
-                             f"or (N, K, C)")
-    elif site_weights is not None:
-        matrix = site_weights
+            return f"{f},nc->n{sites}"
+        if matrix.ndim == 3 and (matrix.shape[0], matrix.shape[2]) == (n_samples, n_channels):
+            return f"{f},nkc->nk{sites}"
+        raise ValueError(f"channel_weights of shape {tuple(matrix.shape)} do not fit features "
+                         f"{tuple(features.shape)} in layout {layout}: expected (N={n_samples}, C={n_channels}) "
+                         f"or (N, K, C)")
+    if kind == "site":
         if tuple(matrix.shape) == tuple(features.shape):
-            equation = f"{f},{f}->n{sites}"
-        elif matrix.ndim == features.ndim + 1 and matrix.shape[0] == n_samples and \
+            return f"{f},{f}->n{sites}"
+        if matrix.ndim == features.ndim + 1 and matrix.shape[0] == n_samples and \
                 tuple(matrix.shape[2:]) == tuple(s for a, s in enumerate(features.shape) if a != layout.batch_axis):
-            equation = f"{f},nk{without_batch}->nk{sites}"
-        else:
-            raise ValueError(f"site_weights of shape {tuple(matrix.shape)} do not fit features "
-                             f"{tuple(features.shape)} in layout {layout}")
-    else:
-        matrix = class_weights
-        if matrix.ndim != 2 or matrix.shape[1] != n_channels:
-            raise ValueError(f"class_weights of shape {tuple(matrix.shape)} do not fit features with "
-                             f"C={n_channels} channels: expected (K, {n_channels})")
-        equation = f"{f},kc->nk{sites}"
-    if _is_numpy(features):
-        maps = select_kernel(features).contract(equation, features, matrix)
-        _check_finite(maps, "class activation maps (from the features and weights)")
-        return maps if dtype is None else maps.astype(dtype)
+            return f"{f},nk{without_batch}->nk{sites}"
+        raise ValueError(f"site_weights of shape {tuple(matrix.shape)} do not fit features "
+                         f"{tuple(features.shape)} in layout {layout}")
+    if matrix.ndim != 2 or matrix.shape[1] != n_channels:
+        raise ValueError(f"class_weights of shape {tuple(matrix.shape)} do not fit features with "
+                         f"C={n_channels} channels: expected (K, {n_channels})")
+    return f"{f},kc->nk{sites}"
+
+
+def _contract_torch(features: Any, matrix: Any, equation: str, dtype: Any) -> Any:
+    """The contraction on the features' device: float16 summed in float32, the maps cast to ``dtype`` (default
+    the features') only if they fit it."""
     import torch
 
     out_dtype = dtype or features.dtype

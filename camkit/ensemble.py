@@ -18,8 +18,9 @@ import functools
 from dataclasses import replace
 from typing import Any, Callable, Iterable, Sequence
 
+from camkit.explainer import Explainer
 from camkit.layout import CONTINUOUS, Layout
-from camkit.methods import CamMethod, WeightContext, Weights
+from camkit.methods import CamMethod, InputMapMethod, WeightContext, Weights, method_factory
 
 FUSIONS = ("mean", "max", "product")
 
@@ -38,13 +39,15 @@ class EigenSmoothed(CamMethod):
 
     def __init__(self, method: "str | CamMethod", **method_options: Any) -> None:
         if isinstance(method, str):
-            from camkit.plugin_manager import lookup
-
-            inner: CamMethod = lookup("methods", method)(**method_options)
+            inner: CamMethod = method_factory(method)(**method_options)
         elif method_options:
             raise TypeError("method options go with a method name, not with a method object")
         else:
             inner = method
+        if isinstance(inner, InputMapMethod):
+            raise ValueError(f"eigen smoothing projects one layer's weighted features, but "
+                             f"{getattr(inner, 'name', type(inner).__name__)} computes its map from the whole model: "
+                             f"use it without eigen_smooth")
         self.inner = inner
         method = inner
         self.name = f"{getattr(method, 'name', type(method).__name__)}+eigen"
@@ -101,6 +104,12 @@ def fuse(maps: Sequence[Any], fusion: str) -> Any:
     return stacked.prod(dim=0)
 
 
+def _for_every_pass(targets: Any, first: Any) -> Any:
+    """What every later pass explains: a callable target itself (it scores each pass's own output: its class
+    ids, if it has any, would lose e.g. ``Negative``'s sign), else the class ids the first pass chose."""
+    return targets if callable(targets) and not hasattr(targets, "shape") else first.targets
+
+
 def _renormalised(result: Any, maps: Any) -> Any:
     from camkit.contraction import postprocess
 
@@ -111,11 +120,10 @@ def explain_layers(model: Any, inputs: Any, method: "str | CamMethod" = "gradcam
                    fusion: str = "mean", targets: Any = None, *, topk: int | None = None,
                    layouts: Sequence[Any] | None = None, **options: Any) -> Any:
     """Maps of several layers, each resampled to the input's size (continuous axes) and min-max
-    normalised, fused into one (``mean``, ``max`` or ``product``) and normalised again. The targets are
-    chosen once (from the logits) and shared by every layer. Returns a ``CamResult`` whose ``layer``
-    lists the layers. ``layouts``: one feature layout per layer (None: as ``explain`` guesses)."""
-    from camkit.explainer import Explainer
-
+    normalised, fused into one (``mean``, ``max`` or ``product``) and normalised again. Class targets are
+    chosen once (from the logits) and shared by every layer; a callable target scores every layer's pass.
+    Returns a ``CamResult`` whose ``layer`` lists the layers. ``layouts``: one feature layout per layer
+    (None: as ``explain`` guesses)."""
     layers = list(layers)
     if not layers:
         raise ValueError("pass at least one layer")
@@ -130,7 +138,7 @@ def explain_layers(model: Any, inputs: Any, method: "str | CamMethod" = "gradcam
         layout = layouts[i] if layouts is not None else None
         result = Explainer(model, method, layer, layout, **options)(inputs, targets, topk=topk)
         if not results:  # the first layer chose the classes: every other layer explains the same ones
-            targets, topk = result.targets, None
+            targets, topk = _for_every_pass(targets, result), None
         elif result.maps.shape != results[0].maps.shape or result.map_letters != results[0].map_letters:
             raise ValueError(f"layer {result.layer!r} gives maps {result.map_letters} {tuple(result.maps.shape)}, "
                              f"layer "
@@ -162,12 +170,12 @@ def explain_augmented(model: Any, inputs: Any, method: "str | CamMethod" = "grad
     """Test-time augmentation smoothing: the map of the input, plus that of the input flipped along each
     axis in ``flips`` and rescaled by each factor in ``scales`` (along ``scale_axes``, default every
     continuous axis of the input), each undone (flipped back, resampled to the input's size) and
-    averaged, then min-max normalised. Targets are chosen once on the unaugmented input. Only
+    averaged, then min-max normalised. Class targets are chosen once on the unaugmented input;
+    a callable target scores every copy's own output (a region mask is not flipped with the input). Only
     continuous axes of the input layout (``input_layout``, default ``NC`` + the sites of the
     features, e.g. ``NCHW``) may be flipped or scaled. Other options as for ``Explainer``."""
     import torch
 
-    from camkit.explainer import Explainer
     from camkit.kernels import select_kernel
 
     if not options.get("normalize", True):
@@ -195,7 +203,8 @@ def explain_augmented(model: Any, inputs: Any, method: "str | CamMethod" = "grad
     size = {ch: sizes[ch] for ch in feature_layout.continuous_letters if ch in sizes and ch in first.map_letters}
     explainer = Explainer(model, method, layer, layout, **{**options, "output_size": size})
     total = first.maps.clone()
+    targets = _for_every_pass(targets, first)
     for x, undo in augmented:
-        total = total + undo(explainer(x, first.targets).maps)
+        total = total + undo(explainer(x, targets).maps)
     maps = total / (1 + len(augmented))
     return replace(first, maps=_renormalised(first, maps), method=f"{first.method}+tta")

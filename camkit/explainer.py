@@ -3,19 +3,20 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import functools
 import threading
 import weakref
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from camkit.adapters import ModelInputs, describe, select_output
 from camkit.capture import CapturePoint, FeatureCapture, capture_features, evaluation_mode
 from camkit.contraction import _check_finite, class_activation_map, postprocess
 from camkit.layout import Layout, default_input_layout, layout_for_rank
 from camkit.locate import FeatureSource, token_grid, tokens_to_grid
-from camkit.methods import CamMethod, WeightContext, Weights
-from camkit.plugin_manager import get_plugin_manager, lookup
+from camkit.methods import CamMethod, InputMapMethod, WeightContext, Weights, method_factory
+from camkit.plugin_manager import get_plugin_manager
 from camkit.targets import Target, resolve_targets  # noqa: F401  (resolve_targets: public name)
 
 if TYPE_CHECKING:  # importing camkit stays torch-free
@@ -176,12 +177,7 @@ class Explainer:
                             "which capture the features; use the eager model (or a torch.export archive, "
                             "torch.export.unflatten(...))")
         self.model = model
-        if isinstance(method, str):
-            self.method_name = method
-            self.method = lookup("methods", method)(**dict(method_options or {}))
-        else:
-            self.method_name = getattr(method, "name", type(method).__name__)
-            self.method = method
+        self.method_name, self.method = self._method(method, method_options)
         if not eval_mode and getattr(self.method, "runs_model", False):
             raise ValueError(f"{self.method_name} runs the model on masked inputs; with eval_mode=False those "
                              f"forwards would update BatchNorm's running statistics and change the model: keep "
@@ -217,10 +213,60 @@ class Explainer:
     def layer_name(self) -> str | None:
         return str(self.point) if self.point is not None else None
 
+    def with_method(self, method: str | CamMethod, method_options: Mapping[str, Any] | None = None,
+                    **settings: Any) -> "Explainer":
+        """A new (closed) explainer with this one's model, layer and options but ``method`` (and any of the
+        post-processing ``settings``: relu, normalize, upsample, output_size, reduce), for methods built on
+        another method's maps (Guided Grad-CAM, SESS)."""
+        other = copy.copy(self)
+        other._stack = other._capture = None
+        other.method_name, other.method = self._method(method, method_options)
+        unknown = set(settings) - {"relu", "normalize", "upsample", "output_size", "reduce"}
+        if unknown:
+            raise TypeError(f"with_method takes post-processing settings only, got {', '.join(sorted(unknown))}")
+        for name, value in settings.items():
+            setattr(other, name, dict(value) if name == "output_size" and value else value)
+        return other
+
+    @staticmethod
+    def _method(method: str | CamMethod, options: Mapping[str, Any] | None) -> tuple[str, CamMethod]:
+        if isinstance(method, str):
+            return method, method_factory(method)(**dict(options or {}))
+        if options:
+            raise TypeError("method options go with a method name, not with a method object")
+        return getattr(method, "name", type(method).__name__), method
+
+    def input_layout_of(self, inputs: Any) -> Layout:
+        """The layout of the primary input for an ``InputMapMethod``: as given, else the one a model family's
+        features imply (``NCTVM`` for ST-GCN), else channels-first by rank."""
+        if self.input_layout is not None:
+            return self.input_layout
+        family = family_source(self.model)
+        if family is not None and family.layout is not None:
+            return default_input_layout(family.layout)
+        return layout_for_rank(inputs.ndim)
+
+    def finish(self, maps: Any, map_letters: str, input_layout: Layout, *, targets: Any, logits: Any,
+               target_scores: Any, layer: str) -> CamResult:
+        """The ``CamResult`` of an ``InputMapMethod``'s maps on the input's sites (``map_letters`` the input's
+        without C, e.g. ``"NHW"`` / ``"NKHW"``): ReLU, reduction, resampling to ``output_size`` and
+        normalisation as this explainer's options say."""
+        maps = postprocess(maps, map_letters, layout=input_layout, relu=self.relu, normalize=self.normalize,
+                           size=self.output_size, reduce=self.reduce)
+        kept = "".join(ch for ch in map_letters if ch not in self.reduce)
+        return CamResult(maps=maps, targets=targets, logits=logits, method=self.method_name, layer=layer,
+                         layout=str(input_layout), map_letters=kept, target_scores=target_scores)
+
     # -- one batch, as named steps
     def __call__(self, inputs: Any, targets: Any = None, *, topk: int | None = None) -> CamResult:
         import torch
 
+        if isinstance(self.method, InputMapMethod):  # maps from the whole model, not from one layer
+            if not isinstance(inputs, torch.Tensor):
+                raise ValueError(f"{self.method_name} computes its maps on the sites of one input tensor; got "
+                                 f"{describe(inputs)} (models taking several inputs need a method that weights "
+                                 f"one layer's features, such as 'gradcam')")
+            return self.method.explain(self, inputs, targets, topk)
         batch = ModelInputs.of(inputs, self.primary_input)
         point, layout, transform = self._where(batch)
         needs_grad = self.method.needs_gradients
@@ -453,49 +499,3 @@ def _target_gradients(target: "Target", features: Any, layout: Layout, layer: st
     if not second_order:
         return grads, None
     return grads, torch.stack([shaped(h).movedim(layout.batch_axis, 0) for _, h in found], dim=1)
-
-
-def explain(
-    model: nn.Module,
-    inputs: Tensor | Sequence[Tensor] | Mapping[str, Any],
-    method: str | CamMethod = "cam",
-    layer: Any = None,
-    targets: Any = None,
-    layout: str | Layout | None = None,
-    *,
-    topk: int | None = None,
-    eigen_smooth: bool = False,
-    fusion: str = "mean",
-    augment: Mapping[str, Any] | None = None,
-    **options: Any,
-) -> CamResult:
-    """Class activation maps of ``model`` on the batch ``inputs`` in one call.
-
-    ``method``: a registered name ("cam", "gradcam", "gradcam++", "xgradcam", "layercam", "hirescam",
-    "scorecam", "eigencam", ... ``camkit list methods``). ``inputs``: a tensor batch, a tuple of
-    positional inputs or a dict of keyword inputs. ``targets``: None (predicted class), an int, one id per
-    sample, an (N, K) array, "all", or a callable scoring the model output (``camkit.targets``); or
-    ``topk=k``. Options every method can use (``camkit.ensemble``): ``eigen_smooth=True`` (first
-    principal component of the weighted features), ``layer=[...]`` several layers fused by ``fusion``
-    ("mean", "max", "product"), ``augment={"flips": "W", "scales": (0.75, 1.25)}`` (test-time
-    augmentation, undone and averaged; never along discrete axes). Other options as for ``Explainer``."""
-    from camkit import ensemble
-
-    if eigen_smooth:
-        method = ensemble.EigenSmoothed(method, **dict(options.pop("method_options", None) or {}))
-    if isinstance(layer, (list, tuple)):
-        if augment:
-            raise ValueError("pass either several layers or augment=, not both")
-        return ensemble.explain_layers(model, inputs, method, layer, fusion, targets, topk=topk,
-                                       **({"layouts": [layout] * len(layer)} if layout else {}), **options)
-    if augment:
-        return ensemble.explain_augmented(model, inputs, method, layer, targets, layout, topk=topk, **augment,
-                                          **options)
-    return Explainer(model, method, layer, layout, **options)(inputs, targets, topk=topk)
-
-
-def available_methods() -> Sequence[str]:
-    """Names of the registered CAM methods."""
-    from camkit.plugin_manager import registry
-
-    return list(registry("methods"))

@@ -23,6 +23,8 @@ from camkit.layout import Layout
 if TYPE_CHECKING:  # importing camkit stays torch-free
     from torch import Tensor, nn
 
+    from camkit.explainer import CamResult, Explainer
+
 
 @dataclass(frozen=True)
 class Weights:
@@ -172,6 +174,8 @@ class CamMethod:
     # watches the core's forward, which then records autograd from the input: inside ``recording``,
     # whose value reaches ``weights`` as ``ctx.recorded`` (and the scored output as ``ctx.scored``)
     records_forward: bool = False
+    # a wrapper around another method: named "<base>+<name>" (e.g. "gradcam+sess"), built with base=<base>
+    wraps: bool = False
 
     def __init__(self, **options: Any) -> None:
         if options:
@@ -184,3 +188,34 @@ class CamMethod:
         """Entered around the core's forward of ``inputs`` when ``records_forward``: hooks or a torch
         function mode that note what the method needs (removed on exit); its value is ``ctx.recorded``."""
         return contextlib.nullcontext()
+
+
+class InputMapMethod(CamMethod):
+    """A method whose maps come from the whole model at the input's resolution (FullGrad's bias gradients,
+    guided backpropagation, SESS's sliding windows), not from weighting one layer's features: the
+    ``Explainer`` hands it the batch, ``explain(explainer, inputs, targets, topk) -> CamResult``, and its
+    options (layer, layout, input_layout, relu, normalize, output_size, reduce, eval_mode, output) are the
+    method's to honour (``explainer.finish`` applies the post-processing ones)."""
+
+    def explain(self, explainer: "Explainer", inputs: Any, targets: Any, topk: int | None) -> "CamResult":
+        raise NotImplementedError  # pragma: no cover - interface
+
+    def weights(self, ctx: WeightContext) -> Weights:
+        raise TypeError(f"{self.name} computes its maps from the whole model: it gives no weights for one layer's "
+                        f"features (use it through camkit.explain or an Explainer)")
+
+
+def method_factory(name: str) -> Callable[..., CamMethod]:
+    """The registered factory of the method ``name``, called with the method's options. ``"<base>+<wrapper>"``
+    (``"gradcam+sess"``, ``"gradcam++" + "+sess"``) is the wrapper method (``wraps = True``) around ``<base>``:
+    ``wrapper(base="<base>", **options)``. An unknown name is an ``UnknownNameError`` listing close matches."""
+    import functools
+
+    from camkit.plugin_manager import lookup, registry
+
+    methods = registry("methods")
+    base, plus, wrapper = name.rpartition("+")
+    if name not in methods and plus and base and getattr(methods.get(wrapper), "wraps", False):
+        method_factory(base)  # the base must exist too
+        return functools.partial(methods[wrapper], base=base)
+    return lookup("methods", name)

@@ -12,6 +12,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +25,7 @@ from camkit.checkpoint import save_checkpoint
 from camkit.cli import commands, main, run
 from camkit.plugin_manager import UnknownNameError
 from camkit.validation import NonFiniteError
+from camkit_plugins.image.model_spec import ModelSpecError
 
 pytestmark = pytest.mark.filterwarnings("ignore::camkit.ConstantMapWarning")
 
@@ -87,6 +89,24 @@ CASES = [
     Case(f"{EXPLAIN} --checkpoint {{ck}} {{pics}} --batch-size 0", ValueError, "batch_size should be a positive"),
     Case(f"{EXPLAIN} --checkpoint {{ck}} {{pics}} --alpha 1.5", ValueError, r"alpha=1.5 must be between 0 and 1"),
     Case(f"{EXPLAIN} --checkpoint {{ck}} {{pics}} --decode gpu", SystemExit, "2"),
+    # --- explain --model: the user's own file, serialised models, preprocessing
+    Case(f"{EXPLAIN} --model {{brokenpy}}:build {{pics}}", ModelSpecError,
+         r"importing .*broken\.py failed: ModuleNotFoundError: No module named 'a_missing_dependency'"),
+    Case(f"{EXPLAIN} --model {{raisingpy}}:build {{pics}}", ModelSpecError,
+         r"calling build\(\) failed: RuntimeError: no weights here"),
+    Case(f"{EXPLAIN} --model {{scripted}} {{pics}}", ModelSpecError,
+         "is a TorchScript module.*no forward hooks.*torch.export archive"),
+    Case(f"{EXPLAIN} --model {{tinypy}}:build {{pics}} --size 0", ModelSpecError,
+         "--size 0: an input size is a positive"),
+    Case(f"{EXPLAIN} --model {{tinypy}}:build {{pics}} --size -4", ModelSpecError, "--size -4: an input size"),
+    Case(f"{EXPLAIN} --model {{tinypy}}:build {{pics}} --mean 0.5,0.5", ModelSpecError,
+         r"--mean takes 3 values, one per input channel \(R,G,B\), got 2"),
+    Case(f"{EXPLAIN} --model {{tinypy}}:build {{pics}} --std 0.2,0.2,0.2,0.2", ModelSpecError,
+         "--std takes 3 values, one per input channel .*got 4"),
+    Case(f"{EXPLAIN} --model {{tinypy}}:build {{pics}} --std 0.2,0,0.2", ModelSpecError,
+         "--std 0.2,0,0.2: every std must be positive"),
+    Case(f"{EXPLAIN} --model {{tinypy}}:build {{pics}} --mean 0.5,nan,0.5", ModelSpecError,
+         "--mean 0.5,nan,0.5: values must be finite"),
     # --- train image
     Case("train image --data imagenet --out {out}", ValueError, "--data 'imagenet': not a directory"),
     Case("train image --data {pics} --arch mnist-gap --epochs 0 --out {out}", ValueError, "epochs must be >= 1"),
@@ -107,6 +127,8 @@ CASES = [
          r"continues the same run, but lr 0.5 \(the run has 0.003\)"),
     Case("train image --resume {run}", ValueError, "already finished all 1 epoch"),
     Case("train image --resume {run} --epochs 3 --out {afile}", ValueError, "epochs 3 .the run has 1."),
+    Case("train image --data {pics} --arch mnist-gap --out {run}", FileExistsError,
+         r"run already holds a checkpoint \(config.json, model.pt, training.pt\).*--resume .*--overwrite"),
     # --- demo (the demo command writes through plugins/image/demo.py)
     Case("demo --quick --out {afile}", OSError, "afile"),
     # --- bench
@@ -142,6 +164,8 @@ CASES = [
     Case("explain skeleton --checkpoint {ck} --out {out}", ValueError, "image checkpoint|skeleton"),
     Case("eval skeleton --checkpoints {ck} {ck} --label a --out {out}", ValueError, "--label"),
     Case("ensemble skeleton --checkpoints {ck} --out {out}", ValueError, "skeleton"),
+    Case("train skeleton --out {ck}", FileExistsError, r"ck already holds a checkpoint \(config.json, model.pt\)"),
+    Case("ensemble skeleton --checkpoints {ck} --out {ck}", FileExistsError, "already holds a checkpoint"),
 ]
 
 
@@ -215,6 +239,18 @@ def world(tmp_path_factory):
     (root / "noweights" / "model.pt").unlink()
     paths["garbageweights"] = _variant(ck, root / "garbageweights", weights=b"not a torch file")
     paths["nanweights"] = _variant(ck, root / "nanweights", weights=buffer.getvalue())
+
+    (root / "broken.py").write_text("import a_missing_dependency\n")
+    (root / "raising.py").write_text("def build():\n    raise RuntimeError('no weights here')\n")
+    (root / "tiny.py").write_text("import torch.nn as nn\n\ndef build():\n    return nn.Sequential(nn.Conv2d(3, 4, 3), "
+                                  "nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2))\n")
+    tiny = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),
+                               torch.nn.Flatten(), torch.nn.Linear(4, 2))
+    with warnings.catch_warnings():  # torch >= 2.10 deprecates TorchScript: users still have such files
+        warnings.simplefilter("ignore", FutureWarning)
+        torch.jit.script(tiny).save(str(root / "scripted.pt"))
+    paths.update(brokenpy=str(root / "broken.py"), raisingpy=str(root / "raising.py"), tinypy=str(root / "tiny.py"),
+                 scripted=str(root / "scripted.pt"))
 
     run_dir = root / "run"
     assert main(["train", "image", "--data", paths["pics"], "--arch", "mnist-gap", "--epochs", "1", "--size", "16",

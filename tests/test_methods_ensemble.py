@@ -7,6 +7,7 @@ import torch.nn as nn
 
 from camkit import explain
 from camkit.ensemble import eigen_smooth, explain_augmented, explain_layers
+from camkit.targets import ClassProbability, ClassScore, Negative
 from tests.methods_models import DeepHead, GapNet, features_and_gradients, normalise, numpy_projection_maps
 
 
@@ -111,3 +112,28 @@ def test_explain_keywords_are_the_ensemble_options(gap_net_factory):
                                explain_layers(model, x, "gradcam", ["1", "3"], "max").maps)
     torch.testing.assert_close(camkit.explain(model, x, "gradcam", augment={"flips": "HW"}).maps,
                                explain_augmented(model, x, "gradcam", flips="HW").maps)
+
+
+@pytest.mark.parametrize("target", [Negative(ClassScore(1)), Negative(1), ClassProbability(2)])
+def test_a_callable_target_scores_every_augmented_copy(target):
+    """relu=False: a negative target's Grad-CAM of a tiny net is often all below zero."""
+    torch.manual_seed(0)
+    net = GapNet(2).eval()
+    x = torch.randn(2, 3, 8, 8)
+    got = explain(net, x, "gradcam", targets=target, relu=False, augment={"flips": "W", "scales": (0.5,)})
+    plain = explain(net, x, "gradcam", targets=target, relu=False).maps
+    flipped = explain(net, x.flip(3), "gradcam", targets=target, relu=False).maps.flip(2)
+    small = nn.functional.interpolate(x, size=(4, 4), mode="bilinear", align_corners=False)
+    rescaled = explain(net, small, "gradcam", targets=target, relu=False, output_size={"H": 8, "W": 8}).maps
+    torch.testing.assert_close(got.maps, normalise((plain + flipped + rescaled) / 3), atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("target", [Negative(ClassScore(1)), Negative(1), ClassProbability(2)])
+def test_a_callable_target_scores_every_fused_layer(target):
+    torch.manual_seed(0)
+    net = GapNet(2).eval()
+    x = torch.randn(2, 3, 8, 8)
+    fused = explain(net, x, "gradcam", layer=["body.1", "body.3"], targets=target, relu=False, fusion="mean")
+    a = explain(net, x, "gradcam", layer="body.1", targets=target, relu=False).maps
+    b = explain(net, x, "gradcam", layer="body.3", targets=target, relu=False).maps
+    torch.testing.assert_close(fused.maps, normalise((a + b) / 2), atol=1e-5, rtol=1e-4)

@@ -118,7 +118,7 @@ def test_torch_export_archive_and_torchscript(tmp_path, tiny_file, pictures, mon
     assert code == 0 and len(list((tmp_path / "out").glob("*_pred_*.jpg"))) == 2
     scripted = tmp_path / "tiny.ts"
     torch.jit.script(eager).save(str(scripted))
-    with pytest.raises(TypeError, match="TorchScript model cannot be explained.*torch.export"):
+    with pytest.raises(ValueError, match="TorchScript module, which camkit cannot explain.*torch.export"):
         main(["explain", "--model", str(scripted), str(pictures), "--out", str(tmp_path / "o2"), "--workers", "0"])
 
 

@@ -104,12 +104,16 @@ def validate_names(config: Mapping[str, Any]) -> None:
     """Every method, metric, dataset and model exists (a model is a registered name or a checkpoint
     directory); else an ``UnknownNameError`` listing close matches and the available ones. Metric
     options are tried too."""
+    from camkit.methods import method_factory
     from camkit.plugin_manager import lookup, registry
 
     methods = registry("methods")
     for method in config["methods"]:
-        if method not in methods:
-            raise UnknownNameError.of("method", method, [*methods, *BASELINE_METHODS])
+        if method not in BASELINE_METHODS:
+            try:
+                method_factory(method)  # a registered name or a composition such as "gradcam+sess"
+            except KeyError:
+                raise UnknownNameError.of("method", method, [*methods, *BASELINE_METHODS]) from None
     for metric in config["metrics"]:
         cls = lookup("metrics", metric["name"])
         try:

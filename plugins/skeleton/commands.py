@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -106,10 +107,11 @@ def _train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resume", default=None, metavar="DIR",
                         help="continue the run saved in DIR (its own settings) from its last finished epoch; "
                              "--out defaults to DIR")
+    parser.add_argument("--overwrite", action="store_true", help="replace the checkpoint already in --out")
 
 
 def _train_run(args: argparse.Namespace) -> int:
-    from camkit.checkpoint import load_training_state
+    from camkit.checkpoint import check_free_for_training, load_training_state
 
     resumed = None
     if args.resume is not None:
@@ -127,6 +129,7 @@ def _train_run(args: argparse.Namespace) -> int:
         print(f"resuming {args.resume} after epoch {resumed['epoch']} of {args.epochs}", flush=True)
     if args.out is None:
         raise ValueError("train skeleton needs --out DIR (or --resume DIR)")
+    check_free_for_training(args.out, args.resume, args.overwrite)
     _at_least(args.epochs, 1, "--epochs")
     _at_least(args.batch_size, 1, "--batch-size")
     if not args.lr > 0:
@@ -142,113 +145,177 @@ def _train_defaults() -> argparse.Namespace:
     return parser.parse_args([])
 
 
+@dataclass
+class _Run:
+    """What one training run holds between epochs: the (possibly DDP-wrapped) model, its optimiser and
+    schedule, the data loader, the generators of shuffling and occlusion, and the history so far."""
+
+    model: Any
+    loader: Any
+    sampler: Any
+    optimizer: Any
+    schedule: Any
+    shuffle: Any
+    occluder: Any
+    history: list[dict[str, float]]
+    first_epoch: int = 0
+
+
 def train(args: argparse.Namespace, resumed: dict[str, Any] | None = None) -> int:
-    """The training loop of ``train skeleton`` (``resumed``: a state written by an earlier run)."""
+    """The training loop of ``train skeleton`` (``resumed``: a state written by an earlier run), as steps:
+    data, model, one run's state (restored when resuming), then per epoch train, evaluate and save."""
     import torch
     import torch.distributed as dist
-    from torch.utils.data import DataLoader
-    from torch.utils.data.distributed import DistributedSampler
-    from tqdm import tqdm
 
-    import camkit
-    from camkit.checkpoint import rng_state, save_checkpoint, save_training_state, set_rng_state
     from camkit.distributed import Distributed, local_device
     from camkit.validation import NonFiniteError
-    from camkit_plugins.skeleton.modalities import check_modality
-    from camkit_plugins.skeleton.models import ra_gcn_loss, unwrap
-    from camkit_plugins.skeleton.options import parse_key_values
 
     device = local_device("auto")
     torch.manual_seed(args.seed)
+    dataset_name, data_options, train_set, val_set = _training_data(args)
+    model, model_options = _training_model(args, train_set, device)
+    job = Distributed.from_environment(device)  # selects this rank's GPU; gloo on CPU
+    run = _training_run(args, model, train_set, device, job, resumed)
+    config = {"model": args.model, "model_options": model_options, "classes": list(train_set.classes),
+              "domain": "skeleton", "input_layout": "NCTVM", "input_shape": list(train_set.sample_shape),
+              "graph": model_options.get("graph", "ntu25"), "dataset": dataset_name,
+              "modality": model_options["modality"],
+              "dataset_options": data_options, "seed": args.seed, "epochs": args.epochs,
+              "world_size": job.world, "occlude_parts": args.occlude_parts}
+    out = Path(args.out)
+    saved_epoch = run.first_epoch
+    try:
+        for epoch in range(run.first_epoch, args.epochs):
+            loss = _train_epoch(args, run, epoch, device, job)
+            if job.rank == 0:
+                _evaluate_and_save(args, run, epoch, loss, val_set, device, out, config)
+            saved_epoch = epoch + 1
+    except NonFiniteError as exc:
+        raise NonFiniteError(f"{exc}; stopped without saving it ({_last_good(out, saved_epoch, args.epochs)}); "
+                             f"lower --lr or check the data") from None
+    except KeyboardInterrupt:
+        if job.rank == 0:
+            print(f"interrupted: {_last_good(out, saved_epoch, args.epochs)}", file=sys.stderr, flush=True)
+        return 130
+    if job.rank == 0:
+        print(f"checkpoint written to {out}")
+    if job.world > 1:
+        dist.barrier()
+    job.close()
+    return 0
+
+
+def _training_data(args: argparse.Namespace) -> tuple[str, dict[str, Any], Any, Any]:
+    """``(dataset name, its options, train set, validation set)``; a graph file becomes the graph itself."""
+    from camkit_plugins.skeleton.graph import portable_graph
+    from camkit_plugins.skeleton.options import parse_key_values
+
     dataset_name = args.dataset or "skeleton-synthetic"
     data_options = parse_key_values(args.data_option, "-d")
-    user_model_options = check_model_options(args.model, parse_key_values(args.model_option, "-m"))
+    if "graph" in data_options:  # the checkpoint carries the graph itself, not the path of its file
+        data_options["graph"] = portable_graph(data_options["graph"])
     train_set = load_dataset(dataset_name, data_options, args.train_split, args.seed)
     val_set = load_dataset(dataset_name, data_options, args.val_split, args.seed)
     if len(train_set) == 0:
         raise ValueError(f"dataset {dataset_name} has no clips in split {args.train_split!r}")
+    return dataset_name, data_options, train_set, val_set
+
+
+def _training_model(args: argparse.Namespace, train_set: Any, device: Any) -> tuple[Any, dict[str, Any]]:
+    """The model to train (on ``device``) and the options it was built with, as the checkpoint records them."""
+    import camkit
+    from camkit_plugins.skeleton.graph import portable_graph
+    from camkit_plugins.skeleton.modalities import check_modality
+    from camkit_plugins.skeleton.options import parse_key_values
+
+    user_model_options = check_model_options(args.model, parse_key_values(args.model_option, "-m"))
     c, _, _, m = train_set.sample_shape
-    model_options = {"in_channels": c, "persons": m, "graph": train_set.graph,
+    model_options = {"in_channels": c, "persons": m, "graph": portable_graph(train_set.graph),
                      "modality": check_modality(args.modality), **user_model_options}
     if args.model == "ragcn":
         model_options.setdefault("streams", args.streams)
     model = camkit.lookup("models", args.model)(num_classes=len(train_set.classes), **model_options)
-    model.to(device)
-    job = Distributed.from_environment(device)  # selects this rank's GPU; gloo on CPU
-    rank, world = job.rank, job.world
-    if world > 1:
+    return model.to(device), model_options
+
+
+def _training_run(args: argparse.Namespace, model: Any, train_set: Any, device: Any, job: Any,
+                  resumed: dict[str, Any] | None) -> _Run:
+    """Model (wrapped in DDP for several processes), loader, optimiser, schedule and generators, restored
+    from ``resumed`` when given."""
+    import torch
+    from torch.utils.data import DataLoader
+    from torch.utils.data.distributed import DistributedSampler
+
+    from camkit.checkpoint import set_rng_state
+    from camkit_plugins.skeleton.models import unwrap
+
+    if job.world > 1:
         device_ids = [device.index] if device.type == "cuda" else None
         model = torch.nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
-    sampler = DistributedSampler(train_set, world, rank, shuffle=True, seed=args.seed) if world > 1 else None
+    sampler = DistributedSampler(train_set, job.world, job.rank, shuffle=True, seed=args.seed) \
+        if job.world > 1 else None
     shuffle = torch.Generator().manual_seed(args.seed)
     loader = DataLoader(train_set, batch_size=args.batch_size, shuffle=sampler is None, sampler=sampler,
                         generator=shuffle)
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, max(args.epochs * len(loader), 1))
-    occluder = torch.Generator().manual_seed(args.seed + 7919)
-    history: list[dict[str, float]] = []
-    first_epoch = 0
+    run = _Run(model, loader, sampler, optimizer, schedule, shuffle,
+               occluder=torch.Generator().manual_seed(args.seed + 7919), history=[])
     if resumed is not None:
         unwrap(model).load_state_dict(resumed["model"])
         optimizer.load_state_dict(resumed["optimizer"])
         schedule.load_state_dict(resumed["schedule"])
         set_rng_state(resumed["rng"])
         shuffle.set_state(resumed["generators"]["shuffle"])
-        occluder.set_state(resumed["generators"]["occluder"])
-        history, first_epoch = list(resumed["history"]), int(resumed["epoch"])
-    config = {"model": args.model, "model_options": model_options, "classes": list(train_set.classes),
-              "domain": "skeleton", "input_layout": "NCTVM", "input_shape": list(train_set.sample_shape),
-              "graph": model_options.get("graph", "ntu25"), "dataset": dataset_name,
-              "modality": model_options["modality"],
-              "dataset_options": data_options, "seed": args.seed, "epochs": args.epochs,
-              "world_size": world, "occlude_parts": args.occlude_parts}
-    settings = {key: getattr(args, key) for key in RUN_SETTINGS}
-    out = Path(args.out)
-    saved_epoch = first_epoch
-    try:
-        for epoch in range(first_epoch, args.epochs):
-            if sampler is not None:
-                sampler.set_epoch(epoch)
-            model.train()
-            bar = tqdm(loader, desc=f"epoch {epoch + 1}/{args.epochs}", disable=rank != 0, leave=False)
-            for step, batch in enumerate(bar):
-                x, y = batch["input"].to(device), batch["label"].to(device)
-                if args.occlude_parts > 0:
-                    x = occlude_random_parts(x, args.occlude_parts, occluder)
-                if args.model == "ragcn":
-                    loss = ra_gcn_loss(model(x, labels=y, per_stream=True), y)
-                else:
-                    loss = torch.nn.functional.cross_entropy(model(x), y)
-                require_finite_loss(loss, job, f"epoch {epoch + 1}, batch {step + 1}")
-                optimizer.zero_grad()
-                loss.backward()
-                optimizer.step()
-                schedule.step()
-                bar.set_postfix(loss=f"{loss.item():.3f}")
-            if rank == 0:
-                accuracy = _accuracy(unwrap(model), val_set, device)
-                history.append({"epoch": epoch + 1, "loss": float(loss.item()), "val_accuracy": accuracy})
-                print(f"epoch {epoch + 1}: loss {loss.item():.4f}, val accuracy {100 * accuracy:.1f}%", flush=True)
-                save_checkpoint(out, unwrap(model), {**config, "epochs_done": epoch + 1, "val_accuracy": accuracy})
-                save_training_state(out, {
-                    "epoch": epoch + 1, "arguments": settings, "model": unwrap(model).state_dict(),
-                    "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(), "rng": rng_state(),
-                    "generators": {"shuffle": shuffle.get_state(), "occluder": occluder.get_state()},
-                    "history": history})
-            saved_epoch = epoch + 1
-    except NonFiniteError as exc:
-        raise NonFiniteError(f"{exc}; stopped without saving it ({_last_good(out, saved_epoch, args.epochs)}); "
-                             f"lower --lr or check the data") from None
-    except KeyboardInterrupt:
-        if rank == 0:
-            print(f"interrupted: {_last_good(out, saved_epoch, args.epochs)}", file=sys.stderr, flush=True)
-        return 130
-    if rank == 0:
-        print(f"checkpoint written to {out}")
-    if world > 1:
-        dist.barrier()
-    job.close()
-    return 0
+        run.occluder.set_state(resumed["generators"]["occluder"])
+        run.history, run.first_epoch = list(resumed["history"]), int(resumed["epoch"])
+    return run
+
+
+def _train_epoch(args: argparse.Namespace, run: _Run, epoch: int, device: Any, job: Any) -> Any:
+    """One pass over the training data; returns the last batch's loss."""
+    import torch
+    from tqdm import tqdm
+
+    from camkit_plugins.skeleton.models import ra_gcn_loss
+
+    if run.sampler is not None:
+        run.sampler.set_epoch(epoch)
+    run.model.train()
+    bar = tqdm(run.loader, desc=f"epoch {epoch + 1}/{args.epochs}", disable=job.rank != 0, leave=False)
+    for step, batch in enumerate(bar):
+        x, y = batch["input"].to(device), batch["label"].to(device)
+        if args.occlude_parts > 0:
+            x = occlude_random_parts(x, args.occlude_parts, run.occluder)
+        if args.model == "ragcn":
+            loss = ra_gcn_loss(run.model(x, labels=y, per_stream=True), y)
+        else:
+            loss = torch.nn.functional.cross_entropy(run.model(x), y)
+        require_finite_loss(loss, job, f"epoch {epoch + 1}, batch {step + 1}")
+        run.optimizer.zero_grad()
+        loss.backward()
+        run.optimizer.step()
+        run.schedule.step()
+        bar.set_postfix(loss=f"{loss.item():.3f}")
+    return loss
+
+
+def _evaluate_and_save(args: argparse.Namespace, run: _Run, epoch: int, loss: Any, val_set: Any, device: Any,
+                       out: Path, config: dict[str, Any]) -> None:
+    """Validation accuracy, then the checkpoint and the training state of the finished epoch (rank 0)."""
+    from camkit.checkpoint import rng_state, save_checkpoint, save_training_state
+    from camkit_plugins.skeleton.models import unwrap
+
+    model = unwrap(run.model)
+    accuracy = _accuracy(model, val_set, device)
+    run.history.append({"epoch": epoch + 1, "loss": float(loss.item()), "val_accuracy": accuracy})
+    print(f"epoch {epoch + 1}: loss {loss.item():.4f}, val accuracy {100 * accuracy:.1f}%", flush=True)
+    save_checkpoint(out, model, {**config, "epochs_done": epoch + 1, "val_accuracy": accuracy})
+    save_training_state(out, {
+        "epoch": epoch + 1, "arguments": {key: getattr(args, key) for key in RUN_SETTINGS},
+        "model": model.state_dict(), "optimizer": run.optimizer.state_dict(), "schedule": run.schedule.state_dict(),
+        "rng": rng_state(), "generators": {"shuffle": run.shuffle.get_state(), "occluder": run.occluder.get_state()},
+        "history": run.history})
 
 
 def _last_good(out: Path, epoch: int, epochs: int) -> str:
@@ -480,13 +547,15 @@ def _ensemble_arguments(parser: argparse.ArgumentParser) -> None:
                         help="fusion weight per checkpoint (default: pyskl's 2 joint, 2 bone, 1 joint-motion, "
                              "1 bone-motion by each checkpoint's modality)")
     parser.add_argument("--out", required=True, help="checkpoint directory of the ensemble")
+    parser.add_argument("--overwrite", action="store_true", help="replace the checkpoint already in --out")
 
 
 def _ensemble_run(args: argparse.Namespace) -> int:
-    from camkit.checkpoint import save_checkpoint
+    from camkit.checkpoint import check_free_for_training, save_checkpoint
     from camkit_plugins.skeleton.modalities import FUSION_WEIGHTS
     from camkit_plugins.skeleton.models import build_ensemble
 
+    check_free_for_training(args.out, overwrite=args.overwrite)
     loaded = [load_skeleton_checkpoint(path) for path in args.checkpoints]
     configs = [config for _, config in loaded]
     modalities = [config.get("modality", config["model_options"].get("modality", "joint")) for config in configs]

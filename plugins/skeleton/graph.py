@@ -6,7 +6,10 @@ column sums to one over the partitions (each node averages its neighbourhood).
 
 from __future__ import annotations
 
+import json
+import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -158,16 +161,19 @@ def skeleton_layout() -> Any:
     return Layout.parse("NCTVM")
 
 
-def get_graph(spec: "str | SkeletonGraph | Mapping[str, Any]") -> SkeletonGraph:
-    """A graph by name (``"ntu25"``, ``"openpose18"``, ``"coco17"``), as is, or from ``{"joints": names or count,
-    "bones": [[i, j], ...], "center": c}`` (a custom edge list; JSON-friendly for checkpoints)."""
+def get_graph(spec: "str | os.PathLike[str] | SkeletonGraph | Mapping[str, Any]") -> SkeletonGraph:
+    """A graph by name (``"ntu25"``, ``"openpose18"``, ``"coco17"``), as is, from ``{"joints": names or count,
+    "bones": [[i, j], ...], "center": c}`` (a custom edge list; JSON-friendly for checkpoints) or from a
+    JSON file holding that object (a path ending in ``.json``; its name defaults to the file's stem)."""
     if isinstance(spec, SkeletonGraph):
         return spec
-    if isinstance(spec, str):
-        if spec not in GRAPHS:
-            raise UnknownNameError.of("skeleton graph", spec, sorted(GRAPHS),
-                                      alternative="a dict with joints, bones, center")
-        return GRAPHS[spec]
+    if isinstance(spec, (str, os.PathLike)):
+        if spec in GRAPHS:
+            return GRAPHS[str(spec)]
+        if str(spec).endswith(".json") or Path(spec).is_file():
+            return read_graph_file(spec)
+        raise UnknownNameError.of("skeleton graph", str(spec), sorted(GRAPHS),
+                                  alternative="a dict with joints, bones, center, or a .json file holding one")
     if isinstance(spec, Mapping):
         missing = [key for key in ("joints", "bones") if key not in spec]
         if missing:
@@ -176,4 +182,32 @@ def get_graph(spec: "str | SkeletonGraph | Mapping[str, Any]") -> SkeletonGraph:
         names: Sequence[str] = [f"joint {i}" for i in range(joints)] if isinstance(joints, int) else list(joints)
         bones = tuple((int(i), int(j)) for i, j in spec["bones"])
         return SkeletonGraph(str(spec.get("name", "custom")), tuple(names), bones, int(spec.get("center", 0)))
-    raise TypeError(f"a graph is a name, a SkeletonGraph or a dict, got {type(spec).__name__}")
+    raise TypeError(f"a graph is a name, a JSON file, a SkeletonGraph or a dict, got {type(spec).__name__}")
+
+
+def read_graph_file(path: "str | os.PathLike[str]") -> SkeletonGraph:
+    """The graph in a JSON file ``{"joints": ..., "bones": ..., "center": ...}`` (see ``get_graph``)."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"skeleton graph file {path}: no such file")
+    try:
+        spec = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"skeleton graph file {path}: not JSON ({exc})") from exc
+    if not isinstance(spec, dict):
+        raise ValueError(f"skeleton graph file {path}: a JSON object with joints, bones and center, not "
+                         f"{type(spec).__name__}")
+    try:
+        return get_graph({"name": path.stem, **spec})
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"skeleton graph file {path}: {exc}") from exc
+
+
+def portable_graph(spec: Any) -> "str | dict[str, Any]":
+    """What a checkpoint records: a built-in graph's name, else the graph itself as a JSON object (so the
+    checkpoint does not depend on a graph file staying where it was)."""
+    graph = get_graph(spec)
+    if GRAPHS.get(graph.name) is graph:
+        return graph.name
+    return {"name": graph.name, "joints": list(graph.joints), "bones": [list(bone) for bone in graph.bones],
+            "center": graph.center}
