@@ -87,12 +87,22 @@ def to_input(batch: EvalBatch, removed: Any, kind: str) -> Any:
 # ---------------------------------------------------------------- 2. orders
 
 
-def ranks(batch: EvalBatch, scores: Any, descending: bool = True) -> Any:
+def ranks(batch: EvalBatch, scores: Any, descending: bool = True, convention: str = "camkit") -> Any:
     """``(N, F)`` position of each feature in decreasing (or increasing) order of ``scores``; ties in a
-    random order seeded by ``(batch.seed, sample id)``."""
+    random order seeded by ``(batch.seed, sample id)``. ``convention="quantus"``: numpy's ``argsort`` of
+    ``-scores`` (or ``scores``), Quantus's tie order (e.g. the channels of one pixel, features="element")."""
+    import torch
+
     from camkit_plugins.metrics.base import saliency_ranks
 
-    return saliency_ranks(scores if descending else -scores, batch.indices, batch.seed)
+    if convention != "quantus":
+        return saliency_ranks(scores if descending else -scores, batch.indices, batch.seed)
+    import numpy as np
+
+    array = scores.detach().cpu().numpy()
+    order = torch.as_tensor(np.argsort(-array if descending else array, axis=1), device=scores.device)
+    positions = torch.arange(order.shape[1], device=scores.device).expand_as(order)
+    return torch.empty_like(order).scatter_(1, order, positions)
 
 
 def block_labels(batch: EvalBatch, patch_size: int) -> tuple[Any, int]:

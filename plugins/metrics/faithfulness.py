@@ -59,6 +59,12 @@ class FaithfulnessMetric(Metric):
 
         return baseline(self.config.perturb_baseline, seed=batch.seed)
 
+    def ranks(self, batch: EvalBatch, scores: Any, descending: bool = True) -> Any:
+        """Feature ranks; with ``convention="quantus"`` in Quantus's (numpy's) tie order."""
+        from camkit_plugins.metrics.engine import ranks
+
+        return ranks(batch, scores, descending, getattr(self.config, "convention", "camkit"))
+
     @property
     def output(self) -> str:
         return "probability" if self.config.softmax else "logit"
@@ -149,7 +155,8 @@ class PixelFlipping(FaithfulnessMetric):
     Options (Quantus 0.6 defaults): ``features_in_step=1``, ``perturb_baseline="black"`` (per-sample
     minimum; or ``"white"``, ``"mean"``, ``"uniform"``, a number, any camkit perturbation),
     ``normalise=True``, ``abs=False``, ``softmax=True``, ``return_auc_per_sample=False`` (recorded;
-    both are always returned), ``features="site"`` (Quantus: ``"element"``, 3x the forwards on RGB).
+    both are always returned), ``features="site"`` (Quantus: ``"element"``, 3x the forwards on RGB),
+    ``convention="camkit"`` (``"quantus"``: ties in numpy's order, as the channels of one pixel).
     Cost: ceil(F / features_in_step) forwards per sample (224 px RGB, element: 150,528)."""
 
     name = "pixel_flipping"
@@ -157,17 +164,17 @@ class PixelFlipping(FaithfulnessMetric):
     primary = "auc"
     higher_is_better = False
     defaults = {"features_in_step": 1, "perturb_baseline": "black", "normalise": True, "abs": False,
-                "softmax": True, "return_auc_per_sample": False, "features": "site"}
+                "softmax": True, "return_auc_per_sample": False, "features": "site", "convention": "camkit"}
 
     def validate(self) -> None:
         positive("features_in_step", self.config.features_in_step)
 
     def evaluate(self, batch: EvalBatch) -> MetricValues:
-        from camkit_plugins.metrics.engine import cumulative, ranks, removal_scores, step_counts, trapezoid
+        from camkit_plugins.metrics.engine import cumulative, removal_scores, step_counts, trapezoid
 
         features = self.features(batch)
         counts = step_counts(features.count, self.config.features_in_step, batch.maps.device)
-        order = ranks(batch, features.attributions)
+        order = self.ranks(batch, features.attributions)
         curve = removal_scores(batch, features, cumulative(order, counts), len(counts), self.perturbation(batch),
                                self.output)
         return MetricValues({"auc": trapezoid(curve), "curve": curve}, {"curve": [str(int(k)) for k in counts]})
@@ -281,7 +288,7 @@ class Monotonicity(FaithfulnessMetric):
     def evaluate(self, batch: EvalBatch) -> MetricValues:
         import torch
 
-        from camkit_plugins.metrics.engine import cumulative, ranks, removal_scores, step_counts
+        from camkit_plugins.metrics.engine import cumulative, removal_scores, step_counts
 
         features = self.features(batch)
         counts = step_counts(features.count, self.config.features_in_step, batch.maps.device)
@@ -290,7 +297,7 @@ class Monotonicity(FaithfulnessMetric):
             base = removal_scores(batch, features, everything, 1, self.perturbation(batch), self.output)
             curve = base.expand(-1, len(counts))
         else:
-            added = cumulative(ranks(batch, features.attributions, descending=False), counts)
+            added = cumulative(self.ranks(batch, features.attributions, descending=False), counts)
             curve = removal_scores(batch, features, added, len(counts), self.perturbation(batch), self.output,
                                    insert=True)
         monotonic = (curve.diff(dim=1) >= 0).all(dim=1).double()

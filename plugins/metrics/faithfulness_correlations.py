@@ -71,25 +71,26 @@ class FaithfulnessEstimate(FaithfulnessMetric):
 
     Options (Quantus 0.6): ``features_in_step=1``, ``perturb_baseline="black"``,
     ``similarity_func="pearson"``, ``normalise=True``, ``abs=False``, ``softmax=False``,
-    ``features="site"``. Cost: 1 + ceil(F / features_in_step) forwards per sample."""
+    ``features="site"``, ``convention="camkit"`` (``"quantus"``: ties in numpy's order).
+    Cost: 1 + ceil(F / features_in_step) forwards per sample."""
 
     name = "faithfulness_estimate"
     quantus_name = "FaithfulnessEstimate"
     primary = "correlation"
     higher_is_better = True
     defaults = {"features_in_step": 1, "perturb_baseline": "black", "similarity_func": "pearson",
-                "normalise": True, "abs": False, "softmax": False, "features": "site"}
+                "normalise": True, "abs": False, "softmax": False, "features": "site", "convention": "camkit"}
 
     def validate(self) -> None:
         positive("features_in_step", self.config.features_in_step)
 
     def evaluate(self, batch: EvalBatch) -> MetricValues:
-        from camkit_plugins.metrics.engine import clean_scores, correlation, ranks, removal_scores, step_counts, window
+        from camkit_plugins.metrics.engine import clean_scores, correlation, removal_scores, step_counts, window
 
         features = self.features(batch)
         width = int(self.config.features_in_step)
         stops = step_counts(features.count, width, features.attributions.device)
-        order = ranks(batch, features.attributions)
+        order = self.ranks(batch, features.attributions)
         scores = removal_scores(batch, features, window(order, stops - width, stops), len(stops),
                                 self.perturbation(batch), self.output)
         drops = clean_scores(batch, self.output)[:, None] - scores
@@ -105,7 +106,8 @@ class MonotonicityCorrelation(FaithfulnessMetric):
 
     Options (Quantus 0.6): ``nr_samples=100``, ``features_in_step=1``, ``eps=1e-5``,
     ``perturb_baseline="uniform"`` (one U(0, 1) value per copy, seeded), ``similarity_func="spearman"``,
-    ``normalise=True``, ``abs=True``, ``softmax=True``, ``features="site"``.
+    ``normalise=True``, ``abs=True``, ``softmax=True``, ``features="site"``, ``convention="camkit"``
+    (``"quantus"``: ties in numpy's order).
     Cost: 1 + nr_samples x ceil(F / features_in_step) forwards per sample (224 px RGB, element: 15 M)."""
 
     name = "monotonicity_correlation"
@@ -113,7 +115,8 @@ class MonotonicityCorrelation(FaithfulnessMetric):
     primary = "correlation"
     higher_is_better = True
     defaults = {"nr_samples": 100, "features_in_step": 1, "eps": 1e-5, "perturb_baseline": "uniform",
-                "similarity_func": "spearman", "normalise": True, "abs": True, "softmax": True, "features": "site"}
+                "similarity_func": "spearman", "normalise": True, "abs": True, "softmax": True, "features": "site",
+                "convention": "camkit"}
 
     def validate(self) -> None:
         positive("nr_samples", self.config.nr_samples)
@@ -122,12 +125,12 @@ class MonotonicityCorrelation(FaithfulnessMetric):
     def evaluate(self, batch: EvalBatch) -> MetricValues:
         import torch
 
-        from camkit_plugins.metrics.engine import clean_scores, correlation, ranks, removal_scores, step_counts, window
+        from camkit_plugins.metrics.engine import clean_scores, correlation, removal_scores, step_counts, window
 
         features = self.features(batch)
         width, draws = int(self.config.features_in_step), int(self.config.nr_samples)
         stops = step_counts(features.count, width, features.attributions.device)
-        order = ranks(batch, features.attributions, descending=False)
+        order = self.ranks(batch, features.attributions, descending=False)
         inner = window(order, stops - width, stops)
         # copy c = window c // draws, draw c % draws
         scores = removal_scores(batch, features, lambda owner, copy: inner(owner, copy // draws),
@@ -205,7 +208,7 @@ class SensitivityN(FaithfulnessMetric):
         return MetricValues({"mean": stacked.nanmean(dim=1), "curve": stacked}, {"curve": [str(k) for k in sizes]})
 
     def _quantus(self, batch: EvalBatch) -> MetricValues:
-        from camkit_plugins.metrics.engine import Features, clean_scores, cumulative, ranks, removal_scores, step_counts
+        from camkit_plugins.metrics.engine import Features, clean_scores, cumulative, removal_scores, step_counts
 
         c = self.config
         # Quantus divides the whole batch by one max: a common scale, which a correlation across samples ignores,
@@ -217,7 +220,7 @@ class SensitivityN(FaithfulnessMetric):
             sites *= size
         steps = int(self.config.n_max_percentage * sites // width)
         stops = step_counts(features.count, width, features.attributions.device)[:steps]
-        order = ranks(batch, features.attributions)
+        order = self.ranks(batch, features.attributions)
         scores = removal_scores(batch, features, cumulative(order, stops), len(stops), self.perturbation(batch),
                                 self.output)
         deltas = clean_scores(batch, self.output)[:, None] - scores
@@ -371,9 +374,11 @@ class Sufficiency(FaithfulnessMetric):
 
         from camkit_plugins.metrics.engine import Features
 
-        flat = Features(batch, "site", self.config.normalise, self.config.abs).attributions
+        quantus = self.config.convention == "quantus"
+        # Quantus normalises by the whole batch's max: one scale, which its standardised distance ignores
+        flat = Features(batch, "site", self.config.normalise and not quantus, self.config.abs).attributions
         n = flat.shape[0]
-        if self.config.convention == "quantus":
+        if quantus:
             from scipy.spatial.distance import cdist
 
             array = flat.cpu().numpy()
