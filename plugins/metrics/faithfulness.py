@@ -418,6 +418,7 @@ class RoadMetric(FaithfulnessMetric):
 
         from camkit_plugins.metrics.engine import Features, cumulative, ranks
 
+        self.imputation.seed = batch.seed
         features = Features(batch, "site", self.config.normalise, self.config.abs)
         counts = road_counts(features.count, self.config.percentages, features.attributions.device)
         fractions = torch.tensor([float(p) / 100 for p in self.config.percentages], dtype=torch.float64)
@@ -486,6 +487,7 @@ class RoadCombined(FaithfulnessMetric):
 
         from camkit_plugins.metrics.engine import Features, clean_scores, cumulative, ranks, removal_scores
 
+        self.imputation.seed = batch.seed
         features = Features(batch, "site", normalise=False)
         sites = features.count
         kept = [math.ceil(float(p) * (sites - 1) / 100) for p in self.config.percentiles]

@@ -211,10 +211,11 @@ class Road(Perturbation):
     precomputable = False
 
     def __init__(self, noise: float = 0.01, iterations: int = 4, exact: bool = False,
-                 tolerance: float = 1e-9, max_iterations: int = 5000) -> None:
+                 tolerance: float = 1e-6, max_iterations: int = 5000, seed: int = 0) -> None:
         if noise < 0 or iterations < 0:
             raise ValueError(f"road needs noise >= 0 and iterations >= 0, got {noise} and {iterations}")
         self.noise, self.iterations, self.exact = float(noise), int(iterations), bool(exact)
+        self.seed = int(seed)  # the metrics set the batch's seed
         self.tolerance, self.max_iterations = float(tolerance), int(max_iterations)
 
     def apply(self, inputs: Any, removed: Any, layout: Layout, indices: Any, fill: Any = None,
@@ -232,17 +233,16 @@ class Road(Perturbation):
         dtype = torch.float64 if self.exact else torch.float32
         x = moved.reshape(-1, 1, *spatial).to(dtype)
         known = (~removed.expand_as(inputs)).movedim(axes, last).reshape(-1, 1, *spatial).to(dtype)
-        values = _coarse_to_fine_fill(x * known, known)
         offsets = torch.stack(torch.meshgrid(*[torch.arange(-1.0, 2.0)] * len(axes), indexing="ij"), 0)
         dist2 = (offsets ** 2).sum(0)
         kernel = torch.where(dist2 > 0, 1.0 / dist2.clamp_min(1), torch.zeros_like(dist2))
         kernel = (kernel / kernel.sum()).to(device=x.device, dtype=dtype)[None, None]
         conv = (F.conv1d, F.conv2d, F.conv3d)[len(axes) - 1]
-        norm = conv(torch.ones_like(x[:1]), kernel, padding=1)  # fewer neighbours at the border
         if self.exact:
-            values = _solve_imputation(x, known, values, lambda v: conv(v, kernel, padding=1), norm,
-                                       self.tolerance, self.max_iterations)
+            values = _cascadic_solve(x, known, kernel, self.tolerance, self.max_iterations)
         else:
+            values = _coarse_to_fine_fill(x * known, known)
+            norm = conv(torch.ones_like(x[:1]), kernel, padding=1)  # fewer neighbours at the border
             for _ in range(self.iterations):
                 values = torch.where(known > 0, x, conv(values, kernel, padding=1) / norm)
         imputed = values.to(inputs.dtype).reshape(moved.shape).movedim(last, axes)
@@ -251,11 +251,37 @@ class Road(Perturbation):
         return torch.where(removed, imputed, inputs)
 
     def noise_field(self, inputs: Any, layout: Layout, indices: Any, draws: Any) -> Any:
-        """Standard normal noise shaped like ``inputs`` (a test may replace this to inject Quantus's draws)."""
-        return _per_sample_noise(inputs, layout, indices)
+        """Standard normal noise shaped like ``inputs``, one field per sample id and ``seed`` (the same at every
+        step of a curve); a test may replace this to inject Quantus's draws."""
+        return _per_sample_noise(inputs, layout, indices, self.seed)
 
     def options(self) -> dict[str, Any]:
         return {"noise": self.noise, "iterations": self.iterations, "exact": self.exact}
+
+
+def _cascadic_solve(x: Any, known: Any, kernel: Any, tolerance: float, max_iterations: int) -> Any:
+    """The imputation on ``(B, 1, *spatial)`` grids, solved coarse to fine: the half-resolution problem
+    (a coarse element is known where any of its children is, with their mean) solved first, interpolated
+    as the start of the conjugate gradients here, so each level needs few iterations."""
+    import torch
+    import torch.nn.functional as F
+
+    dims = x.ndim - 2
+    conv = (F.conv1d, F.conv2d, F.conv3d)[dims - 1]
+    size = tuple(x.shape[2:])
+    if max(size) > 8 and not bool(known.all()):
+        pool = (F.avg_pool1d, F.avg_pool2d, F.avg_pool3d)[dims - 1]
+        coarse_known = pool(known, 2, ceil_mode=True)
+        coarse_x = pool(x * known, 2, ceil_mode=True) / coarse_known.clamp_min(1e-12)
+        coarse = _cascadic_solve(coarse_x, (coarse_known > 0).to(x.dtype), kernel, max(tolerance, 1e-4),
+                                 max_iterations)
+        mode = ("linear", "bilinear", "trilinear")[dims - 1]
+        start = F.interpolate(coarse, size=size, mode=mode, align_corners=False)
+    else:
+        start = _coarse_to_fine_fill(x * known, known)
+    norm = conv(torch.ones_like(x[:1]), kernel, padding=1)  # fewer neighbours at the border
+    return _solve_imputation(x, known, start, lambda v: conv(v, kernel, padding=1), norm, tolerance,
+                             max_iterations)
 
 
 def _solve_imputation(x: Any, known: Any, start: Any, neighbours: Any, norm: Any, tolerance: float,
@@ -273,6 +299,7 @@ def _solve_imputation(x: Any, known: Any, start: Any, neighbours: Any, norm: Any
     def dot(a: Any, b: Any) -> Any:
         return (a * b).flatten(1).sum(1).view(-1, *[1] * (a.ndim - 1))
 
+    tiny = torch.finfo(x.dtype).tiny
     rhs = unknown * neighbours(known * x)
     v = unknown * start
     residual = rhs - operator(v)
@@ -281,17 +308,17 @@ def _solve_imputation(x: Any, known: Any, start: Any, neighbours: Any, norm: Any
     z = residual / norm
     direction = z
     rz = dot(residual, z)
-    scale = rhs.flatten(1).norm(dim=1).clamp_min(1e-30)
+    scale = rhs.flatten(1).norm(dim=1).clamp_min(tiny)
     for _ in range(max_iterations):
         if bool((residual.flatten(1).norm(dim=1) <= tolerance * scale).all()):
             break
         a_direction = operator(direction)
-        step = rz / dot(direction, a_direction).clamp_min(1e-300)
+        step = rz / dot(direction, a_direction).clamp_min(tiny)
         v = v + step * direction
         residual = residual - step * a_direction
         z = residual / norm
         rz_next = dot(residual, z)
-        direction = z + (rz_next / rz.clamp_min(1e-300)) * direction
+        direction = z + (rz_next / rz.clamp_min(tiny)) * direction
         rz = rz_next
     return torch.where(known > 0, x, v)
 
@@ -317,7 +344,7 @@ def _coarse_to_fine_fill(weighted: Any, known: Any) -> Any:
 NOISE_SEED_OFFSET = 3_000_000_000
 
 
-def _per_sample_noise(inputs: Any, layout: Layout, indices: Any) -> Any:
+def _per_sample_noise(inputs: Any, layout: Layout, indices: Any, seed: int = 0) -> Any:
     """Standard normal noise shaped like ``inputs``, seeded by each sample's global id in a stream of
     its own (so the noise on the removed sites cannot echo the random baseline map that chose them)."""
     import torch
@@ -326,7 +353,7 @@ def _per_sample_noise(inputs: Any, layout: Layout, indices: Any) -> Any:
     moved_shape = inputs.movedim(batch_axis, 0).shape
     noise = torch.empty(moved_shape, dtype=inputs.dtype)
     for row, index in enumerate(indices.tolist()):
-        generator = torch.Generator().manual_seed(NOISE_SEED_OFFSET + int(index))
+        generator = torch.Generator().manual_seed(NOISE_SEED_OFFSET + int(index) + 1_000_003 * int(seed))
         noise[row] = torch.randn(moved_shape[1:], generator=generator, dtype=inputs.dtype)
     return noise.to(inputs.device).movedim(0, batch_axis)
 
