@@ -170,6 +170,7 @@ def test_infidelity_captum_convention_equals_captum_with_the_same_noise(normaliz
     np.testing.assert_allclose(value.numpy(), theirs.double().numpy(), rtol=1e-4, atol=1e-9)
 
 
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # pytorch-grad-cam's np.transpose of tensors
 def test_road_combined_equals_pytorch_grad_cams_road_combined_without_noise(monkeypatch):
     road = pytest.importorskip("pytorch_grad_cam.metrics.road")
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputSoftmaxTarget
