@@ -10,8 +10,11 @@ import torch
 import torch.nn as nn
 
 import camkit
+import test_bench
 from camkit.layout import Layout
 from camkit_plugins.metrics.base import EvalBatch
+
+toy = test_bench.toy  # the toy bench's fixture
 
 
 def make_batch(model, x, maps, layout="NCHW", letters="NHW", targets=None, indices=None, **extra):
@@ -280,3 +283,23 @@ def test_constant_maps_and_lone_samples_are_nan_not_numbers():
     assert math.isnan(value[0].item()) and math.isfinite(value[1].item())
     alone = metric("sufficiency").evaluate(make_batch(model, x[:1], maps[:1], targets=targets[:1]))
     assert math.isnan(alone.values["sufficiency"].item())  # no other sample to compare with
+
+
+def test_the_bench_runs_the_family_and_its_means_equal_one_direct_batch(toy):
+    """Batches of 4 in the suite, one batch of 9 directly: seeded per sample id, the means agree."""
+    metrics = [{"name": "faithfulness_correlation", "options": {"nr_runs": 5, "subset_size": 20}},
+               {"name": "sensitivity_n", "options": {"convention": "quantus", "features_in_step": 64}}]
+    test_bench.run({**toy, "methods": ["cam"], "metrics": metrics})
+    table = test_bench.scalars(toy["out"])
+    dataset = camkit.lookup("datasets", "toy-boxes")(split="test", seed=0)
+    torch.manual_seed(0)
+    model = camkit.lookup("models", "toy-cnn")(num_classes=2).eval()
+    x = torch.stack([dataset[i]["input"] for i in range(9)])
+    result = camkit.explain(model, x, "cam")
+    batch = make_batch(model, x, result.maps, targets=result.targets)
+    for entry, value in zip(metrics, ["correlation", "mean"]):
+        direct = metric(entry["name"], **entry["options"]).evaluate(batch).values[value]
+        if value == "mean":  # Quantus's SensitivityN has no per-sample value: reported, undefined
+            assert torch.isnan(direct).all() and math.isnan(table[("cam", entry["name"], value)])
+        else:
+            assert table[("cam", entry["name"], value)] == pytest.approx(direct.nanmean().item(), rel=1e-5)

@@ -153,7 +153,8 @@ class SensitivityN(FaithfulnessMetric):
     Quantus fault (fixed): Quantus removes the features cumulatively in decreasing relevance and
     correlates *across the samples of the first batch* at each step, dropping every other batch.
     ``convention="quantus"`` returns its per-sample ingredients, ``att_sums`` and ``pred_deltas``
-    (N, steps), and ``quantus_sensitivity_n`` correlates them over every sample given.
+    (N, steps), and ``quantus_sensitivity_n`` correlates them over every sample given (``mean`` is then
+    NaN: Quantus's score has no per-sample value).
 
     Options: ``n_max_percentage=0.8``, ``features_in_step=1``, ``perturb_baseline="black"``,
     ``similarity_func="pearson"``, ``normalise=True``, ``abs=False``, ``softmax=True``,
@@ -208,6 +209,8 @@ class SensitivityN(FaithfulnessMetric):
         return MetricValues({"mean": stacked.nanmean(dim=1), "curve": stacked}, {"curve": [str(k) for k in sizes]})
 
     def _quantus(self, batch: EvalBatch) -> MetricValues:
+        import torch
+
         from camkit_plugins.metrics.engine import Features, clean_scores, cumulative, removal_scores, step_counts
 
         c = self.config
@@ -226,7 +229,10 @@ class SensitivityN(FaithfulnessMetric):
         deltas = clean_scores(batch, self.output)[:, None] - scores
         sums = window_sums(features.attributions, order, width, -(-features.count // width))[:, :len(stops)]
         labels = [str(int(k)) for k in stops]
-        return MetricValues({"att_sums": sums, "pred_deltas": deltas}, {"att_sums": labels, "pred_deltas": labels})
+        # Quantus's score exists only across samples: no per-sample value (NaN, counted as undefined)
+        undefined = torch.full((len(sums),), float("nan"), dtype=torch.float64, device=sums.device)
+        return MetricValues({"mean": undefined, "att_sums": sums, "pred_deltas": deltas},
+                            {"att_sums": labels, "pred_deltas": labels})
 
 
 def quantus_sensitivity_n(att_sums: Any, pred_deltas: Any, similarity_func: str = "pearson") -> Any:
