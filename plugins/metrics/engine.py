@@ -315,6 +315,14 @@ def step_counts(total: int, features_in_step: int, device: Any = "cpu") -> Any:
     return (torch.arange(1, steps + 1, device=device) * int(features_in_step)).clamp_max(total)
 
 
+def window_sums(attributions: Any, feature_ranks: Any, width: int, windows: int) -> Any:
+    """``(N, windows)`` relevance summed over each window of ``width`` consecutive ranks."""
+    import torch
+
+    total = torch.zeros(attributions.shape[0], windows, dtype=attributions.dtype, device=attributions.device)
+    return total.scatter_add_(1, feature_ranks // width, attributions)
+
+
 def trapezoid(curve: Any, dx: float = 1.0) -> Any:
     """Trapezoidal area under ``(N, K)`` curves with spacing ``dx`` (Quantus's ``calculate_auc``; camkit
     needs no ``np.trapz``, which numpy 2.4 removed)."""

@@ -360,11 +360,6 @@ class IROF(FaithfulnessMetric):
         aoc = segments.double() - area
         return MetricValues({"aoc": aoc, "aoc_share": aoc / segments.double(), "segments": segments.double()})
 
-    def perturbation(self, batch: EvalBatch) -> Any:
-        from camkit_plugins.metrics.engine import baseline
-
-        return baseline(self.config.perturb_baseline, seed=batch.seed)
-
 
 # ---------------------------------------------------------------- ROAD
 

@@ -55,14 +55,6 @@ class FaithfulnessCorrelation(FaithfulnessMetric):
         return MetricValues({"correlation": correlation(self.config.similarity_func)(sums, drops)})
 
 
-def window_sums(attributions: Any, feature_ranks: Any, width: int, windows: int) -> Any:
-    """``(N, windows)`` relevance summed over each window of ``width`` consecutive ranks."""
-    import torch
-
-    total = torch.zeros(attributions.shape[0], windows, dtype=attributions.dtype, device=attributions.device)
-    return total.scatter_add_(1, feature_ranks // width, attributions)
-
-
 class FaithfulnessEstimate(FaithfulnessMetric):
     """Faithfulness Estimate (Alvarez-Melis & Jaakkola, NeurIPS 2018): remove each window of
     ``features_in_step`` features (in decreasing relevance) on its own; value = correlation
@@ -85,7 +77,14 @@ class FaithfulnessEstimate(FaithfulnessMetric):
         positive("features_in_step", self.config.features_in_step)
 
     def evaluate(self, batch: EvalBatch) -> MetricValues:
-        from camkit_plugins.metrics.engine import clean_scores, correlation, removal_scores, step_counts, window
+        from camkit_plugins.metrics.engine import (
+            clean_scores,
+            correlation,
+            removal_scores,
+            step_counts,
+            window,
+            window_sums,
+        )
 
         features = self.features(batch)
         width = int(self.config.features_in_step)
@@ -125,7 +124,14 @@ class MonotonicityCorrelation(FaithfulnessMetric):
     def evaluate(self, batch: EvalBatch) -> MetricValues:
         import torch
 
-        from camkit_plugins.metrics.engine import clean_scores, correlation, removal_scores, step_counts, window
+        from camkit_plugins.metrics.engine import (
+            clean_scores,
+            correlation,
+            removal_scores,
+            step_counts,
+            window,
+            window_sums,
+        )
 
         features = self.features(batch)
         width, draws = int(self.config.features_in_step), int(self.config.nr_samples)
@@ -211,7 +217,14 @@ class SensitivityN(FaithfulnessMetric):
     def _quantus(self, batch: EvalBatch) -> MetricValues:
         import torch
 
-        from camkit_plugins.metrics.engine import Features, clean_scores, cumulative, removal_scores, step_counts
+        from camkit_plugins.metrics.engine import (
+            Features,
+            clean_scores,
+            cumulative,
+            removal_scores,
+            step_counts,
+            window_sums,
+        )
 
         c = self.config
         # Quantus divides the whole batch by one max: a common scale, which a correlation across samples ignores,
