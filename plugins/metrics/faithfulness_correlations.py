@@ -77,24 +77,17 @@ class FaithfulnessEstimate(FaithfulnessMetric):
         positive("features_in_step", self.config.features_in_step)
 
     def evaluate(self, batch: EvalBatch) -> MetricValues:
-        from camkit_plugins.metrics.engine import (
-            clean_scores,
-            correlation,
-            removal_scores,
-            step_counts,
-            window,
-            window_sums,
-        )
+        from camkit_plugins.metrics import engine
 
         features = self.features(batch)
         width = int(self.config.features_in_step)
-        stops = step_counts(features.count, width, features.attributions.device)
+        stops = engine.step_counts(features.count, width, features.attributions.device)
         order = self.ranks(batch, features.attributions)
-        scores = removal_scores(batch, features, window(order, stops - width, stops), len(stops),
+        scores = engine.removal_scores(batch, features, engine.window(order, stops - width, stops), len(stops),
                                 self.perturbation(batch), self.output)
-        drops = clean_scores(batch, self.output)[:, None] - scores
-        sums = window_sums(features.attributions, order, width, len(stops))
-        return MetricValues({"correlation": correlation(self.config.similarity_func)(sums, drops)})
+        drops = engine.clean_scores(batch, self.output)[:, None] - scores
+        sums = engine.window_sums(features.attributions, order, width, len(stops))
+        return MetricValues({"correlation": engine.correlation(self.config.similarity_func)(sums, drops)})
 
 
 class MonotonicityCorrelation(FaithfulnessMetric):
@@ -124,30 +117,23 @@ class MonotonicityCorrelation(FaithfulnessMetric):
     def evaluate(self, batch: EvalBatch) -> MetricValues:
         import torch
 
-        from camkit_plugins.metrics.engine import (
-            clean_scores,
-            correlation,
-            removal_scores,
-            step_counts,
-            window,
-            window_sums,
-        )
+        from camkit_plugins.metrics import engine
 
         features = self.features(batch)
         width, draws = int(self.config.features_in_step), int(self.config.nr_samples)
-        stops = step_counts(features.count, width, features.attributions.device)
+        stops = engine.step_counts(features.count, width, features.attributions.device)
         order = self.ranks(batch, features.attributions, descending=False)
-        inner = window(order, stops - width, stops)
+        inner = engine.window(order, stops - width, stops)
         # copy c = window c // draws, draw c % draws
-        scores = removal_scores(batch, features, lambda owner, copy: inner(owner, copy // draws),
+        scores = engine.removal_scores(batch, features, lambda owner, copy: inner(owner, copy // draws),
                                 len(stops) * draws, self.perturbation(batch), self.output)
-        clean = clean_scores(batch, self.output)
+        clean = engine.clean_scores(batch, self.output)
         inverse = torch.where(clean.abs() >= self.config.eps, 1.0 / clean.abs().clamp_min(1e-300),
                               torch.ones_like(clean)) ** 2
         spread = ((scores.view(len(clean), len(stops), draws) - clean[:, None, None]) ** 2).mean(dim=2)
         variances = spread * inverse[:, None]
-        sums = window_sums(features.attributions, order, width, len(stops))
-        return MetricValues({"correlation": correlation(self.config.similarity_func)(sums, variances)})
+        sums = engine.window_sums(features.attributions, order, width, len(stops))
+        return MetricValues({"correlation": engine.correlation(self.config.similarity_func)(sums, variances)})
 
 
 class SensitivityN(FaithfulnessMetric):
