@@ -1,10 +1,12 @@
 """camkit plugin: evaluation metrics and the perturbations they use.
 
-Metrics (``camkit_register_metrics``): ``pointing_game``, ``energy_pointing_game``,
-``box_localization``, ``deletion``, ``insertion``, ``road``, ``average_drop``, ``randomization``.
+Metrics (``camkit_register_metrics``), by family module (``FAMILY_MODULES``): every Quantus 0.6 metric
+under its class name in snake_case (``faithfulness_correlation``, ``max_sensitivity``, ``mprt``, ...),
+camkit's own (``deletion``, ``insertion``, ``average_drop``, ``box_localization``, ...) and the WSOL /
+WSSS protocols (``max_box_acc_v2``, ``pxap``, ``wsss_miou``); ``camkit list metrics`` names them all.
 Each is a ``Metric`` class called with its options; ``evaluate(EvalBatch)`` returns per-sample
-values. Perturbations (``camkit_register_perturbations``): ``zeros``, ``mean``, ``blur``,
-``mean-pose`` (skeletons), ``road`` (neighbour imputation). See docs/evaluation.md.
+values. Perturbations (``camkit_register_perturbations``) fill what a metric removes. See
+docs/evaluation.md.
 
 This module imports no torch: the classes below import it inside their methods."""
 
@@ -29,7 +31,14 @@ def camkit_register_metrics() -> dict[str, Any]:
     return registry
 
 
-FAMILY_MODULES = ("faithfulness", "localization", "sanity", "protocols", "complexity")
+FAMILY_MODULES = (
+    "faithfulness",
+    "localization",
+    "sanity",
+    "protocols",
+    "complexity",
+    "faithfulness_correlations",
+)
 
 
 @hookimpl
