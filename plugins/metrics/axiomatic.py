@@ -4,9 +4,10 @@ move the output, and the others do) and Input Invariance (a constant input shift
 layer's bias does not change the map).
 
 Baselines follow Quantus: ``perturb_baseline="black"`` is each sample's minimum over all its elements
-(not 0). Quantus's fault fixed: Completeness tests ``sum(a) == f(x) - f(x')`` with exact float equality,
-which float32 sums essentially never meet; camkit compares within ``rtol`` / ``atol`` and reports the gap
-(``convention="quantus"`` reproduces the exact test)."""
+(not 0). Quantus's faults fixed: Completeness tests ``sum(a) == f(x) - f(x')`` with exact float equality, which
+float32 sums essentially never meet, and its baseline input x' replaces only the first S of the C x S input
+elements (channel 0 of an image) when the map has S sites; camkit compares within ``rtol`` / ``atol``, reports
+the gap, and replaces every element (``convention="quantus"`` reproduces both)."""
 
 from __future__ import annotations
 
@@ -41,7 +42,8 @@ class Completeness(Metric):
     ``normalise=False`` with unnormalised maps, e.g. the method option ``normalize=False``),
     ``perturb_baseline="black"`` (``"white"``, ``"mean"``, ``"zero"`` or a number), ``output_func="identity"``,
     ``softmax=False`` (logits), ``rtol=1e-5``, ``atol=1e-8`` (numpy's ``isclose``), ``convention``
-    (``"quantus"``: exact float equality and the batch-wide max for ``normalise``)."""
+    (``"quantus"``: exact float equality, only channel 0 replaced by the baseline, and the batch-wide max for
+    ``normalise``)."""
 
     name = "completeness"
     family = "axiomatic"
@@ -63,14 +65,21 @@ class Completeness(Metric):
 
     def evaluate(self, batch: EvalBatch) -> MetricValues:
         a = postprocess(batch.flat_maps().double(), self.normalise, self.abs, self.convention)
-        if self.convention == "quantus":
-            a = a.float()  # Quantus sums the float32 map
-        baseline = baseline_fill(batch.inputs, batch.input_layout, self.perturb_baseline).expand_as(batch.inputs)
+        layout = batch.input_layout
+        baseline = baseline_fill(batch.inputs, layout, self.perturb_baseline).expand_as(batch.inputs)
+        if self.convention == "quantus":  # Quantus replaces only the first S of the C x S input elements
+            xb = batch_first(batch.inputs, layout)
+            flat = xb.reshape(xb.shape[0], -1).clone()
+            flat[:, :a.shape[1]] = batch_first(baseline, layout).reshape(xb.shape[0], -1)[:, :a.shape[1]]
+            baseline = from_batch_first(flat.view_as(xb), layout)
         difference = target_scores(batch, batch.inputs, self.softmax) - target_scores(batch, baseline, self.softmax)
         difference = difference.to(a.device)
-        total = a.sum(dim=1).double()
-        if self.convention == "quantus":
-            holds = total == difference.float().double()
+        total = a.sum(dim=1)
+        if self.convention == "quantus":  # Quantus: numpy's float32 sum, compared exactly with a float32 difference
+            import torch
+
+            total32 = torch.from_numpy(a.float().cpu().numpy().sum(axis=-1)).to(a.device)
+            holds = total32 == difference.float()
         else:
             holds = (total - difference).abs() <= self.atol + self.rtol * difference.abs()
         return MetricValues({"completeness": holds.double(), "completeness_gap": total - difference})
@@ -178,7 +187,8 @@ class InputInvariance(Metric):
 
     Cost: 1 re-explanation of a deep copy of the model (the user's model is untouched). Options (Quantus's
     defaults): ``input_shift=-1``, ``abs=False``, ``normalise=False``, ``atol=1e-4``, ``rtol=1e-5``,
-    ``layer=None``, ``convention``."""
+    ``layer=None``, ``convention``. Quantus also leaves the first element of every input unshifted (its
+    ``perturb_batch`` passes ``indices[i][1:]``); ``convention="quantus"`` reproduces that too."""
 
     name = "input_invariance"
     family = "axiomatic"
@@ -229,7 +239,12 @@ class InputInvariance(Metric):
 
     def evaluate(self, batch: EvalBatch) -> MetricValues:
         a = postprocess(batch.flat_maps().double(), self.normalise, self.abs, self.convention)
-        shifted = reexplain(batch, batch.inputs + self.input_shift, self.shifted_model(batch))
+        layout = batch.input_layout
+        xb = batch_first(batch.inputs, layout)
+        moved = (xb + self.input_shift).reshape(xb.shape[0], -1)
+        if self.convention == "quantus":  # Quantus's perturb_batch drops index 0: element 0 stays put
+            moved[:, 0] = xb.reshape(xb.shape[0], -1)[:, 0]
+        shifted = reexplain(batch, from_batch_first(moved.view_as(xb), layout), self.shifted_model(batch))
         a_shifted = postprocess(shifted, self.normalise, self.abs, self.convention)
         difference = (a - a_shifted).abs()
         holds = (difference <= self.atol + self.rtol * a_shifted.abs()).all(dim=1)

@@ -15,6 +15,11 @@ from __future__ import annotations
 from typing import Any
 
 
+# keywords Quantus passes along with the explain_func_kwargs that are data, not explanation options
+QUANTUS_KEYWORDS = frozenset({"x_batch", "y_batch", "a_batch", "s_batch", "custom_batch", "channel_first",
+                              "softmax", "model_predict_kwargs", "batch_size"})
+
+
 def explain_func(model: Any, inputs: Any, targets: Any, method: str = "gradcam", device: Any = None,
                  **options: Any) -> Any:
     """Quantus's ``explain_func(model, inputs, targets, **kwargs) -> np.ndarray``: the maps of ``method``
@@ -25,12 +30,15 @@ def explain_func(model: Any, inputs: Any, targets: Any, method: str = "gradcam",
     ``inputs``: numpy or torch in the model's layout; they go to ``device`` (Quantus passes its own
     ``device``), else to the model's device. Every other keyword is a ``camkit.explain`` option: ``layer``,
     ``input_layout``, ``normalize``, ``reduce``, ``method_options`` (the method's own options), ...
-    camkit restores the model's train / eval flags and leaves its gradients as they were."""
+    camkit restores the model's train / eval flags and leaves its gradients as they were. Quantus's own data
+    keywords, which some of its metrics forward to the explanation function (``s_batch``, ``custom_batch``,
+    ``channel_first``, ...), are ignored."""
     import numpy as np
     import torch
 
     import camkit
 
+    options = {key: value for key, value in options.items() if key not in QUANTUS_KEYWORDS}
     first = next(iter(model.parameters()), None)
     if device is None:
         device = first.device if first is not None else "cpu"
