@@ -35,7 +35,12 @@ def method_explain(method="gradcam", **options):
 
 
 def make_batch(model, inputs, layout="NCHW", letters="NHW", method="gradcam", indices=None, seed=0, targets=None,
-               chunk_size=256, **options):
+               chunk_size=256, feature_layout=None, **options):
+    """An EvalBatch whose maps and ``explain`` come from ``method``; ``layout``: the inputs' layout,
+    ``feature_layout``: the explained features' (``camkit.explain``'s ``layout``), other options go to
+    ``camkit.explain``."""
+    if feature_layout is not None:
+        options["layout"] = feature_layout
     explain = method_explain(method, **options)
     with torch.no_grad():
         predicted = model(inputs).argmax(dim=1)
