@@ -5,12 +5,12 @@ import numpy as np
 import pytest
 import torch
 import torch.nn as nn
-from quantus_support import import_quantus
-from reexplain_support import images, make_batch, metric, tiny_cnn
 
 from camkit.layout import Layout
 from camkit_plugins.metrics.base import EvalBatch
 from camkit_plugins.metrics.quantus_interop import explain_func
+from quantus_support import import_quantus
+from reexplain_support import images, make_batch, metric, tiny_cnn
 
 
 @pytest.fixture(scope="module")
@@ -74,3 +74,15 @@ def test_input_invariance_equals_quantus_under_its_convention(quantus):
         expected = call(quantus.InputInvariance(disable_warnings=True), model, x, batch.targets)
         got = metric("input_invariance", convention="quantus").evaluate(batch).values["input_invariance"]
         np.testing.assert_array_equal(got.numpy(), expected)
+
+
+def test_non_sensitivity_groups_crash_quantus_not_camkit(quantus):
+    """Quantus compares one prediction per group with one attribution per feature: any features_in_step
+    other than 1 raises. camkit counts a group as without attribution when all its features are."""
+    model = tiny_cnn()
+    x = images(n=2, size=4)
+    batch = make_batch(model, x)
+    with pytest.raises(ValueError):
+        call(quantus.NonSensitivity(features_in_step=4, disable_warnings=True), model, x, batch.targets)
+    values = metric("non_sensitivity", features="element", features_in_step=4).evaluate(batch).values
+    assert values["non_sensitivity"].shape == (2,)

@@ -6,10 +6,10 @@ Smooth MPRT gets Quantus's noise draws injected."""
 import numpy as np
 import pytest
 import torch
-from quantus_support import import_quantus
-from reexplain_support import images, make_batch, metric, tiny_cnn
 
 from camkit_plugins.metrics.quantus_interop import explain_func
+from quantus_support import import_quantus
+from reexplain_support import images, make_batch, metric, tiny_cnn
 
 
 @pytest.fixture(scope="module")

@@ -7,11 +7,11 @@ import math
 import numpy as np
 import pytest
 import torch
-from reexplain_support import images, make_batch, metric, split, tiny_cnn, tiny_signal_net
 
 from camkit.layout import Layout
 from camkit_plugins.metrics.base import EvalBatch, sample_generator
 from camkit_plugins.metrics.robustness import translate
+from reexplain_support import images, make_batch, metric, split, tiny_cnn, tiny_signal_net
 
 
 @pytest.fixture(scope="module")

@@ -5,10 +5,10 @@ gets the same draws through its ``noise`` hook, so every value must agree per sa
 import numpy as np
 import pytest
 import torch
-from quantus_support import import_quantus
-from reexplain_support import images, make_batch, metric, tiny_cnn
 
 from camkit_plugins.metrics.quantus_interop import explain_func
+from quantus_support import import_quantus
+from reexplain_support import images, make_batch, metric, tiny_cnn
 
 N_DRAWS = 3
 
@@ -49,9 +49,9 @@ def injected(bank):
 
 
 def run_quantus(quantus, cls, model, x, batch, **options):
-    values = cls(disable_warnings=True, **options)(model=model, x_batch=x.numpy(), y_batch=batch.targets.numpy(),
-                                                    explain_func=explain_func, explain_func_kwargs={"method": "gradcam"},
-                                                    device="cpu")
+    values = cls(disable_warnings=True, **options)(
+        model=model, x_batch=x.numpy(), y_batch=batch.targets.numpy(), explain_func=explain_func,
+        explain_func_kwargs={"method": "gradcam"}, device="cpu")
     return np.asarray(values, dtype=np.float64)
 
 

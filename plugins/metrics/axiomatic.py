@@ -14,8 +14,16 @@ from __future__ import annotations
 from typing import Any
 
 from camkit_plugins.metrics.base import EvalBatch, Metric, MetricValues, check_options
-from camkit_plugins.metrics.robustness import (BASELINES, CONVENTIONS, baseline_fill, batch_first, from_batch_first,
-                                               model_outputs, postprocess, reexplain)
+from camkit_plugins.metrics.robustness import (
+    BASELINES,
+    CONVENTIONS,
+    baseline_fill,
+    batch_first,
+    from_batch_first,
+    model_outputs,
+    postprocess,
+    reexplain,
+)
 
 
 def target_scores(batch: EvalBatch, inputs: Any, softmax: bool) -> Any:

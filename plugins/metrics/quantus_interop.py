@@ -14,7 +14,6 @@ from __future__ import annotations
 
 from typing import Any
 
-
 # keywords Quantus passes along with the explain_func_kwargs that are data, not explanation options
 QUANTUS_KEYWORDS = frozenset({"x_batch", "y_batch", "a_batch", "s_batch", "custom_batch", "channel_first",
                               "softmax", "model_predict_kwargs", "batch_size"})

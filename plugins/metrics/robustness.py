@@ -179,7 +179,7 @@ class _NoiseRobustness(Metric):
             out_p = self.forward(batch, xp) if out is not None else None
             scores[:, draw] = self.score(batch, a, a_p, xb.reshape(n, -1).double(),
                                          batch_first(xp, layout).reshape(n, -1).double(), out, out_p).to(a.device)
-            if track:
+            if track and out is not None and out_p is not None:
                 changed[:, draw] = (out_p.argmax(dim=1) != out.argmax(dim=1)).to(a.device)
         return MetricValues({self.primary: self.reduce(scores, changed)})
 
