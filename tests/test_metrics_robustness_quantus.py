@@ -2,6 +2,8 @@
 explain_func) and noise: Quantus's perturb_func is replaced by one adding a fixed bank of draws, and camkit
 gets the same draws through its ``noise`` hook, so every value must agree per sample to 1e-5."""
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -143,3 +145,14 @@ def test_consistency_equals_quantus_under_its_convention(quantus, setup):
     expected = run_quantus(quantus, quantus.Consistency, model, x, batch)
     got = metric("consistency", convention="quantus").evaluate(batch).values["consistency"].numpy()
     np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-9)
+
+
+def test_the_quantus_snippet_in_the_docs_runs(quantus):
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "evaluation.md").read_text()
+    (block,) = [b for b in re.findall(r"```python\n(.*?)```", text, flags=re.S) if "quantus_interop" in b]
+    namespace = {}
+    exec(compile(block, "docs/evaluation.md", "exec"), namespace)
+    scores = np.asarray(namespace["scores"])
+    assert scores.shape == (4,) and np.isfinite(scores).all() and (scores >= 0).all()

@@ -35,7 +35,7 @@ def reset_layer_(module: Any, seed: int) -> None:
     state, CPU or CUDA, is restored."""
     import torch
 
-    devices = {t.device for t in [*module.parameters(recurse=False), *module.buffers(recurse=False)]}
+    devices = {t.device for t in [*module.parameters(), *module.buffers()]}
     device = devices.pop() if len(devices) == 1 else None
     with torch.random.fork_rng(devices=[]), torch.no_grad():
         torch.default_generator.manual_seed(int(seed))

@@ -466,7 +466,7 @@ class Continuity(Metric):
     ``normalise=True`` (each map by its own max |a|; Quantus: the batch's), ``perturb_baseline="black"``
     (or ``"white"``: the per-sample max, ``"mean"``, a number), ``return_nan_when_prediction_changes=False``
     (a step whose top-1 class differs from the unperturbed input's is left out; ``convention="quantus"``:
-    NaN as soon as one does), ``axis=None`` (the input's last continuous axis: W for images, L for signals,
+    NaN as soon as one differs from the explained class), ``axis=None`` (the input's last continuous axis: W for images, L for signals,
     T for skeleton clips), ``convention``. Deterministic."""
 
     name = "continuity"
@@ -503,7 +503,10 @@ class Continuity(Metric):
         n = batch_first(x, layout).shape[0]
         a = postprocess(batch.flat_maps().double(), self.normalise, self.abs, self.convention)
         track = self.return_nan_when_prediction_changes
-        top1 = model_outputs(batch.model, x, layout, batch.chunk_size).argmax(dim=1) if track else None
+        top1 = None
+        if track:  # Quantus compares with the explained class, camkit with the unperturbed prediction
+            top1 = (batch.targets.to(x.device).reshape(-1) if self.convention == "quantus"
+                    else model_outputs(batch.model, x, layout, batch.chunk_size).argmax(dim=1))
         scores = torch.empty(n, self.nr_steps, dtype=torch.float64, device=a.device)
         changed = torch.zeros_like(scores, dtype=torch.bool)
         for step in range(self.nr_steps):
