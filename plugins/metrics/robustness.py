@@ -466,8 +466,8 @@ class Continuity(Metric):
     ``normalise=True`` (each map by its own max |a|; Quantus: the batch's), ``perturb_baseline="black"``
     (or ``"white"``: the per-sample max, ``"mean"``, a number), ``return_nan_when_prediction_changes=False``
     (a step whose top-1 class differs from the unperturbed input's is left out; ``convention="quantus"``:
-    NaN as soon as one differs from the explained class), ``axis=None`` (the input's last continuous axis: W for images, L for signals,
-    T for skeleton clips), ``convention``. Deterministic."""
+    NaN as soon as one differs from the explained class), ``axis=None`` (the input's last continuous axis:
+    W for images, L for signals, T for skeleton clips), ``convention``. Deterministic."""
 
     name = "continuity"
     family = "robustness"
