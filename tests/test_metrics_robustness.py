@@ -164,9 +164,11 @@ def test_prediction_change_leaves_the_draw_out(image_batch):
 
 def test_rrs_hooks_removed_and_model_left_as_found(image_batch):
     model = image_batch.model
+    before = {k: v.clone() for k, v in model.state_dict().items()}
     model.train()
     try:
         metric("relative_representation_stability", nr_samples=1).evaluate(image_batch)
+        assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # BatchNorm statistics too
         assert all(m.training for m in model.modules())
         assert all(not m._forward_hooks and not m._forward_pre_hooks for m in model.modules())
         assert all(p.grad is None for p in model.parameters())

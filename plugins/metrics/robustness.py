@@ -389,12 +389,15 @@ class RelativeRepresentationStability(_RelativeStability):
         self._representation: Any = None
 
     def points(self, batch: EvalBatch) -> list[Any]:
+        import torch
+
+        from camkit.capture import evaluation_mode
         from camkit.locate import trace_features
 
         model = batch.model
         if self.layer_indices is not None:
             hidden = [name for name, module in model.named_modules()
-                      if not isinstance(module, (type(model), _sequential()))]
+                      if not isinstance(module, (type(model), torch.nn.Sequential))]
             try:
                 return [hidden[i] for i in self.layer_indices]
             except IndexError:
@@ -403,7 +406,8 @@ class RelativeRepresentationStability(_RelativeStability):
         if self.layer_names is not None:
             return list(self.layer_names)
         first = from_batch_first(batch_first(batch.inputs, batch.input_layout)[:1], batch.input_layout)
-        return [trace_features(model, lambda: model(first)).point]
+        with torch.no_grad(), evaluation_mode(model):  # a train-mode forward would update BatchNorm statistics
+            return [trace_features(model, lambda: model(first)).point]
 
     def forward(self, batch: EvalBatch, inputs: Any) -> Any:
         """Outputs of ``inputs`` and, kept in ``self._representation``, their ``(N, D)`` hidden
@@ -444,12 +448,6 @@ class RelativeRepresentationStability(_RelativeStability):
 
     def options(self) -> dict[str, Any]:
         return {**super().options(), "layer_names": self.layer_names, "layer_indices": self.layer_indices}
-
-
-def _sequential() -> Any:
-    import torch
-
-    return torch.nn.Sequential
 
 
 # ---------------------------------------------------------------- deterministic robustness
