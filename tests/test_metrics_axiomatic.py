@@ -124,7 +124,9 @@ def test_bad_options():
         metric("non_sensitivity", features="pixel")
     with pytest.raises(ValueError, match="features_in_step"):
         metric("non_sensitivity", features_in_step=0)
-    model = nn.Sequential(nn.Conv2d(3, 2, 1, bias=False), nn.AdaptiveAvgPool2d(1), nn.Flatten())
-    batch = make_batch(model, images(n=1, size=4))
+    model = nn.Sequential(nn.Conv2d(3, 2, 1, bias=False), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten()).eval()
+    batch = make_batch(model, images(n=2, size=4))
     with pytest.raises(ValueError, match="no bias"):
-        metric("input_invariance").evaluate(batch)
+        metric("input_invariance", convention="quantus").evaluate(batch)
+    values = metric("input_invariance").evaluate(batch).values  # camkit gives the copy a bias: exact, no padding
+    assert values["input_invariance"].tolist() == [1.0, 1.0] and model[0].bias is None

@@ -187,8 +187,8 @@ class InputInvariance(Metric):
     change. Values ``input_invariance`` (1 when every site agrees within ``atol`` + ``rtol`` |a|, as
     numpy's ``isclose``; higher is better) and ``max_difference``.
 
-    The first layer is ``layer`` (a dotted name) or the model's first module with a weight and a bias
-    (Conv1d/2d/3d or Linear). With zero padding the border of a convolution still sees the unshifted
+    The first layer is ``layer`` (a dotted name) or the model's first Conv1d/2d/3d or Linear module; one
+    without a bias (a convolution before BatchNorm) gets one in the copy. With zero padding the border of a convolution still sees the unshifted
     padding, so a map may change there (Kindermans et al.'s construction holds exactly for unpadded
     layers). ``convention="quantus"`` corrects the bias as Quantus does (its first named submodule, the bias
     from the smallest output value of the layer on the constant shift, border values included).
@@ -231,9 +231,14 @@ class InputInvariance(Metric):
 
         model = copy.deepcopy(batch.model)
         name, layer = self.first_layer(model)
-        if getattr(layer, "bias", None) is None or getattr(layer, "weight", None) is None:
-            raise ValueError(f"input_invariance: layer {name!r} ({type(layer).__name__}) has no bias to absorb the "
-                             f"input shift; pass layer=... naming a layer with a bias")
+        if getattr(layer, "weight", None) is None or not hasattr(layer, "bias"):
+            raise ValueError(f"input_invariance: layer {name!r} ({type(layer).__name__}) has no weight and bias to "
+                             f"absorb the input shift; pass layer=... naming a Conv or Linear layer")
+        if layer.bias is None:
+            if self.convention == "quantus":
+                raise ValueError(f"input_invariance: layer {name!r} has no bias (Quantus fails here too); use "
+                                 f"convention='camkit', which gives the copy one")
+            layer.bias = torch.nn.Parameter(layer.weight.new_zeros(layer.weight.shape[0]))  # the copy only
         with torch.no_grad():
             if self.convention == "quantus":
                 first = batch_first(batch.inputs, batch.input_layout)[:1]
