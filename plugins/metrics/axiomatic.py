@@ -190,8 +190,9 @@ class InputInvariance(Metric):
     The first layer is ``layer`` (a dotted name) or the model's first Conv1d/2d/3d or Linear module; one
     without a bias (a convolution before BatchNorm) gets one in the copy. With zero padding the border of a
     convolution still sees the unshifted padding, so a map may change there (Kindermans et al.'s
-    construction holds exactly for unpadded layers). ``convention="quantus"`` corrects the bias as Quantus does (its first named submodule, the bias
-    from the smallest output value of the layer on the constant shift, border values included).
+    construction holds exactly for unpadded layers). ``convention="quantus"`` corrects the bias as Quantus
+    does (its first named submodule, the bias from the smallest output value of the layer on the constant
+    shift, border values included).
 
     Cost: 1 re-explanation of a deep copy of the model (the user's model is untouched). Options (Quantus's
     defaults): ``input_shift=-1``, ``abs=False``, ``normalise=False``, ``atol=1e-4``, ``rtol=1e-5``,
