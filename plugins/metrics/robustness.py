@@ -133,7 +133,6 @@ class _NoiseRobustness(Metric):
     primary = ""
     higher_is_better = False
     reduction = "max"
-    default_noise: dict[str, Any] = {}
     needs_outputs = False
 
     def __init__(self, nr_samples: int = 200, abs: bool = False, normalise: bool = False,
