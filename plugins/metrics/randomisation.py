@@ -381,9 +381,8 @@ class RandomLogit(Metric):
         from camkit_plugins.metrics.base import sample_generator
 
         targets = batch.targets.reshape(-1).cpu()
-        if self.convention == "quantus":
-            np.random.seed(self.seed)
-            draws = torch.as_tensor(np.random.randint(0, num_classes - 1, len(targets)))
+        if self.convention == "quantus":  # Quantus's np.random.seed(seed) + randint, without touching numpy's state
+            draws = torch.as_tensor(np.random.RandomState(self.seed).randint(0, num_classes - 1, len(targets)))
         else:
             draws = torch.cat([torch.randint(0, num_classes - 1, (1,),
                                              generator=sample_generator(batch.seed, int(i), f"{self.name}:class"))
