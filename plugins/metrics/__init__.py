@@ -38,6 +38,9 @@ FAMILY_MODULES = (
     "protocols",
     "complexity",
     "faithfulness_correlations",
+    "robustness",
+    "randomisation",
+    "axiomatic",
 )
 
 
