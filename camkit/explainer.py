@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 from camkit.adapters import ModelInputs, describe, select_output
 from camkit.capture import CapturePoint, FeatureCapture, capture_features, evaluation_mode
 from camkit.contraction import _check_finite, class_activation_map, postprocess
-from camkit.layout import Layout, default_input_layout, layout_for_rank
-from camkit.locate import FeatureSource, token_grid, tokens_to_grid
+from camkit.layout import Layout, layout_for_rank
+from camkit.locate import FeatureSource, input_layout_for, token_grid, tokens_to_grid
 from camkit.methods import CamMethod, WeightContext, Weights
 from camkit.plugin_manager import get_plugin_manager, lookup
 from camkit.targets import Target, resolve_targets  # noqa: F401  (resolve_targets: public name)
@@ -110,7 +110,8 @@ def locate_features(model: Any, batch: ModelInputs) -> FeatureSource:
     """Where the CAM features of ``model`` come from, for inputs like ``batch``: a model family's answer,
     else one traced forward of the first sample (cached per model, module set and input signature)."""
     signature = (tuple(id(m) for m in model.modules()),
-                 tuple((k, tuple(t.shape[1:]), t.dtype, t.device.type) for k, t in batch.named_tensors().items()))
+                 tuple((k, tuple(t.shape[1:]), t.dtype, t.device.type) for k, t in batch.named_tensors().items()),
+                 batch.primary)
     with _LOCATED_LOCK:
         cached = _LOCATED.get(model, {}).get(signature)
     if cached is not None:
@@ -175,7 +176,9 @@ class Explainer:
             raise TypeError("a TorchScript model cannot be explained: TorchScript modules take no forward hooks, "
                             "which capture the features; use the eager model (or a torch.export archive, "
                             "torch.export.unflatten(...))")
-        self.model = model
+        from camkit.families import adapt_model
+
+        self.model = model = adapt_model(model)  # e.g. an Ultralytics YOLO object: its network, scored outputs
         if isinstance(method, str):
             self.method_name = method
             self.method = lookup("methods", method)(**dict(method_options or {}))
@@ -188,7 +191,7 @@ class Explainer:
                              f"eval_mode=True")
         self.point = CapturePoint.parse(model, layer) if layer is not None else None
         self.layout = Layout.parse(layout) if layout is not None else None
-        self.input_layout = Layout.parse(input_layout) if input_layout is not None else None
+        self.input_layout = Layout.parse(input_layout, channels=False) if input_layout is not None else None
         self.relu, self.normalize, self.upsample = relu, normalize, upsample
         self.output_size = dict(output_size) if output_size else None
         self.reduce = reduce
@@ -312,7 +315,7 @@ class Explainer:
 
     def _context(self, batch: ModelInputs, features: Any, raw: Any, scored: Any, target: "Target",
                  layout: Layout, transform: Callable[[Any], Any] | None, layer: str) -> WeightContext:
-        input_layout = self.input_layout or default_input_layout(layout)
+        input_layout = self.input_layout or input_layout_for(self.model, batch.tensor, layout)
         input_layout.check(batch.tensor.shape, "inputs")
         needs_grad = self.method.needs_gradients
         second_order = getattr(self.method, "needs_hessian", False)
@@ -362,6 +365,8 @@ class Explainer:
         weights = self.classifier_weights
         if weights is None:
             weights = self._located(batch).classifier
+            if weights is None and self._located(batch).no_classifier:
+                raise ValueError(self._located(batch).no_classifier)
         return _check_classifier(weights, num_channels, scored.shape[-1])
 
     def _classifier_bias(self, batch: ModelInputs) -> Any:

@@ -5,6 +5,8 @@ SPEC is one of
 - ``torchvision:NAME`` (weights from the local torch cache; ``--weights DEFAULT|none|<enum name>``),
 - ``timm:NAME`` (weights from the local Hugging Face cache),
 - ``hf:NAME_OR_PATH`` (a transformers image classifier, ``local_files_only``),
+- ``ultralytics:PATH`` (a YOLO ``.pt`` checkpoint or ``.yaml`` model file, loaded by ultralytics: detectors
+  and segmenters are explained one detection at a time, classifiers as any other),
 - ``package.module:callable`` or ``path/to/file.py:callable`` (called with no arguments, returns a module),
 - a ``torch.export`` archive (``.pt2``, exported with a dynamic batch dimension); TorchScript files
   (``.pt``, ``.pth``, ``.ts``) load, but cannot be explained: TorchScript modules take no hooks.
@@ -54,6 +56,8 @@ def load_model_spec(spec: str, weights: str = "DEFAULT", labels: str | None = No
     import torch
 
     prefix, _, rest = spec.partition(":")
+    if prefix == "ultralytics" and rest:  # AGPL-3.0: imported only here, when the user names such a model
+        return _ultralytics(spec, rest, labels, size)
     loaders = {"torchvision": _torchvision, "timm": _timm, "hf": _transformers}
     if prefix in loaders and rest:
         model, found = loaders[prefix](rest, weights)
@@ -80,6 +84,16 @@ def load_model_spec(spec: str, weights: str = "DEFAULT", labels: str | None = No
     config = {"model": spec, "classes": classes, "input_size": input_size, "mean": list(mean), "std": list(std),
               "in_channels": 3, "domain": "image", "input_layout": "NCHW"}
     return model, config
+
+
+def _ultralytics(spec: str, path: str, labels: str | None, size: int | None) -> tuple[Any, dict]:
+    from camkit_plugins.image.ultralytics_support import load_ultralytics
+
+    model, found = load_ultralytics(path)
+    model.model.eval()
+    classes = read_labels(labels, len(found["classes"])) if labels else found["classes"]
+    return model, {**found, "model": spec, "classes": classes, "input_size": int(size or found["input_size"]),
+                   "in_channels": 3, "domain": "image", "input_layout": "NCHW"}
 
 
 def read_labels(labels: str, num_classes: int) -> list[str]:
