@@ -158,3 +158,15 @@ def describe(value: Any) -> str:
     shape = getattr(value, "shape", None)
     return f"a tensor of shape {tuple(shape)}" if shape is not None else f"a {type(value).__name__}"
 
+
+
+def detached(value: Any) -> Any:
+    """``value`` with every tensor detached, through lists, tuples and dicts (a detector's detections), so a
+    result holds no autograd graph."""
+    if hasattr(value, "detach"):
+        return value.detach()
+    if type(value) in (list, tuple):  # plain containers only: a ModelOutput or namedtuple stays as it is
+        return type(value)(detached(item) for item in value)
+    if type(value) is dict:
+        return {key: detached(item) for key, item in value.items()}
+    return value

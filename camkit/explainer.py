@@ -13,7 +13,7 @@ from camkit.adapters import ModelInputs, describe, select_output
 from camkit.capture import CapturePoint, FeatureCapture, capture_features, evaluation_mode
 from camkit.contraction import _check_finite, class_activation_map, postprocess
 from camkit.layout import Layout, layout_for_rank
-from camkit.locate import FeatureSource, input_layout_for, token_grid, tokens_to_grid
+from camkit.locate import FeatureSource, fold_tokens, input_layout_for, input_sizes_for
 from camkit.methods import CamMethod, WeightContext, Weights
 from camkit.plugin_manager import get_plugin_manager, lookup
 from camkit.targets import Target, resolve_targets  # noqa: F401  (resolve_targets: public name)
@@ -287,10 +287,10 @@ class Explainer:
         patch grid, else the channels-first layout of their rank."""
         if layout is not None:
             return layout, transform
-        if transform is None and raw.ndim == 3 and batch.tensor.ndim == 4:
-            grid = token_grid(raw.shape[1], {"H": batch.tensor.shape[-2], "W": batch.tensor.shape[-1]})
-            if grid is not None:
-                return Layout.parse("NHWC"), tokens_to_grid(*grid)
+        if transform is None and raw.ndim == 3 and batch.tensor.ndim in (4, 5):  # a picture's or a clip's tokens
+            folded = fold_tokens(raw.shape[1], input_sizes_for(None, batch.tensor))
+            if folded is not None:
+                return folded[1], folded[0]
         return layout_for_rank((transform(raw) if transform else raw).ndim), transform
 
     def _features(self, capture: FeatureCapture, layout: Layout, transform: Callable[[Any], Any] | None,
@@ -397,7 +397,9 @@ def _requiring_grad(batch: ModelInputs) -> ModelInputs:
 
 
 def _detached(value: Any) -> Any:
-    return value.detach() if hasattr(value, "detach") else value
+    from camkit.adapters import detached
+
+    return detached(value)  # also a detector's list of dicts
 
 
 def _checked_direct_map(maps: Any, ctx: WeightContext, multi: bool, method: str) -> Any:

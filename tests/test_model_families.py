@@ -74,6 +74,7 @@ def test_yolo_object_as_it_is_explains_its_best_detection(yolo):
     assert yolo.model.training == training  # modes left as found
     detections = result.logits
     assert len(detections) == 2 and {"boxes", "labels", "scores", "anchors"} <= detections[0].keys()
+    assert not detections[0]["scores"].requires_grad  # the result holds no autograd graph
     for sample, found in enumerate(detections):  # the default target: each sample's best detection
         assert float(result.target_scores[sample]) == pytest.approx(float(found["scores"].detach().max()))
 
@@ -282,6 +283,9 @@ def test_mvit_tokens_fold_into_a_3d_grid_after_the_class_token(version):
     tokens = feature_of(model, "blocks.2:input", lambda: model(x))  # (N, 1 + 2*4*4, C), frame-major
     raw = camkit.explain(model, x, "gradcam", **RAW)
     assert tuple(raw.maps.shape) == (2, 2, 4, 4) and tokens.shape[1] == 1 + 2 * 4 * 4
+    named = camkit.explain(model, x, "gradcam", layer="blocks.2:input", **RAW)  # an explicit layer folds the same
+    assert named.layout == "NTHWC"
+    torch.testing.assert_close(named.maps, raw.maps)
     with pytest.raises(ValueError, match="CAM does not apply.*class token"):
         camkit.explain(model, x, "cam")
 
