@@ -124,11 +124,15 @@ def _require_finite_scores(values: Any, what: str) -> None:
 
 
 def _batch_size(output: Any) -> int | None:
+    """The batch of an output: a tensor's first axis, a tuple's first tensor's (nested tuples too), the
+    length of a list of per-sample results (a detector's dicts)."""
     if hasattr(output, "shape") and len(output.shape) >= 1:
         return int(output.shape[0])
-    if isinstance(output, (list, tuple)):
-        return len(output)
-    return None
+    if not isinstance(output, (list, tuple)):
+        return None
+    nested = bool(output) and (isinstance(output[0], (list, tuple)) or
+                               isinstance(output, tuple) and hasattr(output[0], "shape"))
+    return _batch_size(output[0]) if nested else len(output)
 
 
 class ClassScore:

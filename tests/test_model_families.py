@@ -378,3 +378,25 @@ def test_torchvision_s3d_grad_cam_is_not_constant():
     result = camkit.explain(model, x, "gradcam")
     assert result.layer == "features"
     assert_real_map(result, (1, 16, 224, 224))
+
+
+def test_nested_tuple_outputs_score_their_first_tensor():
+    class Nested(nn.Module):  # YOLO segmentation's raw form: ((predictions, prototypes), extras)
+        def __init__(self) -> None:
+            super().__init__()
+            self.body = nn.Conv2d(3, 4, 3, padding=1)
+            self.fc = nn.Linear(4, 3)
+
+        def forward(self, x):
+            features = self.body(x)
+            return (self.fc(features.mean(dim=(2, 3))), features), {"extra": features}
+
+    torch.manual_seed(0)
+    model = Nested().eval()
+    x = torch.rand(3, 3, 8, 8)  # a batch of 3, the tuples hold 2: the batch is the first tensor's
+    result = camkit.explain(model, x, "gradcam", targets=1)
+    assert result.logits.shape == (3, 3) and result.targets.tolist() == [1, 1, 1]
+    whole = camkit.explain(model, x, "gradcam", output=lambda out: out, targets=lambda out: out[0][0][:, 1])
+    torch.testing.assert_close(whole.maps, result.maps)
+    with pytest.raises(ValueError, match=r"expected \(N,\) or \(N, K\) with N = 3"):
+        camkit.explain(model, x, "gradcam", output=lambda out: out, targets=lambda out: out[0][0][0, :2])
