@@ -93,11 +93,24 @@ class _Trace:
     pools: list[_Pool] = field(default_factory=list)
     running: list[tuple[str, Any]] = field(default_factory=list)
     result: Any = None  # what the forward returned
-    parents: dict[int, set[int]] = field(default_factory=dict)  # tensor id -> ids it was computed from
-    from_primary: set[int] = field(default_factory=set)  # ids of tensors computed from the primary input
+    parents: dict[int, set[int]] = field(default_factory=dict)  # tensor node -> nodes it was computed from
+    from_primary: set[int] = field(default_factory=set)  # nodes of tensors computed from the primary input
     primary: Any = None
-    seen: list[Any] = field(default_factory=list)  # every tensor of the trace, alive so ids stay unique
+    # tensor nodes: id -> (weak reference, serial); a dead tensor's id may be reused, its serial never is, so
+    # intermediate tensors are freed as in any forward
+    nodes: dict[int, tuple[Any, int]] = field(default_factory=dict)
+    serials: Any = field(default_factory=itertools.count)
     _upstream: set[int] | None = None
+
+    def node(self, tensor: Any) -> int:
+        """The serial of ``tensor`` in the lineage graph (a new one for a tensor not seen before)."""
+        import weakref
+
+        entry = self.nodes.get(id(tensor))
+        if entry is None or entry[0]() is not tensor:
+            entry = (weakref.ref(tensor), next(self.serials))
+            self.nodes[id(tensor)] = entry
+        return entry[1]
 
     def scored(self) -> Any:
         from camkit.adapters import select_output
@@ -112,7 +125,7 @@ class _Trace:
             scored = self.scored()
             if not isinstance(scored, torch.Tensor):
                 return None
-            found, todo = {id(scored)}, [id(scored)]
+            found, todo = {self.node(scored)}, [self.node(scored)]
             while todo:
                 for parent in self.parents.get(todo.pop(), ()):
                     if parent not in found:
@@ -124,8 +137,8 @@ class _Trace:
     def on_path(self, tensor: Any) -> bool:
         """Whether ``tensor`` lies between the primary input and the scored output."""
         upstream = self.upstream()
-        reaches_output = upstream is None or id(tensor) in upstream
-        return reaches_output and (self.primary is None or id(tensor) in self.from_primary)
+        node = self.node(tensor)
+        return (upstream is None or node in upstream) and (self.primary is None or node in self.from_primary)
 
 
 def _version(tensor: Any) -> int:
@@ -194,8 +207,7 @@ def record_forward(model: Any, run: Callable[[], Any], primary: Any = None) -> _
 
     trace = _Trace(primary=primary)
     if primary is not None:
-        trace.from_primary.add(id(primary))
-        trace.seen.append(primary)
+        trace.from_primary.add(trace.node(primary))
     counter = itertools.count()
     function_calls: dict[str, int] = {}
     open_calls: list[_Call] = []
@@ -245,13 +257,13 @@ def _follow(trace: _Trace, inputs: list[Any], outputs: list[Any]) -> None:
     """Note that ``outputs`` were computed from ``inputs`` (an in-place call adds to what it had)."""
     if not outputs:
         return
-    ids = {id(t) for t in inputs}
-    tainted = bool(ids & trace.from_primary)
-    trace.seen += inputs + outputs
+    nodes = {trace.node(t) for t in inputs}
+    tainted = bool(nodes & trace.from_primary)
     for out in outputs:
-        trace.parents.setdefault(id(out), set()).update(ids - {id(out)})
+        node = trace.node(out)
+        trace.parents.setdefault(node, set()).update(nodes - {node})
         if tainted:
-            trace.from_primary.add(id(out))
+            trace.from_primary.add(node)
 
 
 def trace_features(model: Any, run: Callable[[], Any], input_sizes: dict[str, int] | None = None,
