@@ -400,3 +400,36 @@ def test_nested_tuple_outputs_score_their_first_tensor():
     torch.testing.assert_close(whole.maps, result.maps)
     with pytest.raises(ValueError, match=r"expected \(N,\) or \(N, K\) with N = 3"):
         camkit.explain(model, x, "gradcam", output=lambda out: out, targets=lambda out: out[0][0][0, :2])
+
+
+def test_cli_yolo_classifier_names_its_overlay_by_the_logits_probability(tmp_path):
+    ultralytics = pytest.importorskip("ultralytics")
+    from PIL import Image
+
+    from camkit.cli import main
+    from camkit_plugins.image.datasets import decode_image_file, prepare_image
+
+    torch.manual_seed(0)
+    model = ultralytics.YOLO("yolov8n-cls.yaml")
+    with torch.no_grad():
+        model.model.model[-1].linear.bias[7] += 8  # a confident prediction: softmax twice would flatten it
+    model.save(str(tmp_path / "cls.pt"))
+    Image.fromarray((torch.rand(40, 48, 3) * 255).byte().numpy()).save(tmp_path / "pic.png")
+    assert main(["explain", "--model", f"ultralytics:{tmp_path / 'cls.pt'}", str(tmp_path / "pic.png"), "--out",
+                 str(tmp_path / "out"), "--method", "cam", "--size", "64", "--workers", "0"]) == 0
+    (overlay,) = (tmp_path / "out").glob("pic_pred_*.jpg")
+    x = prepare_image(decode_image_file(tmp_path / "pic.png"), 64, (0, 0, 0), (1, 1, 1))[None]
+    with torch.no_grad():
+        probabilities, logits = model.model.eval()(x)
+    expected = 100 * float(logits.softmax(dim=1).max())
+    assert expected > 5  # far from the ~0.1% of a softmax applied to probabilities
+    assert float(overlay.stem.split("_")[-1].removesuffix("pct")) == pytest.approx(expected, abs=0.1)
+
+
+def test_ultralytics_spec_errors_name_the_problem(tmp_path):
+    from camkit_plugins.image.model_spec import ModelSpecError, load_model_spec
+
+    with pytest.raises(ModelSpecError, match="no such file .*camkit never downloads"):
+        load_model_spec(f"ultralytics:{tmp_path / 'yolov8n.pt'}")
+    with pytest.raises(ModelSpecError, match="name a local .pt checkpoint or a .yaml model file"):
+        load_model_spec("ultralytics:yolov8n.onnx")
