@@ -134,6 +134,10 @@ class _Trace:
             self._upstream = found
         return self._upstream
 
+    def from_input(self, tensor: Any) -> bool:
+        """Whether ``tensor`` was computed from the primary input (learned queries were not: DETR's decoder)."""
+        return tensor is not None and (self.primary is None or self.node(tensor) in self.from_primary)
+
     def on_path(self, tensor: Any) -> bool:
         """Whether ``tensor`` lies between the primary input and the scored output."""
         upstream = self.upstream()
@@ -480,7 +484,9 @@ def _is_block(call: _Call) -> bool:
 def _from_token_blocks(model: Any, trace: _Trace, input_sizes: dict[str, int]) -> FeatureSource | None:
     """The input of the last of a run of identical transformer blocks taking (N, L, C) tokens (and
     changing them: a block that hands its first input back works on other tokens). Leaf layers (an MLP's
-    Linear layers), cross-attention blocks and tokens off the primary input's path are no such blocks."""
+    Linear layers), cross-attention blocks, tokens off the primary input's path and runs whose first block
+    takes tokens not computed from the input (DETR's object queries, whatever their count) are no such
+    blocks."""
     import torch.nn as nn
 
     first_call: dict[int, _Call] = {}
@@ -493,9 +499,9 @@ def _from_token_blocks(model: Any, trace: _Trace, input_sizes: dict[str, int]) -
         children = list(container.children())
         if len(children) < 2 or len({type(child) for child in children}) != 1:
             continue
-        block = first_call.get(id(children[-1]))
+        block, first = first_call.get(id(children[-1])), first_call.get(id(children[0]))
         if block is None or trace.counts.get(block.name) != 1 or not _is_block(block) \
-                or not trace.on_path(block.first_input):
+                or not trace.on_path(block.first_input) or first is None or not trace.from_input(first.first_input):
             continue  # a block handing its first input back unchanged works on other tokens (CoaT's parallel ones)
         folded = fold_tokens(block.first_input.shape[1], input_sizes, block.grid_hints)
         if folded is not None and (best is None or trace.finished[block.name] > best[0]):

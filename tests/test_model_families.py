@@ -251,11 +251,11 @@ def test_detr_queries_and_box_mlp_are_not_patch_tokens():
                                      encoder_ffn_dim=16, decoder_ffn_dim=16, num_queries=100, num_labels=5,
                                      use_pretrained_backbone=False)
     model = transformers.DetrForObjectDetection(config).eval()
-    x = torch.rand(1, 3, 128, 128)
+    x = torch.rand(1, 3, 320, 320)  # 10x10 feature tokens: as many as the 100 object queries
     source = camkit.locate_features(model, ModelInputs.of(x))
-    assert str(source.point) == "model.encoder.layers.1:input" and "4x4 patch tokens" in source.reason
+    assert str(source.point) == "model.encoder.layers.1:input" and "10x10 patch tokens" in source.reason
     result = camkit.explain(model, x, "gradcam", targets=lambda logits: logits[:, 0, :-1].max(dim=1).values)
-    assert_real_map(result, (1, 128, 128))
+    assert_real_map(result, (1, 320, 320))
 
 
 # ---------------------------------------------------------------- video, waveforms, 3-D medical
