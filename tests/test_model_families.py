@@ -417,6 +417,9 @@ def test_cli_yolo_classifier_names_its_overlay_by_the_logits_probability(tmp_pat
     Image.fromarray((torch.rand(40, 48, 3) * 255).byte().numpy()).save(tmp_path / "pic.png")
     assert main(["explain", "--model", f"ultralytics:{tmp_path / 'cls.pt'}", str(tmp_path / "pic.png"), "--out",
                  str(tmp_path / "out"), "--method", "cam", "--size", "64", "--workers", "0"]) == 0
+    with pytest.raises(ValueError, match="--max-detections and --min-score are for detectors"):
+        main(["explain", "--model", f"ultralytics:{tmp_path / 'cls.pt'}", str(tmp_path / "pic.png"), "--out",
+              str(tmp_path / "out2"), "--size", "64", "--max-detections", "2"])
     (overlay,) = (tmp_path / "out").glob("pic_pred_*.jpg")
     x = prepare_image(decode_image_file(tmp_path / "pic.png"), 64, (0, 0, 0), (1, 1, 1))[None]
     with torch.no_grad():

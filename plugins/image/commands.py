@@ -247,7 +247,7 @@ def _explain_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--alpha", type=float, default=0.5, help="weight of the heat map in the blend")
     parser.add_argument("--device", default="cpu")
     # model families (issue 22): detectors and non-tensor outputs
-    parser.add_argument("--max-detections", type=int, default=5, help="detectors: explain the best N detections "
+    parser.add_argument("--max-detections", type=int, help="detectors: explain the best N detections "
                         "of each picture, one overlay each with its box, label and score (default 5)")
     parser.add_argument("--min-score", type=float, help="detectors: keep detections scoring at least this "
                         "(default: the model's own, 0.25 for YOLO)")
@@ -289,8 +289,11 @@ def _explain_run(args: argparse.Namespace) -> int:
         from camkit_plugins.image.detections import explain_detections, print_detection_report
 
         return print_detection_report(explain_detections(
-            model, config, files, args.out, method=args.method, max_detections=args.max_detections, alpha=args.alpha,
-            device=args.device, batch_size=args.batch_size, workers=args.workers, min_score=args.min_score), args.out)
+            model, config, files, args.out, method=args.method, max_detections=args.max_detections or 5,
+            alpha=args.alpha, device=args.device, batch_size=args.batch_size, workers=args.workers,
+            min_score=args.min_score), args.out)
+    if args.max_detections is not None or args.min_score is not None:
+        raise ValueError("--max-detections and --min-score are for detectors; this model is a classifier")
     report = explain_files(model, config, files, args.out, method=args.method, topk=args.topk,
                            save_maps=args.save_maps, grid=not args.no_grid, batch_size=args.batch_size,
                            workers=args.workers, alpha=args.alpha, device=args.device,
