@@ -119,6 +119,12 @@ def test_yolo_eigencam_network_and_several_detections(yolo):
     assert bool((bare.target_scores == 0).all()) and bool((bare.maps == 0).all())
     with pytest.raises(ValueError, match="multiples of its stride 32"):
         camkit.explain(yolo, torch.rand(1, 3, 50, 64), "gradcam")
+    training = yolo.model.training
+    try:
+        with pytest.raises(ValueError, match="detections in eval mode only"):
+            camkit.explain(yolo.model.train(), x, "gradcam", eval_mode=False)
+    finally:
+        yolo.model.train(training)
 
 
 def test_yolo_segmentation_gives_detections_with_masks():

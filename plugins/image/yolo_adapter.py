@@ -62,6 +62,9 @@ class YoloNetwork(nn.Module):
         if x.ndim != 4 or x.shape[-1] % self.stride or x.shape[-2] % self.stride:
             raise ValueError(f"a YOLO network takes (N, 3, H, W) pictures with H and W multiples of its stride "
                              f"{self.stride}, got {tuple(x.shape)}")
+        if self.task != "classify" and self.head.training:
+            raise ValueError("a YOLO detector gives detections in eval mode only (in training mode it returns its "
+                             "raw loss inputs): keep eval_mode=True, the default")
         anchors = getattr(self.head, "anchors", None)
         if isinstance(anchors, torch.Tensor) and anchors.is_inference() and not torch.is_inference_mode_enabled():
             self.head.shape = None  # its anchor cache was made under inference_mode: autograd cannot use it
