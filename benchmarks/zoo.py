@@ -9,6 +9,13 @@ small inputs, CPU. Per model:
 A model is right when both hold. Writes a Markdown table (and prints the counts per zoo):
 
     python benchmarks/zoo.py --out benchmarks/results/zoo.md          # torchvision, timm, transformers
+
+The model families users bring beyond classification (docs/models.md; counted separately) are surveyed
+with the call a user writes first (no layer, no glue; only the target a task needs): a map of the
+input's size, finite, not constant, no warning, at the expected layer; with the time of Grad-CAM (an
+``Explainer`` reused) over a plain forward (no_grad), the fastest of five interleaved runs each:
+
+    python benchmarks/zoo.py --zoos families --out benchmarks/results/families.md
 """
 
 from __future__ import annotations
@@ -114,6 +121,144 @@ def transformers_zoo() -> Iterator[tuple[str, Callable[[], Any], Any]]:
         patch_size=16, **small)), torch.randn(2, 3, 64, 64)
 
 
+def family_cases() -> Iterator[tuple[str, Callable[[], Any], Any, Any, str]]:
+    """``(name, build, inputs, target, expected layer)`` at the sizes users run (random weights)."""
+    import torch
+
+    import camkit.targets as t
+
+    def optional(module: str) -> Any:
+        import importlib
+
+        try:
+            return importlib.import_module(module)
+        except ImportError:
+            return None
+
+    monai, open_clip, smp = optional("monai"), optional("open_clip"), optional("segmentation_models_pytorch")
+    ultralytics, hf = optional("ultralytics"), optional("transformers")
+    import torchvision.models.video as video
+
+    if monai is not None:
+        yield ("monai DenseNet121 3-D", lambda: monai.networks.nets.DenseNet121(spatial_dims=3, in_channels=1,
+               out_channels=2), torch.randn(1, 1, 96, 96, 96), None, "class_layers.relu")
+    if open_clip is not None:
+        def clip(name: str, part: str = "") -> Callable[[], Any]:
+            return lambda: getattr(open_clip.create_model(name, pretrained=None), part) if part else \
+                open_clip.create_model(name, pretrained=None)
+
+        image = torch.rand(1, 3, 224, 224)
+        yield ("open_clip ViT-B-32 image tower", clip("ViT-B-32", "visual"), image,
+               t.EmbeddingSimilarity(torch.randn(512)), "transformer.resblocks.11:input")
+        yield ("open_clip RN50 image tower", clip("RN50", "visual"), image, t.EmbeddingSimilarity(torch.randn(1024)),
+               "layer4")
+        yield ("open_clip ViT-B-32 full model (image, text)", clip("ViT-B-32"),
+               (image, open_clip.get_tokenizer("ViT-B-32")(["a photo of a cat"])),
+               t.EmbeddingSimilarity(torch.randn(512)), "visual.transformer.resblocks.11:input")
+    yield "torchvision r3d_18", lambda: video.r3d_18(), torch.rand(1, 3, 16, 112, 112), None, "layer4"
+    yield "torchvision s3d", lambda: video.s3d(), torch.rand(1, 3, 16, 224, 224), None, "features"
+    yield "torchvision mvit_v1_b", lambda: video.mvit_v1_b(), torch.rand(1, 3, 16, 224, 224), None, "blocks.15:input"
+    yield "torchvision mvit_v2_s", lambda: video.mvit_v2_s(), torch.rand(1, 3, 16, 224, 224), None, "blocks.15:input"
+    if ultralytics is not None:
+        def yolo(config: str) -> Callable[[], Any]:
+            def build() -> Any:
+                model = ultralytics.YOLO(config)
+                model.overrides["conf"] = 0.0  # random weights score below 2e-4 (the head's bias prior)
+                return model
+            return build
+
+        picture = torch.rand(1, 3, 640, 640)
+        yield "YOLOv8n detection (YOLO object)", yolo("yolov8n.yaml"), picture, None, "model.model.15"
+        yield "YOLOv8n segmentation (YOLO object)", yolo("yolov8n-seg.yaml"), picture, None, "model.model.15"
+        yield ("YOLOv8n classification (YOLO object)", yolo("yolov8n-cls.yaml"), torch.rand(1, 3, 224, 224), None,
+               "model.model.9.conv")
+    if smp is not None:
+        yield ("segmentation-models-pytorch Unet", lambda: smp.Unet(encoder_weights=None, classes=5),
+               torch.rand(1, 3, 256, 256), t.SegmentationRegion(1), "decoder")
+    if hf is not None:
+        yield ("transformers Segformer (b0)", lambda: hf.SegformerForSemanticSegmentation(hf.SegformerConfig(
+            num_labels=5)), torch.rand(1, 3, 256, 256), t.SegmentationRegion(1), "decode_head.activation")
+        yield ("transformers DETR (ResNet-50)", lambda: hf.DetrForObjectDetection(hf.DetrConfig(
+            use_timm_backbone=False, use_pretrained_backbone=False, backbone_config=hf.ResNetConfig(
+                out_features=["stage4"]))), torch.rand(1, 3, 320, 320),
+            lambda logits: logits[:, 0, :-1].max(dim=1).values, "model.encoder.layers.5:input")
+        yield ("transformers VideoMAE (small, 16 x 112 px)", lambda: hf.VideoMAEForVideoClassification(
+            hf.VideoMAEConfig(image_size=112, hidden_size=384, num_attention_heads=6, intermediate_size=1536,
+                              num_labels=5)), torch.rand(1, 16, 3, 112, 112), None, "videomae.encoder.layer.11")
+        yield ("transformers Wav2Vec2 (base, 1 s)", lambda: hf.Wav2Vec2ForSequenceClassification(
+            hf.Wav2Vec2Config(num_labels=5)), torch.randn(1, 16000), None, "projector")
+
+
+def check_family(model: Any, x: Any, target: Any, layer: str) -> tuple[bool, str, float, float]:
+    """``(right, what happened, forward seconds, Grad-CAM seconds)``."""
+    import torch
+
+    import camkit
+    from camkit.families import adapt_model
+    from camkit.locate import input_layout_for
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            result = camkit.explain(model, x, "gradcam", targets=target)
+        except Exception as exc:  # reported, counted as wrong: this is a survey
+            return False, f"{type(exc).__name__}: {str(exc)[:90]}", 0.0, 0.0
+    primary = x[0] if isinstance(x, tuple) else x
+    letters = input_layout_for(adapt_model(model), primary).letters
+    sites = tuple(size for letter, size in zip(letters, primary.shape) if letter not in "NC")
+    maps = result.maps
+    problems = [f"layer {result.layer} (expected {layer})"] if result.layer != layer else []
+    problems += [f"map {tuple(maps.shape[1:])} for input sites {sites}"] if tuple(maps.shape[1:]) != sites else []
+    problems += ["constant map"] if float(maps.amax() - maps.amin()) < 1e-6 else []
+    problems += [f"warned: {str(w.message)[:60]}" for w in caught]
+    network = adapt_model(model)
+    run = (lambda: network(*x)) if isinstance(x, tuple) else (lambda: network(x))
+
+    # interleaved, the fastest of five each: other processes on the machine slow single runs, not the minimum
+    forward, grad = [], []
+    with camkit.Explainer(model, "gradcam") as explainer, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        explainer(x, target)
+        for _ in range(5):
+            start = time.perf_counter()
+            with torch.no_grad():
+                run()
+            forward.append(time.perf_counter() - start)
+            start = time.perf_counter()
+            explainer(x, target)
+            grad.append(time.perf_counter() - start)
+    return not problems, "; ".join(problems) or f"at {result.layer}", min(forward), min(grad)
+
+
+def survey_families(out: str) -> None:
+    import torch
+    from tqdm import tqdm
+
+    from camkit.io import write_text_atomic
+
+    torch.manual_seed(0)
+    rows, right, start = [], 0, time.perf_counter()
+    cases = list(family_cases())
+    for name, build, x, target, layer in tqdm(cases, desc="families", unit="model"):
+        try:
+            model = build()
+        except Exception as exc:  # listed, not counted
+            rows.append(f"| {name} | - | does not build: {type(exc).__name__}: {str(exc)[:60]} | | |")
+            continue
+        if hasattr(model, "eval"):
+            model.eval()
+        ok, notes, forward, grad = check_family(model, x, target, layer)
+        right += ok
+        rows.append(f"| {name} | {'right' if ok else 'WRONG'} | {notes} | {1000 * forward:.0f} ms | "
+                    f"{grad / max(forward, 1e-9):.2f}x |")
+        print(rows[-1], flush=True)
+    lines = [f"{right} / {len(cases)} model families right with no glue ({time.perf_counter() - start:.0f} s on "
+             f"the CPU, random weights)", "", "| model | result | what camkit did | forward | Grad-CAM / forward |",
+             "|---|---|---|---|---|", *rows]
+    write_text_atomic(out, "\n".join(lines) + "\n")
+    print(lines[0])
+
+
 def main() -> None:
     import torch
     from tqdm import tqdm
@@ -122,6 +267,9 @@ def main() -> None:
     parser.add_argument("--out", default="benchmarks/results/zoo.md")
     parser.add_argument("--zoos", default="torchvision,timm,transformers")
     args = parser.parse_args()
+    if args.zoos == "families":
+        survey_families(args.out)
+        return
     torch.manual_seed(0)
     zoos = {"torchvision": torchvision_zoo, "timm": timm_zoo, "transformers": transformers_zoo}
     rows, counts = [], {}

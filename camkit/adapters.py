@@ -4,7 +4,7 @@ Inputs may be one tensor, a tuple / list of positional tensors, or a mapping of 
 (Hugging Face ``{"pixel_values": x}``); the **primary** input (the first tensor unless told) defines the
 batch and the size maps are resampled to. Outputs may be a tensor, a ``ModelOutput`` / dataclass with
 ``.logits``, a dict (``"logits"``, torchvision segmentation's ``"out"``) or a tuple / list (the first
-tensor); ``output=`` (a key, attribute, index or callable) picks anything else.
+tensor, also of nested tuples); ``output=`` (a key, attribute, index or callable) picks anything else.
 """
 
 from __future__ import annotations
@@ -130,9 +130,10 @@ def select_output(output: Any, selector: Any = None) -> Any:
                 return output[key]
     elif isinstance(getattr(output, "logits", None), torch.Tensor):
         return output.logits
-    if isinstance(output, (tuple, list)) and output and isinstance(output[0], torch.Tensor):
-        return output[0]
-    return output
+    first = output
+    while isinstance(first, (tuple, list)) and first:  # nested tuples: ((predictions, prototypes), extras)
+        first = first[0]
+    return first if isinstance(first, torch.Tensor) else output
 
 
 def _pick(output: Any, selector: Any) -> Any:
@@ -158,3 +159,15 @@ def describe(value: Any) -> str:
     shape = getattr(value, "shape", None)
     return f"a tensor of shape {tuple(shape)}" if shape is not None else f"a {type(value).__name__}"
 
+
+
+def detached(value: Any) -> Any:
+    """``value`` with every tensor detached, through lists, tuples and dicts (a detector's detections), so a
+    result holds no autograd graph."""
+    if hasattr(value, "detach"):
+        return value.detach()
+    if type(value) in (list, tuple):  # plain containers only: a ModelOutput or namedtuple stays as it is
+        return type(value)(detached(item) for item in value)
+    if type(value) is dict:
+        return {key: detached(item) for key, item in value.items()}
+    return value

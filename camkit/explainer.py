@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping
 from camkit.adapters import ModelInputs, describe, select_output
 from camkit.capture import CapturePoint, FeatureCapture, capture_features, evaluation_mode
 from camkit.contraction import _check_finite, class_activation_map, postprocess
-from camkit.layout import Layout, default_input_layout, layout_for_rank
-from camkit.locate import FeatureSource, token_grid, tokens_to_grid
+from camkit.layout import Layout, layout_for_rank
+from camkit.locate import FeatureSource, fold_tokens, input_layout_for, input_sizes_for
 from camkit.methods import CamMethod, InputMapMethod, WeightContext, Weights, method_factory
 from camkit.plugin_manager import get_plugin_manager
 from camkit.targets import Target, resolve_targets  # noqa: F401  (resolve_targets: public name)
@@ -111,7 +111,8 @@ def locate_features(model: Any, batch: ModelInputs) -> FeatureSource:
     """Where the CAM features of ``model`` come from, for inputs like ``batch``: a model family's answer,
     else one traced forward of the first sample (cached per model, module set and input signature)."""
     signature = (tuple(id(m) for m in model.modules()),
-                 tuple((k, tuple(t.shape[1:]), t.dtype, t.device.type) for k, t in batch.named_tensors().items()))
+                 tuple((k, tuple(t.shape[1:]), t.dtype, t.device.type) for k, t in batch.named_tensors().items()),
+                 batch.primary)
     with _LOCATED_LOCK:
         cached = _LOCATED.get(model, {}).get(signature)
     if cached is not None:
@@ -176,7 +177,9 @@ class Explainer:
             raise TypeError("a TorchScript model cannot be explained: TorchScript modules take no forward hooks, "
                             "which capture the features; use the eager model (or a torch.export archive, "
                             "torch.export.unflatten(...))")
-        self.model = model
+        from camkit.families import adapt_model
+
+        self.model = model = adapt_model(model)  # e.g. an Ultralytics YOLO object: its network, scored outputs
         self.method_name, self.method = self._method(method, method_options)
         if not eval_mode and getattr(self.method, "runs_model", False):
             raise ValueError(f"{self.method_name} runs the model on masked inputs; with eval_mode=False those "
@@ -184,7 +187,7 @@ class Explainer:
                              f"eval_mode=True")
         self.point = CapturePoint.parse(model, layer) if layer is not None else None
         self.layout = Layout.parse(layout) if layout is not None else None
-        self.input_layout = Layout.parse(input_layout) if input_layout is not None else None
+        self.input_layout = Layout.parse(input_layout, channels=False) if input_layout is not None else None
         self.relu, self.normalize, self.upsample = relu, normalize, upsample
         self.output_size = dict(output_size) if output_size else None
         self.reduce = reduce
@@ -238,13 +241,11 @@ class Explainer:
 
     def input_layout_of(self, inputs: Any) -> Layout:
         """The layout of the primary input for an ``InputMapMethod``: as given, else the one a model family's
-        features imply (``NCTVM`` for ST-GCN), else channels-first by rank."""
+        features imply (``NCTVM`` for ST-GCN), else ``input_layout_for``'s (waveforms ``NL``, HF clips ``NTCHW``)."""
         if self.input_layout is not None:
             return self.input_layout
         family = family_source(self.model)
-        if family is not None and family.layout is not None:
-            return default_input_layout(family.layout)
-        return layout_for_rank(inputs.ndim)
+        return input_layout_for(self.model, inputs, family.layout if family is not None else None)
 
     def finish(self, maps: Any, map_letters: str, input_layout: Layout, *, targets: Any, logits: Any,
                target_scores: Any, layer: str) -> CamResult:
@@ -330,10 +331,10 @@ class Explainer:
         patch grid, else the channels-first layout of their rank."""
         if layout is not None:
             return layout, transform
-        if transform is None and raw.ndim == 3 and batch.tensor.ndim == 4:
-            grid = token_grid(raw.shape[1], {"H": batch.tensor.shape[-2], "W": batch.tensor.shape[-1]})
-            if grid is not None:
-                return Layout.parse("NHWC"), tokens_to_grid(*grid)
+        if transform is None and raw.ndim == 3 and batch.tensor.ndim in (4, 5):  # a picture's or a clip's tokens
+            folded = fold_tokens(raw.shape[1], input_sizes_for(None, batch.tensor))
+            if folded is not None:
+                return folded[1], folded[0]
         return layout_for_rank((transform(raw) if transform else raw).ndim), transform
 
     def _features(self, capture: FeatureCapture, layout: Layout, transform: Callable[[Any], Any] | None,
@@ -358,7 +359,7 @@ class Explainer:
 
     def _context(self, batch: ModelInputs, features: Any, raw: Any, scored: Any, target: "Target",
                  layout: Layout, transform: Callable[[Any], Any] | None, layer: str) -> WeightContext:
-        input_layout = self.input_layout or default_input_layout(layout)
+        input_layout = self.input_layout or input_layout_for(self.model, batch.tensor, layout)
         input_layout.check(batch.tensor.shape, "inputs")
         needs_grad = self.method.needs_gradients
         second_order = getattr(self.method, "needs_hessian", False)
@@ -408,6 +409,8 @@ class Explainer:
         weights = self.classifier_weights
         if weights is None:
             weights = self._located(batch).classifier
+            if weights is None and self._located(batch).no_classifier:
+                raise ValueError(self._located(batch).no_classifier)
         return _check_classifier(weights, num_channels, scored.shape[-1])
 
     def _classifier_bias(self, batch: ModelInputs) -> Any:
@@ -438,7 +441,9 @@ def _requiring_grad(batch: ModelInputs) -> ModelInputs:
 
 
 def _detached(value: Any) -> Any:
-    return value.detach() if hasattr(value, "detach") else value
+    from camkit.adapters import detached
+
+    return detached(value)  # also a detector's list of dicts
 
 
 def _checked_direct_map(maps: Any, ctx: WeightContext, multi: bool, method: str) -> Any:

@@ -31,8 +31,14 @@ class ModelFamily:
     def classifier_weights(self, model: Any) -> Any:
         return None
 
+    def adapt(self, model: Any) -> Any:
+        """The module camkit runs for ``model`` (default: ``model`` itself). A family whose models need
+        another forward (a wrapper object whose own forward predicts, raw outputs to turn into scores)
+        returns an ``nn.Module`` with the same named submodules, so layer names stay the user's."""
+        return model
+
     def locate(self, model: Any) -> Any:
-        """The ``camkit.FeatureSource`` of a model this family matches."""
+        """The ``camkit.FeatureSource`` of a model this family matches (None: found by data flow)."""
         from camkit.capture import CapturePoint
         from camkit.layout import Layout
         from camkit.locate import FeatureSource
@@ -40,3 +46,15 @@ class ModelFamily:
         point = CapturePoint.parse(model, self.target_layer(model))
         return FeatureSource(point, Layout.parse(self.feature_layout(model)), classifier=self.classifier_weights(model),
                              reason=f"model family {self.name!r}")
+
+
+def adapt_model(model: Any) -> Any:
+    """``model`` as the first registered family that matches it adapts it (unchanged when none does)."""
+    from camkit.plugin_manager import registry
+
+    for family in registry("model_families").values():
+        if family.matches(model):
+            adapted = family.adapt(model)
+            if adapted is not model:
+                return adapted
+    return model

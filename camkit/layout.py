@@ -58,7 +58,8 @@ class Layout:
     kinds: tuple[str, ...]  # kind of every site letter, in order of ``site_letters``
 
     @classmethod
-    def parse(cls, spec: "str | Layout") -> "Layout":
+    def parse(cls, spec: "str | Layout", channels: bool = True) -> "Layout":
+        """``channels=False``: the channel axis may be missing (an input such as a waveform ``NL``)."""
         if isinstance(spec, Layout):
             return spec
         if not isinstance(spec, str) or not spec:
@@ -75,7 +76,7 @@ class Layout:
             problems.append("an axis letter appears twice")
         if letters.count("N") != 1:
             problems.append("it needs exactly one batch axis N")
-        if letters.count("C") != 1:
+        if letters.count("C") != 1 and (channels or letters.count("C") > 1):
             problems.append("it needs exactly one channel axis C")
         unknown = [ch for ch in letters if ch not in kinds and ch not in ("N", "C")]
         if unknown:
@@ -96,6 +97,8 @@ class Layout:
 
     @property
     def channel_axis(self) -> int:
+        if "C" not in self.letters:
+            raise ValueError(f"layout {self.letters!r} has no channel axis C")
         return self.letters.index("C")
 
     @property
@@ -145,7 +148,7 @@ class Layout:
         if len(shape) != self.rank:
             raise ValueError(f"{what} of shape {shape} (rank {len(shape)}) do not match layout "
                              f"{self.letters!r} (rank {self.rank})")
-        if shape[self.channel_axis] < 1:
+        if "C" in self.letters and shape[self.channel_axis] < 1:
             raise ValueError(f"{what} of shape {shape} have no channels on axis C of layout {self.letters!r}")
 
     def sizes(self, shape: Sequence[int]) -> dict[str, int]:

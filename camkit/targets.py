@@ -78,6 +78,8 @@ class Target:
 
     @classmethod
     def resolve(cls, targets: Any, topk: int | None, output: Any) -> "Target":
+        if targets is None and is_detections(output):  # a detector: its best detection(s), like the predicted class
+            targets, topk = TopDetections(topk), None
         if callable(targets) and not hasattr(targets, "shape"):
             if topk is not None:
                 raise ValueError("pass either a callable target or topk, not both")
@@ -122,11 +124,15 @@ def _require_finite_scores(values: Any, what: str) -> None:
 
 
 def _batch_size(output: Any) -> int | None:
+    """The batch of an output: a tensor's first axis, a tuple's first tensor's (nested tuples too), the
+    length of a list of per-sample results (a detector's dicts)."""
     if hasattr(output, "shape") and len(output.shape) >= 1:
         return int(output.shape[0])
-    if isinstance(output, (list, tuple)):
-        return len(output)
-    return None
+    if not isinstance(output, (list, tuple)):
+        return None
+    nested = bool(output) and (isinstance(output[0], (list, tuple)) or
+                               isinstance(output, tuple) and hasattr(output[0], "shape"))
+    return _batch_size(output[0]) if nested else len(output)
 
 
 class ClassScore:
@@ -227,7 +233,8 @@ class Regression:
 class DetectionBox:
     """Score of the detection matched to ``box`` (``[x1, y1, x2, y2]`` in input pixels, or one box per
     sample ``(N, 4)``): the highest-scoring detection with IoU >= ``iou_threshold`` (and ``label``, if
-    given). For torchvision detectors in eval mode (``[{"boxes", "labels", "scores"}, ...]``). No match:
+    given). For torchvision detectors in eval mode (``[{"boxes", "labels", "scores"}, ...]``) and Ultralytics
+    YOLO models (camkit turns their raw output into that form, after non-maximum suppression). No match:
     a score of zero that depends on no feature (the map is then empty, with a warning)."""
 
     def __init__(self, box: Any, label: int | None = None, iou_threshold: float = 0.5) -> None:
@@ -259,6 +266,39 @@ class DetectionBox:
         return torch.stack(scores)
 
 
+def is_detections(output: Any) -> bool:
+    """Whether ``output`` is a detector's list of ``{"boxes", "labels", "scores"}`` dicts, one per sample."""
+    return isinstance(output, (list, tuple)) and bool(output) and all(
+        isinstance(d, dict) and {"boxes", "scores"} <= d.keys() for d in output)
+
+
+class TopDetections:
+    """Scores of each sample's ``k`` highest-scoring detections, ``(N, k)`` (``k=None``: the best one,
+    ``(N,)``); the default target of a detector (``targets=None``, ``topk=k``). A sample with fewer
+    detections gets scores of zero that depend on no feature (those maps are empty, with a warning)."""
+
+    def __init__(self, k: int | None = None) -> None:
+        if k is not None and (isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 1):
+            raise ValueError(f"topk={k!r}: the number of detections to explain must be a positive integer")
+        self.k = k
+
+    def __call__(self, output: Any) -> Any:
+        import torch
+
+        if not is_detections(output):
+            raise TypeError(f"TopDetections needs a detector's list of {{'boxes', 'labels', 'scores'}} dicts, got "
+                            f"{describe(output)}")
+        count = self.k or 1
+        rows = []
+        for detections in output:
+            scores = detections["scores"]
+            best = scores[scores.detach().argsort(descending=True)[:count]]
+            missing = (scores.sum() * 0).expand(count - len(best))  # no detection: a score no feature changes
+            rows.append(torch.cat([best, missing]))
+        stacked = torch.stack(rows)
+        return stacked if self.k is not None else stacked[:, 0]
+
+
 class Negative:
     """The counterfactual form of a target: ``-target(output)``, so the map shows what speaks *against*
     it (Grad-CAM's counterfactual explanations)."""
@@ -271,4 +311,4 @@ class Negative:
 
 
 __all__ = ["ClassProbability", "ClassReST", "ClassScore", "DetectionBox", "EmbeddingSimilarity", "Negative",
-           "Regression", "SegmentationRegion", "Target", "resolve_targets"]
+           "Regression", "SegmentationRegion", "Target", "TopDetections", "is_detections", "resolve_targets"]

@@ -33,11 +33,12 @@ def camkit_select_kernel(device_type: str, dtype: Any) -> Any:
 def camkit_locate_features(model: Any, inputs: Any) -> Any:
     """A registered model family first; else the data flow of one forward pass (``camkit.locate``)."""
     from camkit.explainer import family_source
-    from camkit.locate import trace_features
+    from camkit.families import adapt_model
+    from camkit.locate import input_sizes_for, trace_features
 
     family = family_source(model)
     if family is not None:
         return family
-    x = inputs.tensor  # an image batch's height and width give token models their grid
-    sizes = {"H": int(x.shape[-2]), "W": int(x.shape[-1])} if x.ndim == 4 else {}
-    return trace_features(model, lambda: inputs(model), sizes)
+    model = adapt_model(model)  # e.g. a YOLO object: trace its network, not its predict()
+    x = inputs.tensor  # a picture's height and width (a clip's frames too) give token models their grid
+    return trace_features(model, lambda: inputs(model), input_sizes_for(model, x), primary=x)

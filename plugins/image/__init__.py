@@ -45,3 +45,10 @@ def camkit_register_commands() -> dict[str, Any]:
     from camkit_plugins.image.commands import command_table
 
     return command_table()
+
+
+@hookimpl
+def camkit_register_model_families() -> dict[str, Any]:
+    from camkit_plugins.image.ultralytics_support import UltralyticsFamily
+
+    return {"ultralytics": UltralyticsFamily()}

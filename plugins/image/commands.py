@@ -250,6 +250,13 @@ def _explain_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", type=int, default=2, help="decoding worker processes")
     parser.add_argument("--alpha", type=float, default=0.5, help="weight of the heat map in the blend")
     parser.add_argument("--device", default="cpu")
+    # model families (issue 22): detectors and non-tensor outputs
+    parser.add_argument("--max-detections", type=int, help="detectors: explain the best N detections "
+                        "of each picture, one overlay each with its box, label and score (default 5)")
+    parser.add_argument("--min-score", type=float, help="detectors: keep detections scoring at least this "
+                        "(default: the model's own, 0.25 for YOLO)")
+    parser.add_argument("--output", help="which part of a non-tensor model output is scored: a key, attribute "
+                        "or index (default: the logits, 'out', or the first tensor)")
     parser.add_argument("--decode", default="auto", choices=DECODE_MODES,
                         help="where JPEGs are decoded: in the workers, or in batches on --device "
                              "(nvjpeg on a GPU); auto = device on CUDA, workers elsewhere")
@@ -279,7 +286,18 @@ def _explain_run(args: argparse.Namespace) -> int:
         raise ValueError(f"{args.checkpoint}: a {config.get('domain')} checkpoint; camkit explain handles images")
     if args.layer:
         config = {**config, "layer": args.layer}
+    if args.output is not None:  # model families: an index or a key of the model's output
+        config = {**config, "output": int(args.output) if args.output.lstrip("-").isdigit() else args.output}
     files = collect_image_files(args.inputs)
+    if config.get("task") == "detection":  # model families: one overlay per detection
+        from camkit_plugins.image.detections import explain_detections, print_detection_report
+
+        return print_detection_report(explain_detections(
+            model, config, files, args.out, method=args.method, max_detections=args.max_detections or 5,
+            alpha=args.alpha, device=args.device, batch_size=args.batch_size, workers=args.workers,
+            min_score=args.min_score), args.out)
+    if args.max_detections is not None or args.min_score is not None:
+        raise ValueError("--max-detections and --min-score are for detectors; this model is a classifier")
     report = explain_files(model, config, files, args.out, method=args.method, topk=args.topk,
                            save_maps=args.save_maps, grid=not args.no_grid, batch_size=args.batch_size,
                            workers=args.workers, alpha=args.alpha, device=args.device,

@@ -246,7 +246,7 @@ def explain_files(model: Any, config: dict[str, Any], files: Sequence[Path], out
     grid_pictures, grid_maps, grid_titles = [], [], []
     stems: set[str] = set()
     start = time.perf_counter()
-    with camkit.Explainer(model, method=method, layer=config.get("layer")) as explainer, \
+    with camkit.Explainer(model, method=method, layer=config.get("layer"), output=config.get("output")) as explainer, \
             ThreadPoolExecutor(max_workers=2) as writer, tqdm(total=len(dataset), desc="explain", unit="img") as bar:
         for items in loader:
             items = decode_jpeg_items(items, dataset, device)

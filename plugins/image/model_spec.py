@@ -5,6 +5,8 @@ SPEC is one of
 - ``torchvision:NAME`` (weights from the local torch cache; ``--weights DEFAULT|none|<enum name>``),
 - ``timm:NAME`` (weights from the local Hugging Face cache),
 - ``hf:NAME_OR_PATH`` (a transformers image classifier, ``local_files_only``),
+- ``ultralytics:PATH`` (a YOLO ``.pt`` checkpoint or ``.yaml`` model file, loaded by ultralytics: detectors
+  and segmenters are explained one detection at a time, classifiers as any other),
 - ``package.module:callable`` or ``path/to/file.py:callable`` (called with no arguments, returns a module),
 - a ``torch.export`` archive (``.pt2``, exported with a dynamic batch dimension); TorchScript files
   (``.pt``, ``.pth``, ``.ts``) load, but cannot be explained: TorchScript modules take no hooks.
@@ -57,6 +59,8 @@ def load_model_spec(spec: str, weights: str = "DEFAULT", labels: str | None = No
     if size is not None:  # before any loading: a wrong size is the user's, whatever the model
         _check_preprocessing(size, mean or IMAGENET_MEAN, std or IMAGENET_STD, channels=3)
     prefix, _, rest = spec.partition(":")
+    if prefix == "ultralytics" and rest:  # AGPL-3.0: imported only here, when the user names such a model
+        return _ultralytics(spec, rest, labels, size)
     loaders = {"torchvision": _torchvision, "timm": _timm, "hf": _transformers}
     if prefix in loaders and rest:
         model, found = loaders[prefix](rest, weights)
@@ -103,6 +107,16 @@ def _check_preprocessing(size: int, mean: Sequence[float], std: Sequence[float],
     if not all(v > 0 for v in std):
         raise ModelSpecError(f"--std {','.join(f'{v:g}' for v in std)}: every std must be positive (inputs are "
                              f"divided by it)")
+
+
+def _ultralytics(spec: str, path: str, labels: str | None, size: int | None) -> tuple[Any, dict]:
+    from camkit_plugins.image.ultralytics_support import load_ultralytics
+
+    model, found = load_ultralytics(path)
+    model.model.eval()
+    classes = read_labels(labels, len(found["classes"])) if labels else found["classes"]
+    return model, {**found, "model": spec, "classes": classes, "input_size": int(size or found["input_size"]),
+                   "in_channels": 3, "domain": "image", "input_layout": "NCHW"}
 
 
 def read_labels(labels: str, num_classes: int) -> list[str]:
