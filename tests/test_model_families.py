@@ -21,6 +21,15 @@ from camkit.targets import DetectionBox, EmbeddingSimilarity, SegmentationRegion
 RAW = {"relu": False, "normalize": False, "upsample": False}
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _pil_open_as_found():
+    """Importing ultralytics patches PIL.Image.open for every later test; undo it as camkit's loader does."""
+    yield
+    from camkit_plugins.image.ultralytics_support import restore_pil_open
+
+    restore_pil_open()
+
+
 def assert_real_map(result, shape):
     maps = result.maps
     assert tuple(maps.shape) == shape and bool(maps.isfinite().all())
@@ -446,3 +455,19 @@ def test_ultralytics_spec_errors_name_the_problem(tmp_path):
         load_model_spec(f"ultralytics:{tmp_path / 'yolov8n.pt'}")
     with pytest.raises(ModelSpecError, match="name a local .pt checkpoint or a .yaml model file"):
         load_model_spec("ultralytics:yolov8n.onnx")
+
+
+def test_loading_an_ultralytics_model_leaves_pil_image_open_as_found(tmp_path):
+    """ultralytics patches PIL.Image.open on import (an unreadable file then raises ModuleNotFoundError for
+    pi-heif, after trying to install it); camkit's loader undoes it, so broken pictures are still reported."""
+    pytest.importorskip("ultralytics")
+    import PIL.Image
+
+    from camkit_plugins.image.model_spec import load_model_spec
+
+    load_model_spec("ultralytics:yolov8n-cls.yaml")
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"not a picture")
+    assert PIL.Image.open.__module__ == "PIL.Image"
+    with pytest.raises(PIL.UnidentifiedImageError):
+        PIL.Image.open(broken)

@@ -54,6 +54,20 @@ class UltralyticsFamily(ModelFamily):
                                     f"{int(min(network.network.stride.tolist()))}; every detection depends on it)")
 
 
+def restore_pil_open() -> None:
+    """Undo ultralytics' patch of ``PIL.Image.open`` (made when it is imported): on a file Pillow cannot
+    identify, the patch tries to install ``pi-heif`` from the network and raises ``ModuleNotFoundError``
+    instead of ``UnidentifiedImageError``, which breaks camkit's reporting of unreadable pictures."""
+    import sys
+
+    patches = sys.modules.get("ultralytics.utils.patches")
+    original = getattr(patches, "_image_open", None)
+    if original is not None:
+        import PIL.Image
+
+        PIL.Image.open = original
+
+
 def load_ultralytics(spec: str) -> tuple[Any, dict[str, Any]]:
     """``(YOLO object, partial config)`` for ``path.pt`` (a checkpoint ultralytics saved: it unpickles it,
     so load only files you trust) or ``model.yaml`` (random weights); nothing downloads."""
@@ -71,6 +85,7 @@ def load_ultralytics(spec: str) -> tuple[Any, dict[str, Any]]:
     except ModuleNotFoundError:
         raise ModelSpecError("--model ultralytics:... needs the package 'ultralytics' (AGPL-3.0): pip install "
                              "ultralytics") from None
+    restore_pil_open()
     try:
         yolo = YOLO(str(path) if path.is_file() else spec)
     except (FileNotFoundError, ValueError, KeyError, RuntimeError) as exc:
