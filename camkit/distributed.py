@@ -1,6 +1,7 @@
 """torch.distributed for camkit's commands: one place that joins (or starts) a ``torchrun`` job.
 
-Used by ``camkit bench`` (sharded evaluation) and ``camkit train skeleton`` (DDP). Outside
+Used by ``camkit bench`` (sharded evaluation), ``camkit explain`` and ``camkit eval image`` (sharded data
+sets) and ``camkit train skeleton`` (DDP). Outside
 ``torchrun`` everything degrades to a world of one process.
 """
 
@@ -130,6 +131,16 @@ class Distributed:
         box = [value]
         dist.broadcast_object_list(box, src=0)
         return box[0]
+
+    def gather(self, value: Any) -> list[Any]:
+        """Every process's ``value`` (any picklable object), in rank order, on every process."""
+        if self.world == 1:
+            return [value]
+        import torch.distributed as dist
+
+        found: list[Any] = [None] * self.world
+        dist.all_gather_object(found, value)
+        return found
 
     def close(self) -> None:
         if self.started_here:

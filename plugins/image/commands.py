@@ -224,7 +224,10 @@ def _train_run(args: argparse.Namespace) -> int:
 def _explain_arguments(parser: argparse.ArgumentParser) -> None:
     from camkit_plugins.image.explain_files import DECODE_MODES
 
-    parser.add_argument("inputs", nargs="+", help="picture files and/or directories")
+    parser.add_argument("inputs", nargs="*", help="picture files, folders (recursive; root/<class>/<file> gives "
+                        "labels), mnist:DIR (its test split) or a .txt file listing paths")
+    parser.add_argument("--dataset", help="a registered data set instead of files (camkit list datasets), e.g. shapes")
+    parser.add_argument("--split", default="test", help="with --dataset: train, val or test (default test)")
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--checkpoint", help="directory written by camkit train image")
     source.add_argument("--model", metavar="SPEC", help="a pretrained network: torchvision:NAME, timm:NAME, "
@@ -249,6 +252,30 @@ def _explain_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--decode", default="auto", choices=DECODE_MODES,
                         help="where JPEGs are decoded: in the workers, or in batches on --device "
                              "(nvjpeg on a GPU); auto = device on CUDA, workers elsewhere")
+    _dataset_scale_arguments(parser)
+
+
+def _dataset_scale_arguments(parser: argparse.ArgumentParser) -> None:
+    from camkit_plugins.image.explain_files import MAP_DTYPES, TARGET_MODES
+    from camkit_plugins.image.explain_run import MANIFEST_FORMATS
+
+    parser.add_argument("--targets", default="auto", choices=TARGET_MODES,
+                        help="classes explained: predicted, label (labelled inputs), auto = label with --save-masks "
+                             "when labels are known, else predicted")
+    parser.add_argument("--no-overlays", action="store_true", help="no overlays, page or grid: map dumps only")
+    parser.add_argument("--map-dtype", default="float32", choices=MAP_DTYPES, help="dtype of the .npy maps")
+    parser.add_argument("--save-masks", action="store_true",
+                        help="write <name>_mask.png pseudo-masks (VOC palette): 1 + class of the strongest map "
+                             "above --background, else 0")
+    parser.add_argument("--background", type=float, default=0.2, help="pseudo-mask background threshold")
+    parser.add_argument("--scales", type=_floats, default=(1.0,),
+                        help="test-time scales averaged, e.g. 1,0.5,1.5,2 (the WSSS protocol)")
+    parser.add_argument("--flip", action="store_true", help="also average the mirrored image's maps")
+    parser.add_argument("--manifest", default="jsonl", choices=MANIFEST_FORMATS, help="manifest.jsonl or .csv")
+    parser.add_argument("--resume", action="store_true",
+                        help="finish the run in --out (a rerun does it anyway; this insists there is one)")
+    parser.add_argument("--restart", action="store_true", help="redo every image of the run in --out")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def _floats(text: str) -> tuple[float, ...]:
@@ -258,9 +285,9 @@ def _floats(text: str) -> tuple[float, ...]:
         raise argparse.ArgumentTypeError(f"{text!r}: expected numbers separated by commas, e.g. 0.5,0.5,0.5") from None
 
 
-def _explain_run(args: argparse.Namespace) -> int:
+def load_image_model(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
+    """The model and config of ``--checkpoint`` or ``--model`` (with its preprocessing options)."""
     from camkit.checkpoint import load_checkpoint
-    from camkit_plugins.image.explain_files import collect_image_files, explain_files
     from camkit_plugins.image.model_spec import load_model_spec
 
     if args.model:
@@ -275,18 +302,39 @@ def _explain_run(args: argparse.Namespace) -> int:
         raise ValueError(f"{args.checkpoint}: a {config.get('domain')} checkpoint; camkit explain handles images")
     if args.layer:
         config = {**config, "layer": args.layer}
-    files = collect_image_files(args.inputs)
-    report = explain_files(model, config, files, args.out, method=args.method, topk=args.topk,
-                           save_maps=args.save_maps, grid=not args.no_grid, batch_size=args.batch_size,
-                           workers=args.workers, alpha=args.alpha, device=args.device,
-                           decode=args.decode)
-    print(f"wrote {len(report.written)} overlay(s) to {args.out} ({report.images_per_second:.1f} images/s)")
+    return model, config
+
+
+def _explain_run(args: argparse.Namespace) -> int:
+    from camkit_plugins.image.dataset_inputs import resolve_inputs
+    from camkit_plugins.image.explain_files import explain_files
+
+    model, config = load_image_model(args)
+    inputs = resolve_inputs(args.inputs, config["classes"], args.dataset, args.split)
+    report = explain_files(model, config, inputs, args.out, method=args.method, topk=args.topk,
+                           save_maps=args.save_maps, grid=not args.no_grid and not args.no_overlays,
+                           batch_size=args.batch_size, workers=args.workers, alpha=args.alpha, device=args.device,
+                           decode=args.decode, overlays=not args.no_overlays, map_dtype=args.map_dtype,
+                           targets=args.targets, save_masks=args.save_masks, background=args.background,
+                           scales=args.scales, flip=args.flip, manifest=args.manifest, restart=args.restart,
+                           resume=args.resume, progress=not args.no_progress)
+    if _is_rank_zero():
+        skipped = f", {report.skipped} already done" if report.skipped else ""
+        print(f"explained {report.explained} image(s){skipped}: wrote {len(report.written)} overlay(s) to {args.out} "
+              f"({report.images_per_second:.1f} images/s here, {report.total_images_per_second:.1f} in total)")
     if report.bad:
-        print(f"error: {len(report.bad)} unreadable file(s):", file=sys.stderr)
-        for line in report.bad:
-            print(f"  {line}", file=sys.stderr)
+        if _is_rank_zero():
+            print(f"error: {len(report.bad)} unreadable file(s):", file=sys.stderr)
+            for line in report.bad:
+                print(f"  {line}", file=sys.stderr)
         return 1
     return 0
+
+
+def _is_rank_zero() -> bool:
+    import os
+
+    return int(os.environ.get("RANK", "0")) == 0
 
 
 # ---------------------------------------------------------------- demo
