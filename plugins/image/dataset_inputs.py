@@ -97,28 +97,35 @@ def list_file_inputs(path: Path) -> ImageInputs:
 
 
 def dataset_inputs(name: str, split: str = "test", seed: int = 0, **options: Any) -> ImageInputs:
-    """A registered data set (``camkit list datasets``) whose items carry a normalised ``input`` (C, H, W):
-    the pictures back as uint8 (grey repeated to RGB), labels by class name, masks and boxes when present."""
-    import torch
-
+    """A registered data set (``camkit list datasets``) at ``split``, as `inputs_of_dataset`."""
     from camkit.plugin_manager import lookup
-    from camkit_plugins.image.render import denormalise_to_uint8
 
     data = lookup("datasets", name)(split, seed=seed, **options)
-    count = len(data)
-    if not count:
+    if not len(data):
         raise ValueError(f"--dataset {name} --split {split}: the split has no images")
+    return inputs_of_dataset(data, f"{name}/{split}")
+
+
+def inputs_of_dataset(data: Any, prefix: str) -> ImageInputs:
+    """A data set whose items carry a normalised ``input`` (C, H, W) (and ``label``, ``mask``, ``box`` when it
+    has them): the pictures back as uint8 (grey repeated to RGB), labels by class name, named
+    ``<prefix>/<index>`` (output stems ``<prefix with _>_<index>``)."""
+    import torch
+
+    from camkit_plugins.image.render import denormalise_to_uint8
+
+    count = len(data)
     items = [data[i] for i in range(count)]
     pictures = denormalise_to_uint8(torch.stack([item["input"] for item in items]), data.mean, data.std)
     if pictures.shape[1] == 1:
         pictures = pictures.expand(-1, 3, -1, -1).contiguous()
-    width = len(str(count - 1))
-    label = [data.classes[int(item["label"])] if "label" in item else None for item in items]
+    width = len(str(max(count - 1, 0)))
+    labels = [data.classes[int(item["label"])] if "label" in item else None for item in items]
     masks = torch.stack([torch.as_tensor(item["mask"]).bool() for item in items]) if "mask" in items[0] else None
     boxes = torch.tensor([list(item["box"]) for item in items]) if "box" in items[0] else None
-    stems = [f"{name}_{split}_{i:0{width}d}" for i in range(count)]
-    return ImageInputs([f"{name}/{split}/{i}" for i in range(count)], [None] * count, stems, label, pictures,
-                       masks, boxes)
+    stem = prefix.replace("/", "_")
+    return ImageInputs([f"{prefix}/{i}" for i in range(count)], [None] * count,
+                       [f"{stem}_{i:0{width}d}" for i in range(count)], labels, pictures, masks, boxes)
 
 
 def _concatenate(parts: Sequence[ImageInputs]) -> ImageInputs:
