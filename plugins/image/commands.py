@@ -397,6 +397,20 @@ def _eval_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", type=int, default=2, help="decoding worker processes")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    protocols = parser.add_argument_group("data-set CAM protocols")
+    protocols.add_argument("--protocol", action="append", default=[], metavar="NAME",
+                           help="wsss (pseudo-mask mIoU), wsol (MaxBoxAccV2) or pxap; repeat for several")
+    protocols.add_argument("--maps", metavar="DIR", help="score the maps a camkit explain --save-maps run wrote "
+                           "instead of computing them")
+    protocols.add_argument("--masks", metavar="DIR", help="ground-truth <stem>.png masks (VOC palette: value c is "
+                           "the model's class c-1, 0 background, 255 void)")
+    protocols.add_argument("--boxes", metavar="DIR_OR_JSON", help="ground-truth boxes: VOC <stem>.xml files or a "
+                           "JSON file {stem: [[x0, y0, x1, y1], ...]}")
+    protocols.add_argument("--method", default="cam", help="CAM method for maps computed here (default cam)")
+    protocols.add_argument("--scales", type=_floats, default=(1.0,), help="test-time scales, e.g. 1,0.5,1.5,2")
+    protocols.add_argument("--flip", action="store_true", help="also average the mirrored image's maps")
+    protocols.add_argument("--baseline", help="score a model-free map instead: center or random")
+    protocols.add_argument("--background", type=float, help="WSSS: also report the mIoU at this background threshold")
 
 
 def _eval_run(args: argparse.Namespace) -> int:
@@ -405,20 +419,48 @@ def _eval_run(args: argparse.Namespace) -> int:
 
     model, config = load_image_model(args)
     inputs = resolve_inputs(args.inputs, config["classes"], args.dataset, args.split)
-    report = evaluate_accuracy_on(model, config, inputs, batch_size=args.batch_size, workers=args.workers,
-                                  device=args.device, progress=not args.no_progress)
-    if not _is_rank_zero():
-        return 0
-    print(accuracy_table(report), end="")
-    if args.out:
-        written = evaluation_files(args.out, report)
-        print(f"wrote {', '.join(str(path) for path in written)}")
-    if report.bad:
-        print(f"error: {len(report.bad)} unreadable file(s), not counted:", file=sys.stderr)
-        for line in report.bad:
+    bad: list[str] = []
+    if inputs.labelled or not args.protocol:
+        report = evaluate_accuracy_on(model, config, inputs, batch_size=args.batch_size, workers=args.workers,
+                                      device=args.device, progress=not args.no_progress)
+        bad = report.bad
+        if _is_rank_zero():
+            print(accuracy_table(report), end="")
+            if args.out:
+                print(f"wrote {', '.join(str(path) for path in evaluation_files(args.out, report))}")
+    if args.protocol:
+        bad = bad or _protocols_run(args, model, config, inputs)
+    if bad and _is_rank_zero():
+        print(f"error: {len(bad)} unreadable file(s), not counted:", file=sys.stderr)
+        for line in bad:
             print(f"  {line}", file=sys.stderr)
-        return 1
-    return 0
+    return 1 if bad else 0
+
+
+def _protocols_run(args: argparse.Namespace, model: Any, config: dict[str, Any], inputs: Any) -> list[str]:
+    from camkit.io import output_folder, write_json_atomic, write_text_atomic
+    from camkit_plugins.image.protocols_run import (
+        GroundTruth,
+        ProtocolSettings,
+        jsonable,
+        protocol_table,
+        run_protocols,
+    )
+
+    truth = GroundTruth(inputs, list(config["classes"]), Path(args.masks) if args.masks else None,
+                        Path(args.boxes) if args.boxes else None)
+    settings = ProtocolSettings(args.protocol, Path(args.maps) if args.maps else None, args.method, args.scales,
+                                args.flip, args.baseline, args.background)
+    results = run_protocols(model, config, inputs, truth, settings, batch_size=args.batch_size, workers=args.workers,
+                            device=args.device, progress=not args.no_progress)
+    if _is_rank_zero():
+        table = protocol_table(results, config["classes"])
+        print(table, end="")
+        if args.out:
+            folder = output_folder(args.out)
+            write_json_atomic(folder / "protocols.json", jsonable(results))
+            write_text_atomic(folder / "protocols.md", table)
+    return list(results["unreadable"])
 
 
 # ---------------------------------------------------------------- demo

@@ -489,7 +489,7 @@ def _write_batch(run: ExplainRun, writer: OutputWriter, report: ExplainReport, g
         idx = torch.tensor(indices, device=maps.device)
         if outputs["save_masks"]:
             sized = F.interpolate(maps[idx], size=(height, width), mode="bilinear", align_corners=False).clamp(0, 1)
-            masks = pseudo_mask_batch(sized, targets[idx], outputs["background"]).cpu().numpy()
+            masks = pseudo_mask_batch(sized, targets[idx], outputs["background"])
             for row, i in enumerate(indices):
                 records[i]["mask"] = f"{run.inputs.stems[good[i]['index']]}_mask.png"
                 writer.submit(good[i]["path"], out / records[i]["mask"], write_mask, masks[row])
@@ -547,11 +547,14 @@ def card_of(record: dict[str, Any], card: Any) -> Any:
 
 
 def pseudo_mask_batch(maps: Any, class_ids: Any, background: float) -> Any:
-    """uint8 (N, H, W) pseudo-masks of maps (N, K, H, W) explaining ``class_ids`` (N, K): the WSSS seed
-    rule of ``camkit_plugins.metrics.protocols.pseudo_masks`` (0 background, 1 + class id elsewhere)."""
+    """uint8 (N, H, W) pseudo-masks of maps (N, K, H, W) explaining the model's classes ``class_ids`` (N, K):
+    IRN's rule (``camkit_plugins.metrics.protocols.pseudo_masks``), 0 = background, 1 + class id elsewhere."""
+    import numpy as np
+
     from camkit_plugins.metrics.protocols import pseudo_masks
 
-    return pseudo_masks(maps, class_ids, background)
+    ids = [[int(c) + 1 for c in row] for row in class_ids.tolist()]
+    return np.stack(pseudo_masks(list(maps.detach().float().cpu().numpy()), ids, background)).astype(np.uint8)
 
 
 def _gather_and_finish(run: ExplainRun, run_folder: RunFolder, report: ExplainReport, grid_cells: list[Any],
