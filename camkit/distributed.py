@@ -7,9 +7,10 @@ sets) and ``camkit train skeleton`` (DDP). Outside
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterator
 
 DEVICE_TYPES = ("cpu", "cuda", "mps", "xpu")
 
@@ -147,3 +148,18 @@ class Distributed:
             import torch.distributed as dist
 
             dist.destroy_process_group()
+
+
+@contextlib.contextmanager
+def joined(device: Any, distributed: Distributed | None = None) -> Iterator[Distributed]:
+    """``distributed`` when one is given (whoever made it closes it), else this process's place in the
+    ``torchrun`` job, closed after the block. A command that runs several sharded steps makes one and
+    passes it to each: a process group is started once per process."""
+    if distributed is not None:
+        yield distributed
+        return
+    made = Distributed.from_environment(device)
+    try:
+        yield made
+    finally:
+        made.close()

@@ -414,22 +414,24 @@ def _eval_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _eval_run(args: argparse.Namespace) -> int:
+    from camkit.distributed import joined
     from camkit_plugins.image.dataset_inputs import resolve_inputs
     from camkit_plugins.image.evaluate import accuracy_table, evaluate_accuracy_on, evaluation_files
 
     model, config = load_image_model(args)
     inputs = resolve_inputs(args.inputs, config["classes"], args.dataset, args.split)
     bad: list[str] = []
-    if inputs.labelled or not args.protocol:
-        report = evaluate_accuracy_on(model, config, inputs, batch_size=args.batch_size, workers=args.workers,
-                                      device=args.device, progress=not args.no_progress)
-        bad = report.bad
-        if _is_rank_zero():
-            print(accuracy_table(report), end="")
-            if args.out:
-                print(f"wrote {', '.join(str(path) for path in evaluation_files(args.out, report))}")
-    if args.protocol:
-        bad = bad or _protocols_run(args, model, config, inputs)
+    with joined(args.device) as distributed:  # one process group for both steps
+        if inputs.labelled or not args.protocol:
+            report = evaluate_accuracy_on(model, config, inputs, batch_size=args.batch_size, workers=args.workers,
+                                          device=args.device, progress=not args.no_progress, distributed=distributed)
+            bad = report.bad
+            if _is_rank_zero():
+                print(accuracy_table(report), end="")
+                if args.out:
+                    print(f"wrote {', '.join(str(path) for path in evaluation_files(args.out, report))}")
+        if args.protocol:
+            bad = bad or _protocols_run(args, model, config, inputs, distributed)
     if bad and _is_rank_zero():
         print(f"error: {len(bad)} unreadable file(s), not counted:", file=sys.stderr)
         for line in bad:
@@ -437,7 +439,8 @@ def _eval_run(args: argparse.Namespace) -> int:
     return 1 if bad else 0
 
 
-def _protocols_run(args: argparse.Namespace, model: Any, config: dict[str, Any], inputs: Any) -> list[str]:
+def _protocols_run(args: argparse.Namespace, model: Any, config: dict[str, Any], inputs: Any,
+                   distributed: Any) -> list[str]:
     from camkit.io import output_folder, write_json_atomic, write_text_atomic
     from camkit_plugins.image.protocols_run import (
         GroundTruth,
@@ -452,7 +455,7 @@ def _protocols_run(args: argparse.Namespace, model: Any, config: dict[str, Any],
     settings = ProtocolSettings(args.protocol, Path(args.maps) if args.maps else None, args.method, args.scales,
                                 args.flip, args.baseline, args.background)
     results = run_protocols(model, config, inputs, truth, settings, batch_size=args.batch_size, workers=args.workers,
-                            device=args.device, progress=not args.no_progress)
+                            device=args.device, progress=not args.no_progress, distributed=distributed)
     if _is_rank_zero():
         table = protocol_table(results, config["classes"])
         print(table, end="")

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from camkit_plugins.image.dataset_inputs import ImageInputs
 
@@ -48,23 +48,24 @@ class AccuracyReport:
 
 
 def evaluate_accuracy_on(model: Any, config: dict[str, Any], inputs: ImageInputs, batch_size: int = 64,
-                         workers: int = 2, device: Any = "cpu", progress: bool = True) -> AccuracyReport:
+                         workers: int = 2, device: Any = "cpu", progress: bool = True,
+                         distributed: Any = None) -> AccuracyReport:
     """Top-1 / top-5 accuracy and the confusion matrix of ``model`` over the labelled ``inputs``
     (labels must be classes of the model), preprocessed with ``config``'s size, mean and std. Each
-    ``torchrun`` rank takes its batches (`explain_files.rank_positions`) and the counts are summed."""
+    ``torchrun`` rank takes its batches (`explain_files.rank_positions`) and the counts are summed
+    (``distributed``: a ``camkit.distributed.Distributed`` to use; default: join the job, leave it after)."""
     import torch
     from torch.utils.data import DataLoader, Subset
     from tqdm import tqdm
 
     from camkit.capture import evaluation_mode
-    from camkit.distributed import Distributed, local_device
+    from camkit.distributed import joined, local_device
     from camkit_plugins.image.explain_files import PictureFiles, _keep_list, rank_positions
 
     classes = list(config["classes"])
     labels = torch.tensor(inputs.label_indices(classes))
     device = local_device(device)
-    distributed = Distributed.from_environment(device)
-    try:
+    with joined(device, distributed) as distributed:
         dataset = PictureFiles(inputs.files, int(config["input_size"]), config["mean"], config["std"],
                                int(config.get("in_channels", 3)), pictures=inputs.pictures, names=inputs.names)
         positions = rank_positions(len(inputs), batch_size, distributed.rank, distributed.world)
@@ -90,8 +91,6 @@ def evaluate_accuracy_on(model: Any, config: dict[str, Any], inputs: ImageInputs
                 bar.update(len(items))
         confusion, top5 = distributed.sum(confusion), distributed.sum(top5)
         bad = [line for part in distributed.gather(bad) for line in part]
-    finally:
-        distributed.close()
     return AccuracyReport(classes, confusion.numpy(), int(top5), bad)
 
 
@@ -152,9 +151,3 @@ def evaluation_files(out: str | Path, report: AccuracyReport, extra: dict[str, A
     return [write_json_atomic(folder / "accuracy.json", {**report.as_dict(), **(extra or {})}),
             write_text_atomic(folder / "accuracy.md", accuracy_table(report)),
             save_confusion_picture(folder / "confusion.png", report)]
-
-
-def nan_safe(values: Sequence[float]) -> list[float | None]:
-    import math
-
-    return [None if math.isnan(v) else v for v in values]

@@ -320,7 +320,7 @@ def explain_files(model: Any, config: dict[str, Any], files: Sequence[Path] | Im
                   decode: str = "auto", page: bool = True, *, overlays: bool = True, map_dtype: str = "float32",
                   targets: str = "auto", save_masks: bool = False, background: float = 0.2,
                   scales: Sequence[float] = (), flip: bool = False, manifest: str = "jsonl", restart: bool = False,
-                  resume: bool = False, progress: bool = True) -> ExplainReport:
+                  resume: bool = False, progress: bool = True, distributed: Any = None) -> ExplainReport:
     """Explain every image of ``files`` (paths, or `ImageInputs` from `resolve_inputs`: folders, class
     folders, ``mnist:DIR``, a registered data set, a list file) and write, per image named ``<name>``:
     the overlay ``<name>_pred_<label>_<pp.pp>pct.jpg`` (unless ``overlays=False``), with ``topk``
@@ -339,13 +339,14 @@ def explain_files(model: Any, config: dict[str, Any], files: Sequence[Path] | Im
     (``cuda`` is ``cuda:LOCAL_RANK``) and rank 0 writes the manifest, grid and page. A rerun in the same
     ``out`` skips the images an earlier run finished (`explain_run.RunFolder`): ``resume=True`` insists there
     is such a run, ``restart=True`` redoes everything; other settings than the earlier run's are an error.
+    ``distributed``: a ``camkit.distributed.Distributed`` to use (default: join the job, leave it after).
 
     ``decode``: "workers" decodes every file in the DataLoader workers; "device" has the workers only
     read JPEGs and decodes each batch of them on ``device`` (other formats still decode in the workers);
     "auto" is "device" on a CUDA device and "workers" elsewhere. Files are written by a thread pool while
     the next batch computes (`OutputWriter`); a file that cannot be written does not stop the others, and
     at the end ``OverlayWriteError`` names every one that failed."""
-    from camkit.distributed import Distributed, local_device
+    from camkit.distributed import joined, local_device
     from camkit.io import output_folder
 
     inputs = files if isinstance(files, ImageInputs) else inputs_of_files(files)
@@ -362,8 +363,7 @@ def explain_files(model: Any, config: dict[str, Any], files: Sequence[Path] | Im
                 "scales": sorted({1.0, *extra_scales}), "flip": flip, "classes": classes,
                 "input_size": int(config["input_size"]), "mean": list(config["mean"]), "std": list(config["std"]),
                 "model": config.get("model"), **{k: v for k, v in outputs.items() if k != "grid"}}
-    distributed = Distributed.from_environment(device)
-    try:
+    with joined(device, distributed) as distributed:
         out = output_folder(out)
         run_folder = RunFolder(out, settings, distributed.rank)
         done = _prepare_run_folder(run_folder, distributed, restart, resume)
@@ -375,8 +375,6 @@ def explain_files(model: Any, config: dict[str, Any], files: Sequence[Path] | Im
                                                       distributed)
         report.skipped = len(inputs) - len(pending)
         _gather_and_finish(run, run_folder, report, grid_cells, list(done.values()), distributed, manifest)
-    finally:
-        distributed.close()
     if failures:
         raise OverlayWriteError(failures, report) from failures[0][1]
     return report
@@ -391,6 +389,7 @@ def _prepare_run_folder(run_folder: RunFolder, distributed: Any, restart: bool, 
     if distributed.rank == 0:
         try:
             run_folder.check_settings(restart, resume)
+            run_folder.remove_temporaries()
             if restart and run_folder.journal_folder.is_dir():
                 shutil.rmtree(run_folder.journal_folder)
         except (ValueError, OSError) as exc:

@@ -61,6 +61,14 @@ class RunFolder:
         if self.rank == 0:
             write_json_atomic(path, self.settings)
 
+    def remove_temporaries(self) -> list[Path]:
+        """Remove the temporary files (``.<stem>.<random>.tmp<suffix>``, `camkit.io.atomic_path`'s) that a
+        killed run left half-written; returns them."""
+        found = [path for path in self.out.glob(".*.tmp*") if path.is_file()]
+        for path in found:
+            path.unlink()
+        return found
+
     def completed(self, restart: bool = False) -> dict[str, dict[str, Any]]:
         """The records of images finished by earlier runs (by name), each with every file it names present."""
         if restart or not self.journal_folder.is_dir():

@@ -152,14 +152,15 @@ def saved_map_records(folder: Path, inputs: ImageInputs) -> dict[str, dict[str, 
 
 def run_protocols(model: Any, config: dict[str, Any], inputs: ImageInputs, truth: GroundTruth,
                   settings: ProtocolSettings, batch_size: int = 16, workers: int = 2, device: Any = "cpu",
-                  progress: bool = True) -> dict[str, Any]:
+                  progress: bool = True, distributed: Any = None) -> dict[str, Any]:
     """The protocols' results (``{"wsss": SegmentationSeeds.result(), "wsol": BoxAccuracy.result(), "pxap":
-    PixelAveragePrecision.result()}``, plus ``"images"``) over ``inputs``; see the module docstring."""
+    PixelAveragePrecision.result()}``, plus ``"unreadable"``) over ``inputs``; see the module docstring.
+    ``distributed``: a ``camkit.distributed.Distributed`` to use (default: join the job, leave it after)."""
     import torch
     from torch.utils.data import DataLoader, Subset
     from tqdm import tqdm
 
-    from camkit.distributed import Distributed, local_device
+    from camkit.distributed import joined, local_device
     from camkit_plugins.image.explain_files import PictureFiles, _keep_list, rank_positions
     from camkit_plugins.metrics.protocols import BoxAccuracy, PixelAveragePrecision, SegmentationSeeds
 
@@ -174,8 +175,7 @@ def run_protocols(model: Any, config: dict[str, Any], inputs: ImageInputs, truth
     if "pxap" in settings.protocols:
         accumulators["pxap"] = PixelAveragePrecision()
     device = local_device(device)
-    distributed = Distributed.from_environment(device)
-    try:
+    with joined(device, distributed) as distributed:
         dataset = PictureFiles(inputs.files, int(config["input_size"]), config["mean"], config["std"],
                                int(config.get("in_channels", 3)), pictures=inputs.pictures, names=inputs.names)
         positions = rank_positions(len(inputs), batch_size, distributed.rank, distributed.world)
@@ -195,8 +195,6 @@ def run_protocols(model: Any, config: dict[str, Any], inputs: ImageInputs, truth
             for key, value in accumulator.state().items():
                 setattr(accumulator, key, distributed.sum(torch.from_numpy(value)).numpy())
         bad = [line for part in distributed.gather(bad) for line in part]
-    finally:
-        distributed.close()
     results: dict[str, Any] = {name: acc.result() for name, acc in accumulators.items()}
     if "wsss" in results and settings.background is not None:
         results["wsss_at_background"] = accumulators["wsss"].result(threshold=settings.background)
