@@ -23,7 +23,8 @@ BASELINES = ("center", "random")
 class GroundTruth:
     """Where the protocols' truth comes from: ``masks`` a folder of ``<stem>.png`` class-index masks (VOC
     palette: value c is the model's class c - 1, 0 background, 255 void); ``boxes`` a folder of VOC
-    ``<stem>.xml`` files or a JSON file ``{"<stem or file name>": [[x0, y0, x1, y1], ...]}`` (end exclusive).
+    ``<stem>.xml`` files or a JSON file ``{"<stem, file name or path>": [[x0, y0, x1, y1], ...]}`` (end
+    exclusive).
     Without them, the data set's own masks and boxes (`ImageInputs.masks` / ``boxes``)."""
 
     inputs: ImageInputs
@@ -66,9 +67,10 @@ class GroundTruth:
         if self.boxes is not None and self.boxes.is_dir():
             return read_voc_boxes(self.boxes / f"{Path(name).stem}.xml")
         if self.boxes is not None:
-            found = self._json_boxes.get(Path(name).stem, self._json_boxes.get(name))
+            keys = (Path(name).stem, Path(name).name, name)
+            found = next((self._json_boxes[key] for key in keys if key in self._json_boxes), None)
             if found is None:
-                raise KeyError(f"{self.boxes}: no boxes for {name} (keys are image stems or names)")
+                raise KeyError(f"{self.boxes}: no boxes for {name} (keys are image stems, file names or paths)")
             return np.asarray(found, dtype=np.float64).reshape(-1, 4)
         if self.inputs.boxes is not None:
             return self.inputs.boxes[index].numpy().astype(np.float64).reshape(-1, 4)
