@@ -405,6 +405,7 @@ def _prepare_run_folder(run_folder: RunFolder, distributed: Any, restart: bool, 
 def _explain_shard(run: ExplainRun, run_folder: RunFolder, positions: list[int], batch_size: int, workers: int,
                    decode: str, progress: bool, distributed: Any) -> tuple[ExplainReport, list[Any], list[Any]]:
     """This rank's images: read, explained batch by batch, written; records journaled as they complete."""
+    import contextlib
     import time
 
     import torch
@@ -426,7 +427,10 @@ def _explain_shard(run: ExplainRun, run_folder: RunFolder, positions: list[int],
     rank_text = f" [rank {distributed.rank}/{distributed.world}]" if distributed.world > 1 else ""
     start = time.perf_counter()
     try:
-        with camkit.Explainer(run.model, method=run.method, layer=run.config.get("layer")) as explainer, \
+        # augmented maps come from camkit.explain, which hooks the layer itself
+        held = contextlib.nullcontext() if run.augment else camkit.Explainer(run.model, method=run.method,
+                                                                             layer=run.config.get("layer"))
+        with held as explainer, \
                 tqdm(total=len(positions), desc=f"explain{rank_text}", unit="img", position=distributed.rank,
                      disable=not progress) as bar:
             for items in loader:
@@ -573,20 +577,16 @@ def _gather_and_finish(run: ExplainRun, run_folder: RunFolder, report: ExplainRe
     report.bad = [line for part in parts for line in part[1]]
     report.explained = sum(part[3] for part in parts)
     report.total_images_per_second = report.explained / max(max(part[4] for part in parts), 1e-9)
-    report.records = [r for r in earlier + records]
-    run_folder.finish(report.records, run.inputs.names, manifest)
     order = {name: i for i, name in enumerate(run.inputs.names)}
-    report.records.sort(key=lambda record: order.get(record["file"], len(order)))
+    report.records = sorted((r for r in earlier + records if r["file"] in order), key=lambda r: order[r["file"]])
+    run_folder.finish(report.records, run.inputs.names, manifest)
     cells = sorted((cell for part in parts for cell in part[2]), key=lambda cell: cell[0])[:GRID_SIZE]
     if run.outputs["grid"] and cells:
         save_grid(run.out / "grid.png", torch.stack([c[1] for c in cells]).round().clamp(0, 255).to(torch.uint8),
                   torch.stack([c[2] for c in cells]), [c[3] for c in cells], ncols=3)
     if run.outputs["page"]:
-        report.cards = [card_of(record, Card) for record in report.records
-                        if record.get("overlay") and record["file"] in order]
+        report.cards = [card_of(record, Card) for record in report.records if record.get("overlay")]
         write_explain_page(run.out, report, run.method, (run.out / "grid.png").is_file() and run.outputs["grid"])
-
-
 
 
 def write_explain_page(out: Path, report: ExplainReport, method: str, grid: bool) -> Path:
