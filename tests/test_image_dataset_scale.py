@@ -203,7 +203,7 @@ def _worker(rank, world, port, files, out, result_file):
 
 
 @pytest.mark.slow
-def test_two_processes_write_the_files_of_one(tmp_path):
+def test_two_processes_write_the_files_of_one(tmp_path, monkeypatch):
     """gloo on the CPU, two processes started by torch.multiprocessing as torchrun would: every file
     (overlays, maps, raw maps, top-2 panels, grid, page, manifest, journal) byte-identical to one
     process's, and the accuracy and protocol numbers equal."""
@@ -212,10 +212,15 @@ def test_two_processes_write_the_files_of_one(tmp_path):
     files = [str(p) for p in _pictures(tmp_path / "in", [f"{c}/p{i}.png" for c in CLASSES for i in range(4)])]
     files.append(str(tmp_path / "in" / "a" / "broken.png"))
     Path(files[-1]).write_bytes(b"not a picture")
-    for world in (1, 2):
-        mp.start_processes(_worker, args=(world, _free_port(), [str(tmp_path / "in")], str(tmp_path / f"w{world}"),
-                                          str(tmp_path / f"w{world}.json")),
-                           nprocs=world, join=True, start_method="spawn")
+    arguments = (_free_port(), [str(tmp_path / "in")])
+    with monkeypatch.context() as patched:  # one process: here, its settings restored after
+        for name in ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK", "OMP_NUM_THREADS"):
+            patched.setenv(name, "0")
+        threads = torch.get_num_threads()
+        _worker(0, 1, *arguments, str(tmp_path / "w1"), str(tmp_path / "w1.json"))
+        torch.set_num_threads(threads)
+    mp.start_processes(_worker, args=(2, *arguments, str(tmp_path / "w2"), str(tmp_path / "w2.json")), nprocs=2,
+                       join=True, start_method="spawn")
     one, two = _tree(tmp_path / "w1"), _tree(tmp_path / "w2")
     assert len(one) == 8 * 4 + 5 and one.keys() == two.keys()
     assert [name for name in one if one[name] != two[name]] == []
