@@ -43,6 +43,29 @@ def test_map_boxes_every_region_or_the_largest():
     d = np.zeros((5, 5))
     d[1, 1] = d[2, 2] = 1.0
     assert map_boxes(d, 0.5).tolist() == [[1, 1, 3, 3]]
+    # a ring touching the border with a dot in its hole: two regions
+    ring = np.zeros((7, 7))
+    ring[0:7, 0:7] = 1.0
+    ring[1:6, 1:6] = 0.0
+    ring[3, 3] = 1.0
+    assert sorted(map_boxes(ring, 0.5).tolist()) == [[0, 0, 7, 7], [3, 3, 4, 4]]
+
+
+def test_map_boxes_equal_the_8_connected_regions_of_scipy():
+    from scipy import ndimage
+
+    rng = np.random.default_rng(5)
+    for score_map in rng.random((3, 24, 24)) ** 2:
+        for tau in (0.3, 0.6, 0.9):
+            labels, count = ndimage.label(score_map > tau, structure=np.ones((3, 3)))
+            expected = []
+            for region in ndimage.find_objects(labels):
+                expected.append([region[1].start, region[0].start, region[1].stop, region[0].stop])
+            assert sorted(map_boxes(score_map, tau).tolist()) == sorted(expected)
+            sizes = np.bincount(labels.ravel())[1:]
+            largest = ndimage.find_objects(labels)[int(np.argmax(sizes))]
+            assert map_boxes(score_map, tau, multi_contour=False).tolist() == [
+                [largest[1].start, largest[0].start, largest[1].stop, largest[0].stop]]
 
 
 def test_box_iou_by_hand_in_both_conventions():
@@ -135,6 +158,13 @@ def test_box_accuracy_batching_and_merge_invariance():
     a.merge(b.state())
     for other in (two, a):
         assert all((other.state()[k] == one.state()[k]).all() for k in ("hits", "count"))
+    sizes = BoxAccuracy(thresholds=np.arange(0, 1, 0.1))  # a list of maps of different sizes
+    sizes.add([maps[0], maps[1, :12]], boxes[:2])
+    sizes.add(list(maps[2:]), boxes[2:])
+    expected = np.concatenate([box_hits(maps[:1], boxes[:1], sizes.thresholds, (0.3, 0.5, 0.7)),
+                               box_hits(maps[1:2, :12], boxes[1:2], sizes.thresholds, (0.3, 0.5, 0.7)),
+                               box_hits(maps[2:], boxes[2:], sizes.thresholds, (0.3, 0.5, 0.7))]).sum(axis=0)
+    assert (sizes.hits == expected).all() and sizes.count[0] == 6
     with pytest.raises(ValueError, match="different settings"):
         one.merge(BoxAccuracy(iou_thresholds=(0.5,)).state())
 
@@ -183,6 +213,12 @@ def test_pxap_equals_scikit_learn_average_precision_and_merges():
     b.add(torch.from_numpy(maps[1:]), torch.from_numpy(masks[1:]))
     a.merge(b.state())
     expected = 100 * average_precision_score(masks.ravel(), maps.ravel())
+    listed = PixelAveragePrecision()
+    listed.add([maps[0], maps[1, :7]], [masks[0], masks[1, :7]])
+    listed.add(list(maps[2:]), list(masks[2:]))
+    cut = np.concatenate([maps[0].ravel(), maps[1, :7].ravel(), maps[2].ravel()])
+    cut_masks = np.concatenate([masks[0].ravel(), masks[1, :7].ravel(), masks[2].ravel()])
+    assert listed.result()["pxap"] == pytest.approx(100 * average_precision_score(cut_masks, cut), abs=1e-9)
     assert whole.result()["pxap"] == pytest.approx(expected, abs=1e-9)
     assert a.result()["pxap"] == pytest.approx(expected, abs=1e-9)
 
@@ -281,12 +317,18 @@ def test_bench_box_metrics_mean_curves_give_the_data_set_value():
                             ("max_box_acc", BoxAccuracy(iou_thresholds=(0.5,), multi_contour=False))):
         metric = camkit.lookup("metrics", name)()
         values = metric.evaluate(bench_batch(maps, box=box)).values
-        assert values["box_acc"].shape == (5, 100)
+        assert values["box_acc_curve"].shape == (5, 100)
+        torch.testing.assert_close(values["box_acc"], values["box_acc_curve"].mean(dim=1))
         reference.add(maps, box)
         means = {k: v.double().mean(dim=0).tolist() for k, v in values.items()}
         assert metric.dataset_values(means)[name] == pytest.approx(reference.result()["box_acc"])
     fixed = camkit.lookup("metrics", "max_box_acc_v2")(cam_threshold=0.2)
-    assert fixed.evaluate(bench_batch(maps, box=box)).values["box_acc"].shape == (5,)
+    at = fixed.evaluate(bench_batch(maps, box=box)).values
+    torch.testing.assert_close(at["box_acc"], at["box_acc_curve"][:, 20])
+    held_out_tau = BoxAccuracy()
+    held_out_tau.add(maps, box)
+    means = {k: v.double().mean(dim=0).tolist() for k, v in at.items()}
+    assert fixed.dataset_values(means)["max_box_acc_v2"] == pytest.approx(held_out_tau.result(threshold=0.2)["box_acc"])
 
 
 def test_bench_pxap_and_wsss_from_mean_values():
@@ -313,3 +355,45 @@ def test_bench_pxap_and_wsss_from_mean_values():
     one = SegmentationSeeds(2, [0.15], ignore_index=-1)
     one.add(maps[:1, None], [[1]], mask[:1].long())
     assert values["miou"][0].item() == pytest.approx(one.result()["miou"])
+
+
+def test_bench_batches_carry_the_data_set_values(tmp_path):
+    """Through ``camkit bench`` (batches of 4 over 9 samples), the mean curves give the numbers of one pass."""
+    from camkit.plugin_manager import set_plugin_manager
+    from camkit_plugins.bench.runner import MapMaker, run_suite
+    from test_bench import TOY_PLUGIN
+
+    plugin = tmp_path / "toy_plugin.py"
+    plugin.write_text(TOY_PLUGIN)
+    set_plugin_manager(None)
+    try:
+        records = run_suite({"models": ["toy-cnn"], "datasets": ["toy-boxes"], "methods": ["cam"],
+                             "metrics": ["max_box_acc_v2", "pxap", {"name": "wsss_miou", "options": {
+                                 "background_thresholds": [0.2, 0.5]}}],
+                             "samples": 9, "batch_size": 4, "out": str(tmp_path / "out"), "plugins": [str(plugin)],
+                             "device": "cpu", "plots": False}, progress=False)
+        dataset = camkit.lookup("datasets", "toy-boxes")(split="test", seed=0)
+        layout = Layout.parse("NCHW")
+        inputs = torch.stack([dataset[i]["input"] for i in range(9)])
+        maps = MapMaker("baseline-random", layout, {}, 0)(None, inputs, None, torch.arange(9))
+    finally:
+        set_plugin_manager(None)
+    cells = {r["metric"]: r for r in records if r["method"] == "baseline-random"}
+    boxes = torch.tensor([dataset[i]["box"] for i in range(9)])
+    box_masks = torch.zeros(9, 16, 16, dtype=torch.bool)
+    for i, (x0, y0, x1, y1) in enumerate(boxes.tolist()):
+        box_masks[i, y0:y1, x0:x1] = True
+    wsol = BoxAccuracy()
+    wsol.add(maps, boxes)
+    metric = camkit.lookup("metrics", "max_box_acc_v2")()
+    assert metric.dataset_values(cells["max_box_acc_v2"]["values"])["max_box_acc_v2"] == pytest.approx(
+        wsol.result()["max_box_acc_v2"])
+    px = PixelAveragePrecision()
+    px.add(maps, box_masks)
+    pxap = camkit.lookup("metrics", "pxap")()
+    assert pxap.dataset_values(cells["pxap"]["values"])["pxap"] == pytest.approx(px.result()["pxap"])
+    seeds = SegmentationSeeds(2, [0.15, 0.2, 0.5], ignore_index=-1)
+    seeds.add(maps[:, None], [[1]] * 9, box_masks.long())
+    wsss = camkit.lookup("metrics", "wsss_miou")(background_thresholds=[0.2, 0.5])
+    assert wsss.dataset_values(cells["wsss_miou"]["values"])["miou_curve"] == pytest.approx(
+        seeds.result()["miou_curve"].tolist())

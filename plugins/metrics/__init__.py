@@ -29,7 +29,7 @@ def camkit_register_metrics() -> dict[str, Any]:
     return registry
 
 
-FAMILY_MODULES = ("faithfulness", "localization", "sanity", "protocols")
+FAMILY_MODULES = ("faithfulness", "localization", "sanity", "protocols", "complexity")
 
 
 @hookimpl
