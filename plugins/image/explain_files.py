@@ -408,7 +408,6 @@ def _explain_shard(run: ExplainRun, run_folder: RunFolder, positions: list[int],
     import contextlib
     import time
 
-    import torch
     from torch.utils.data import DataLoader, Subset
     from tqdm import tqdm
 
@@ -439,7 +438,7 @@ def _explain_shard(run: ExplainRun, run_folder: RunFolder, positions: list[int],
                 report.bad += [item["error"] for item in items if "error" in item]
                 if good:
                     result = _explain_batch(run, explainer, camkit, good)
-                    _write_batch(run, writer, report, grid_cells, good, result, torch)
+                    _write_batch(run, writer, report, grid_cells, good, result)
                 bar.update(len(items))
                 elapsed = max(time.perf_counter() - start, 1e-9)
                 bar.set_postfix(bad=len(report.bad), total=f"{bar.n * distributed.world / elapsed:.1f} img/s")
@@ -472,43 +471,24 @@ def _explain_batch(run: ExplainRun, explainer: Any, camkit: Any, good: list[dict
 
 
 def _write_batch(run: ExplainRun, writer: OutputWriter, report: ExplainReport, grid_cells: list[Any],
-                 good: list[dict[str, Any]], result: Any, torch: Any) -> None:
-    """Overlays (blended per picture size, on the maps' device), maps, raw maps, masks and top-k panels
-    of one batch handed to the writer, and each image's record."""
+                 good: list[dict[str, Any]], result: Any) -> None:
+    """One batch handed to the writer: masks and overlays at each picture's size (`_write_at_picture_size`),
+    then per image the maps, raw map and top-k panel, and its record."""
+    import torch
     import torch.nn.functional as F
 
-    from camkit_plugins.image.masks import write_mask
     from camkit_plugins.image.page import Card, write_raw_map
-    from camkit_plugins.image.render import label_text, overlay, overlay_file_name, write_overlay
+    from camkit_plugins.image.render import label_text
 
     classes, out, outputs = run.classes, run.out, run.outputs
     maps = result.maps if result.maps.ndim == 4 else result.maps[:, None]  # (N, K, H, W)
     targets = result.targets if result.targets.ndim == 2 else result.targets[:, None]
     scores = result.scores if result.scores.ndim == 2 else result.scores[:, None]
     probabilities = result.probabilities
-    pictures = [item["picture"] for item in good]
     records: list[dict[str, Any]] = [{} for _ in good]
-    for (height, width), indices in _group_by_size(pictures).items():
-        idx = torch.tensor(indices, device=maps.device)
-        if outputs["save_masks"]:
-            sized = F.interpolate(maps[idx], size=(height, width), mode="bilinear", align_corners=False).clamp(0, 1)
-            masks = pseudo_mask_batch(sized, targets[idx], outputs["background"])
-            for row, i in enumerate(indices):
-                records[i]["mask"] = f"{run.inputs.stems[good[i]['index']]}_mask.png"
-                writer.submit(good[i]["path"], out / records[i]["mask"], write_mask, masks[row])
-        if outputs["overlays"]:
-            top_maps = F.interpolate(maps[idx, :1], size=(height, width), mode="bilinear",
-                                     align_corners=False)[:, 0].clamp(0, 1)
-            batch = torch.stack([pictures[i].to(maps.device) for i in indices])
-            blended = overlay(batch, top_maps, outputs["alpha"]).cpu()
-            for row, i in enumerate(indices):
-                label, score = classes[int(targets[i, 0])], float(scores[i, 0])
-                name = overlay_file_name(run.inputs.stems[good[i]["index"]], label, score)
-                records[i]["overlay"] = name
-                writer.submit(good[i]["path"], out / name, write_overlay, blended[row].permute(1, 2, 0).numpy(),
-                              label_text(label, score))
-                report.written.append(out / name)
+    _write_at_picture_size(run, writer, report, good, maps, targets, scores, records)
     maps_cpu = maps.detach().float().cpu()
+    stored = maps_cpu.to(getattr(torch, outputs["map_dtype"]))
     for i, item in enumerate(good):
         index, record = item["index"], records[i]
         stem = run.inputs.stems[index]
@@ -516,8 +496,7 @@ def _write_batch(run: ExplainRun, writer: OutputWriter, report: ExplainReport, g
         titles = [label_text(classes[int(c)], float(s)) for c, s in zip(targets[i], scores[i])]
         if outputs["save_maps"]:
             record["map"] = f"{stem}_maps.npy"
-            writer.submit(item["path"], out / record["map"], _save_npy, maps_cpu[i].to(getattr(torch,
-                                                                                                 outputs["map_dtype"])))
+            writer.submit(item["path"], out / record["map"], _save_npy, stored[i])
         if outputs["page"]:
             record["raw_map"] = f"{stem}_map.png"
             writer.submit(item["path"], out / record["raw_map"], write_raw_map, maps_cpu[i, 0])
@@ -541,6 +520,39 @@ def _write_batch(run: ExplainRun, writer: OutputWriter, report: ExplainReport, g
             grid_cells.append((index, F.interpolate(item["picture"][None].cpu().float(), size=(size, size),
                                                     mode="bilinear", align_corners=False)[0],
                                maps_cpu[i, 0], titles[0]))
+
+
+def _write_at_picture_size(run: ExplainRun, writer: OutputWriter, report: ExplainReport, good: list[dict[str, Any]],
+                           maps: Any, targets: Any, scores: Any, records: list[dict[str, Any]]) -> None:
+    """Pseudo-masks and overlays, made from the maps resized to each picture's own size: pictures of one
+    size are blended in one call on the maps' device."""
+    import torch
+    import torch.nn.functional as F
+
+    from camkit_plugins.image.masks import write_mask
+    from camkit_plugins.image.render import label_text, overlay, overlay_file_name, write_overlay
+
+    pictures = [item["picture"] for item in good]
+    for (height, width), indices in _group_by_size(pictures).items():
+        idx = torch.tensor(indices, device=maps.device)
+        if run.outputs["save_masks"]:
+            sized = F.interpolate(maps[idx], size=(height, width), mode="bilinear", align_corners=False).clamp(0, 1)
+            masks = pseudo_mask_batch(sized, targets[idx], run.outputs["background"])
+            for row, i in enumerate(indices):
+                records[i]["mask"] = f"{run.inputs.stems[good[i]['index']]}_mask.png"
+                writer.submit(good[i]["path"], run.out / records[i]["mask"], write_mask, masks[row])
+        if run.outputs["overlays"]:
+            top_maps = F.interpolate(maps[idx, :1], size=(height, width), mode="bilinear",
+                                     align_corners=False)[:, 0].clamp(0, 1)
+            batch = torch.stack([pictures[i].to(maps.device) for i in indices])
+            blended = overlay(batch, top_maps, run.outputs["alpha"]).cpu()
+            for row, i in enumerate(indices):
+                label, score = run.classes[int(targets[i, 0])], float(scores[i, 0])
+                name = overlay_file_name(run.inputs.stems[good[i]["index"]], label, score)
+                records[i]["overlay"] = name
+                writer.submit(good[i]["path"], run.out / name, write_overlay, blended[row].permute(1, 2, 0).numpy(),
+                              label_text(label, score))
+                report.written.append(run.out / name)
 
 
 def card_of(record: dict[str, Any], card: Any) -> Any:
