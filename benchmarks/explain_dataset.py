@@ -100,6 +100,7 @@ def main(argv: list[str] | None = None) -> int:
         common = {"batch_size": args.batch_size, "workers": args.workers, "device": args.device, "save_maps": True,
                   "progress": False}
         explain_files(model, config, files[:args.batch_size], work / "warm", grid=False, method="gradcam", **common)
+        plain_forward(model, config, files[:args.batch_size], args.batch_size, args.workers, args.device)  # warm-up
         forward = plain_forward(model, config, files, args.batch_size, args.workers, args.device)
         rows.append({"pipeline": "plain forward (read, decode, preprocess, forward)", "images_per_s": forward})
         for name, options in (("camkit explain, Grad-CAM: maps + overlays + page", {"method": "gradcam"}),
@@ -114,6 +115,7 @@ def main(argv: list[str] | None = None) -> int:
                 raise RuntimeError(f"{name}: explained {report.explained} of {len(files)}, bad: {report.bad}")
             rows.append({"pipeline": name, "images_per_s": len(files) / seconds})
         loop_files = files[:args.loop_count] if args.loop_count else files
+        grad_cam_loop(model, files[:1], work / "loop-warm", args.size, args.device)  # warm-up
         start = time.perf_counter()
         grad_cam_loop(model, loop_files, work / "loop", args.size, args.device)
         rows.append({"pipeline": "pytorch-grad-cam loop: maps + overlays, one file at a time",
