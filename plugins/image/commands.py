@@ -1,4 +1,4 @@
-"""The image commands: ``camkit train image``, ``camkit explain`` and ``camkit demo``."""
+"""The image commands: ``camkit train image``, ``camkit explain``, ``camkit eval image`` and ``camkit demo``."""
 
 from __future__ import annotations
 
@@ -490,7 +490,8 @@ def command_table() -> dict[str, Any]:
     return {
         "train image": Command("train an image classifier (ResNet or mnist-gap) and save a checkpoint",
                                _train_arguments, _train_run),
-        "explain": Command("write CAM overlays of pictures with a trained image checkpoint",
+        "explain": Command("CAMs of pictures or whole data sets (torchrun, resumable): overlays, maps, pseudo-masks, "
+                           "manifest",
                            _explain_arguments, _explain_run),
         "eval image": Command("accuracy of an image classifier on a labelled set: top-1, top-5, per class, "
                               "confusion matrix (and the WSSS / WSOL map protocols)", _eval_arguments, _eval_run),
