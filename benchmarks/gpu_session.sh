@@ -25,6 +25,8 @@
 #   graphs    speed_forward.py, ResNet-50 batch 32: torch.compile with CUDA graphs         ~3 min
 #   skeleton  skeleton_speed.py on CUDA: default sizes, then batch 64 x 300 frames        ~1 min
 #   explain   benchmarks/explain_speed.py on CUDA (optional, not in "all")                 ~2 min
+#   scale     benchmarks/explain_dataset.py on CUDA: camkit explain over 2,000 JPEGs (maps  ~4 min
+#             + overlays; --no-overlays map dumps) vs the forward and a grad-cam loop (optional)
 #   all       every stage but explain, in order (~25 min: only where a command may run that long)
 #
 # Results: one folder per benchmark, logs/ with each command's whole output, summary.txt with each
@@ -279,10 +281,17 @@ stage_explain() {
     show "$OUT/explain/explain_speed.md"
 }
 
-[ $# -gt 0 ] || { sed -n '2,32p' "$0"; exit 2; }
+stage_scale() {
+    setup_camkit
+    step scale 420 "$PY" benchmarks/explain_dataset.py --device cuda --count 2000 --batch-size 128 --workers 8 \
+        --threads 8 --loop-count 200 --out "$OUT/scale"
+    show "$OUT/scale/explain_dataset.md"
+}
+
+[ $# -gt 0 ] || { sed -n '2,34p' "$0"; exit 2; }
 for stage in "$@"; do
     case "$stage" in
-        tests|speed|scorecam|methods|kernels|forward|graphs|skeleton|explain)
+        tests|speed|scorecam|methods|kernels|forward|graphs|skeleton|explain|scale)
             STAGE_DEADLINE=$((SECONDS + STAGE_BUDGET))
             say "stage $stage started"
             "stage_$stage"
@@ -294,7 +303,7 @@ for stage in "$@"; do
                 "stage_$s"
                 say "stage $s done"
             done ;;
-        *) echo "unknown stage $stage: tests|speed|scorecam|methods|kernels|forward|graphs|skeleton|explain|all" >&2
+        *) echo "unknown stage $stage: tests|speed|scorecam|methods|kernels|forward|graphs|skeleton|explain|scale|all" >&2
            exit 2 ;;
     esac
 done

@@ -1,14 +1,16 @@
 """torch.distributed for camkit's commands: one place that joins (or starts) a ``torchrun`` job.
 
-Used by ``camkit bench`` (sharded evaluation) and ``camkit train skeleton`` (DDP). Outside
+Used by ``camkit bench`` (sharded evaluation), ``camkit explain`` and ``camkit eval image`` (sharded data
+sets) and ``camkit train skeleton`` (DDP). Outside
 ``torchrun`` everything degrades to a world of one process.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterator
 
 DEVICE_TYPES = ("cpu", "cuda", "mps", "xpu")
 
@@ -131,8 +133,33 @@ class Distributed:
         dist.broadcast_object_list(box, src=0)
         return box[0]
 
+    def gather(self, value: Any) -> list[Any]:
+        """Every process's ``value`` (any picklable object), in rank order, on every process."""
+        if self.world == 1:
+            return [value]
+        import torch.distributed as dist
+
+        found: list[Any] = [None] * self.world
+        dist.all_gather_object(found, value)
+        return found
+
     def close(self) -> None:
         if self.started_here:
             import torch.distributed as dist
 
             dist.destroy_process_group()
+
+
+@contextlib.contextmanager
+def joined(device: Any, distributed: Distributed | None = None) -> Iterator[Distributed]:
+    """``distributed`` when one is given (whoever made it closes it), else this process's place in the
+    ``torchrun`` job, closed after the block. A command that runs several sharded steps makes one and
+    passes it to each: a process group is started once per process."""
+    if distributed is not None:
+        yield distributed
+        return
+    made = Distributed.from_environment(device)
+    try:
+        yield made
+    finally:
+        made.close()

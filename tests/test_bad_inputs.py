@@ -84,6 +84,15 @@ CASES = [
     # --- explain: inputs and options
     Case(f"{EXPLAIN} --checkpoint {{ck}} {{nowhere}}", FileNotFoundError, "no such file or directory"),
     Case(f"{EXPLAIN} --checkpoint {{ck}} {{empty}}", ValueError, "no pictures"),
+    Case(f"{EXPLAIN} --checkpoint {{ck}} {{pics}} --targets label", ValueError, "labels are unknown for 4 image"),
+    Case(f"{EXPLAIN} --checkpoint {{ck}} {{pics}} --save-masks --background 2", ValueError,
+         "--background 2.0: a threshold on maps in"),
+    Case(f"{EXPLAIN} --checkpoint {{ck}} --dataset shapes {{pics}}", ValueError,
+         "give either --dataset or input files"),
+    # --- eval image
+    Case("eval image --workers 0 --no-progress --checkpoint {ck} {pics}", ValueError, "labels are unknown for 4 image"),
+    Case("eval image --workers 0 --no-progress --checkpoint {ck} {pics} --protocol wssss", KeyError,
+         "unknown protocol 'wssss'.*wsss"),
     Case(f"{EXPLAIN} --checkpoint {{ck}} {{pics}} --method gradkam", KeyError, "unknown method 'gradkam'.*gradcam"),
     Case(f"{EXPLAIN} --checkpoint {{ck}} {{pics}} --topk 3", ValueError, "topk=3 must be between 1 and the number"),
     Case(f"{EXPLAIN} --checkpoint {{ck}} {{pics}} --batch-size 0", ValueError, "batch_size should be a positive"),

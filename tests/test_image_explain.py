@@ -95,9 +95,9 @@ def test_reading_jpegs_for_the_device_and_decoding_them_in_one_batch(tmp_path):
     readers = PictureFiles(files, 12, [0.5] * 3, [0.5] * 3, 3, jpeg_bytes=True)
     items = [readers[i] for i in range(len(readers))]
     kinds = {file.name: sorted(item) for file, item in zip(files, items)}
-    assert kinds["misnamed.png"] == ["jpeg", "orientation", "path"]  # found by its bytes, not its name
-    assert kinds["plain.png"] == ["input", "path", "picture"]  # decoded in the worker
-    assert kinds["truncated.jpg"] == ["jpeg", "orientation", "path"]
+    assert kinds["misnamed.png"] == ["index", "jpeg", "orientation", "path"]  # found by its bytes, not its name
+    assert kinds["plain.png"] == ["index", "input", "path", "picture"]  # decoded in the worker
+    assert kinds["truncated.jpg"] == ["index", "jpeg", "orientation", "path"]
 
     decoded = decode_jpeg_items(items, readers, "cpu")
     assert [item["path"] for item in decoded] == [str(f) for f in files]  # order kept
