@@ -360,7 +360,7 @@ def load_image_model(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
         raise ValueError(f"{args.checkpoint}: a {config.get('domain')} checkpoint; camkit explain handles images")
     if args.layer:
         config = {**config, "layer": args.layer}
-    if args.output is not None:  # model families: an index or a key of the model's output
+    if getattr(args, "output", None) is not None:  # model families: an index or a key of the model's output
         config = {**config, "output": int(args.output) if args.output.lstrip("-").isdigit() else args.output}
     return model, config
 
