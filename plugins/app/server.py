@@ -50,8 +50,8 @@ def build_app(explorer: Explorer, examples: Sequence[str | Path] = (), clips: Se
                     source = gr.Dropdown([(f"clip {i}", i) for i in range(len(clips))], value=None, label="Clip")
                     upload = None
                 else:
-                    upload = gr.File(label="Upload a picture", file_types=list(PICTURE_SUFFIXES), type="filepath",
-                                     elem_id="upload")
+                    upload = gr.UploadButton("Upload a picture", file_types=list(PICTURE_SUFFIXES), type="filepath",
+                                             elem_id="upload")  # a button: always ready for the next one
                     source = gr.Dropdown(list(examples), value=None, label="or pick an example",
                                          visible=bool(examples), elem_id="examples")
                 chosen = gr.CheckboxGroup(methods, value=list(DEFAULT_METHODS), label="Methods (side by side)",
