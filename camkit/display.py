@@ -35,6 +35,7 @@ REPR_SAMPLES = 16  # a result shown by Jupyter's rich display: its first samples
 SLICES = 8  # slices in a volume montage
 TITLE_SIZE = 12  # pixels of a tile's title text
 MIN_TILE = 128  # pixels: smaller pictures are enlarged (by a whole factor) in a grid
+MAX_TILE = 360  # pixels: taller pictures are shrunk in a grid (their overlays keep their size)
 
 
 def to_array(value: Any) -> np.ndarray:
@@ -184,6 +185,16 @@ def _format_of(path: Path) -> str:
     return formats[path.suffix.lower()]
 
 
+def _shrunk(tile: "Image.Image") -> "Image.Image":
+    from PIL import Image
+
+    scale = MAX_TILE / tile.height  # by height: wide figures (skeletons, signals) stay legible
+    if scale >= 1.0:
+        return tile
+    return tile.resize((max(1, round(tile.width * scale)), max(1, round(tile.height * scale))),
+                       Image.Resampling.LANCZOS)
+
+
 def _compose(tiles: Sequence["Image.Image"], titles: Sequence[str], columns: int) -> "Image.Image":
     from PIL import Image, ImageDraw, ImageFont
 
@@ -196,6 +207,7 @@ def _compose(tiles: Sequence["Image.Image"], titles: Sequence[str], columns: int
     zoom = max(1, -(-MIN_TILE // tallest))  # small pictures (32-px tests, MNIST) enlarged, pixels kept sharp
     tiles = [tile.resize((tile.width * zoom, tile.height * zoom), Image.Resampling.NEAREST) if zoom > 1 else tile
              for tile in tiles]
+    tiles = [_shrunk(tile) for tile in tiles]
     width = max([tile.width for tile in tiles] + [box[2] + 4 for box in boxes] + [1])
     height = max(tile.height for tile in tiles) + band if tiles else band
     rows = max(1, -(-len(tiles) // columns))

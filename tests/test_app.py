@@ -65,7 +65,7 @@ def test_panels_are_camkit_explain_with_the_chosen_class_and_deletion_is_the_met
                       explain=None)
     assert panels[0].deletion_auc == pytest.approx(float(Deletion(steps=20).evaluate(batch).values["auc"][0]))
     files = explorer.downloads(loaded, [chosen])
-    assert [f.name for f in files] == ["p_gradcam.npy", "p_gradcam.png"]
+    assert [f.name for f in files] == ["p_gradcam.npy", "p_gradcam.jpg"]
     assert np.array_equal(np.load(files[0]), chosen.cam)
 
 
@@ -178,7 +178,7 @@ def test_upload_gradcam_overlay_with_label_then_another_class_changes_the_map(se
     changed = shown_map(page)
     assert changed != first and page.locator("#maps img").count() == 1
     downloads = page.locator("#downloads").inner_text().replace("\n", "")
-    assert "mine_gradcam.npy" in downloads and "mine_gradcam.png" in downloads
+    assert "mine_gradcam.npy" in downloads and "mine_gradcam.jpg" in downloads
     assert all(url.startswith(served["url"]) or url.startswith(("data:", "blob:")) for url in requests), \
         sorted({url for url in requests if not url.startswith(served["url"])})
     page.close()

@@ -28,7 +28,8 @@ class Loaded:
     picture: Any  # uint8 (3, H, W) for pictures, the clip (C, T, V, M) for skeletons
     inputs: Any  # the model input, batch of one
     top: list[tuple[int, float]]  # (class id, probability), best first
-    results: dict[tuple[str, str, int], Any] = field(default_factory=dict)  # (method, layer, class) -> CamResult
+    # (method, layer, class) -> CamResult, ("deletion", method, layer, class) -> its deletion AUC
+    results: dict[tuple, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -178,7 +179,10 @@ class Explorer:
             target = int(result.targets[0])
             caption = f"{method}: {self.label(target, float(result.scores[0]))}"
             picture = self.picture(loaded, result, alpha, caption)
-            auc = self.deletion_auc(loaded, result) if deletion and not self.skeleton else None
+            auc = None
+            if deletion and not self.skeleton:
+                key = ("deletion", method, layer or "", target)
+                auc = loaded.results[key] = loaded.results.get(key) or self.deletion_auc(loaded, result)
             panels.append(Panel(method, caption, picture, result.numpy()[0], auc))
         return panels
 
@@ -212,7 +216,8 @@ class Explorer:
         return float(metric.evaluate(batch).values["auc"][0])
 
     def downloads(self, loaded: Loaded, panels: Sequence[Panel]) -> list[Path]:
-        """Each panel's raw map (``.npy``) and picture (``.png``), written atomically in ``out``."""
+        """Each panel's raw map (``.npy``) and picture (``.jpg`` at quality 92 like ``camkit explain``'s
+        overlays; the page shows these files, so no picture is encoded twice), written atomically in ``out``."""
         from camkit.io import atomic_path, save_numpy_atomic
 
         stem = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in Path(loaded.name).stem) or "picture"
@@ -220,9 +225,9 @@ class Explorer:
         for panel in panels:
             base = self.out / f"{stem}_{panel.method}"
             written.append(save_numpy_atomic(base.with_suffix(".npy"), panel.cam))
-            with atomic_path(base.with_suffix(".png")) as temporary:
-                panel.picture.save(temporary, format="PNG")
-            written.append(base.with_suffix(".png"))
+            with atomic_path(base.with_suffix(".jpg")) as temporary:
+                panel.picture.save(temporary, format="JPEG", quality=92)
+            written.append(base.with_suffix(".jpg"))
         return written
 
     def class_choices(self, loaded: Loaded) -> list[tuple[str, int]]:

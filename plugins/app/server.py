@@ -63,7 +63,7 @@ def build_app(explorer: Explorer, examples: Sequence[str | Path] = (), clips: Se
                 deletion = gr.Checkbox(False, label=f"Deletion AUC (faithfulness; {DELETION_STEPS + 1} extra forward "
                                        f"passes per method)", visible=not explorer.skeleton, elem_id="deletion")
             with gr.Column(scale=2):
-                gallery = gr.Gallery(label="Maps", columns=2, height=460, object_fit="contain", preview=False,
+                gallery = gr.Gallery(label="Maps", columns=3, height=380, object_fit="contain", preview=False,
                                      elem_id="maps")
                 info = gr.Markdown("", elem_id="info")
                 files = gr.File(label="Downloads: raw maps (.npy) and pictures", file_count="multiple",
@@ -84,8 +84,9 @@ def build_app(explorer: Explorer, examples: Sequence[str | Path] = (), clips: Se
             lines += [f"- {panel.caption}" + ("" if panel.deletion_auc is None else
                                               f", deletion AUC {panel.deletion_auc:.3f} (lower is better)")
                       for panel in panels]
-            return ([(panel.picture, panel.caption) for panel in panels], "\n".join(lines),
-                    [str(path) for path in explorer.downloads(loaded, panels)])
+            written = [str(path) for path in explorer.downloads(loaded, panels)]  # (.npy, .jpg) per panel
+            shown = [(picture, panel.caption) for picture, panel in zip(written[1::2], panels)]
+            return shown, "\n".join(lines), written
 
         def load(loaded: Loaded, methods: list[str], opacity: float, with_deletion: bool) -> tuple[Any, ...]:
             methods = methods or list(DEFAULT_METHODS)
