@@ -237,3 +237,29 @@ def test_the_page_is_bound_to_this_machine(served):
     with socket.socket() as probe:  # 127.0.0.2 reaches a server on all addresses, not one on 127.0.0.1 alone
         probe.settimeout(2)
         assert probe.connect_ex(("127.0.0.2", port)) != 0
+
+
+def test_skeleton_checkpoints_offer_their_test_clips_with_joint_time_and_drawing(tmp_path):
+    import argparse
+
+    from camkit.cli import main
+    from camkit_plugins.app.command import load
+
+    checkpoint = tmp_path / "skeleton"
+    assert main(["train", "skeleton", "--model", "stgcn", "-m", "config=tiny", "-d", "size=16", "-d", "frames=16",
+                 "--epochs", "1", "--out", str(checkpoint)]) == 0
+    args = argparse.Namespace(model=None, checkpoint=str(checkpoint), weights="DEFAULT", labels=None, size=None,
+                              examples=[], clips=3)
+    model, config, clips = load(args)
+    assert len(clips) == 3 and tuple(clips[0].shape) == (3, 16, 25, 1)
+    explorer = Explorer(model, config, tmp_path / "out")
+    loaded = explorer.load_clip(clips[1], "clip 1")
+    (panel,) = explorer.panels(loaded, ["gradcam"], None, None, deletion=True)
+    expected = camkit.explain(model, torch.as_tensor(clips[1])[None], "gradcam", reduce="M")
+    assert np.allclose(panel.cam, expected.numpy()[0], atol=1e-6) and panel.cam.shape == (16, 25)
+    assert panel.deletion_auc is None  # the deletion metric is for pictures here
+    heat_only = camkit.display.skeleton_picture(expected.maps[0])
+    assert panel.picture.size[0] > heat_only.size[0] + 100  # the skeleton drawing beside the joint x time map
+    assert explorer.layers(loaded)[0] == expected.layer
+    with pytest.raises(ValueError, match="--examples: pictures are for image models"):
+        load(argparse.Namespace(**{**vars(args), "examples": ["x.png"]}))

@@ -173,3 +173,16 @@ def test_importing_camkit_display_stays_torch_free():
     code = "import sys, camkit; camkit.display; print('torch' in sys.modules, 'matplotlib' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["False", "False"]
+
+
+def test_the_notebook_example_of_docs_app_md_runs(tmp_path, monkeypatch):
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "app.md").read_text()
+    (block,) = re.findall(r"```python\n(.*?)```", text, flags=re.S)
+    monkeypatch.chdir(tmp_path)
+    namespace = {}
+    exec(compile(block, "docs/app.md", "exec"), namespace)
+    assert len(namespace["tiles"]) == 4 and namespace["grid"].titles[0].split()[0] in ("circle", "square", "triangle")
+    assert Image.open(tmp_path / "side.png").size == namespace["side"].image.size and namespace["side"].columns == 2
