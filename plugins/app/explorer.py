@@ -5,6 +5,7 @@ its widgets, and ``benchmarks/app_overhead.py`` times them against ``camkit.expl
 from __future__ import annotations
 
 import tempfile
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -54,6 +55,8 @@ class Explorer:
         self.skeleton = config.get("domain") == "skeleton"
         self.out = Path(out) if out is not None else Path(tempfile.mkdtemp(prefix="camkit-app-"))
         self._layers: list[str] | None = None
+        # the page may run two events at once; camkit's hooks on one model must not overlap
+        self.lock = threading.RLock()
 
     # -- inputs
     def read_picture(self, path: str | Path, name: str | None = None) -> Loaded:
@@ -105,9 +108,10 @@ class Explorer:
         top-level modules and the blocks of a top-level ``Sequential`` / ``ModuleList``) whose output has the
         located features' rank and more than one site; a stage giving the same tensor as a deeper one is
         left out."""
-        if self._layers is None:
-            self._layers = self._candidates(loaded)
-        return self._layers
+        with self.lock:
+            if self._layers is None:
+                self._layers = self._candidates(loaded)
+            return self._layers
 
     def _candidates(self, loaded: Loaded) -> list[str]:
         import torch
@@ -152,16 +156,17 @@ class Explorer:
         import camkit
 
         key = (method, layer or "", -1 if class_id is None else int(class_id))
-        if key not in loaded.results:
-            options: dict[str, Any] = {"reduce": "M"} if self.skeleton else {}
-            result = camkit.explain(self.model, loaded.inputs, method=method, layer=layer or None,
-                                    targets=None if class_id is None else [int(class_id)], **options)
-            loaded.results[key] = result
-            if not loaded.top:
-                probabilities = result.probabilities[0]
-                top = probabilities.topk(min(TOP, probabilities.numel()))
-                loaded.top = [(int(i), float(p)) for p, i in zip(top.values, top.indices)]
-        return loaded.results[key]
+        with self.lock:
+            if key not in loaded.results:
+                options: dict[str, Any] = {"reduce": "M"} if self.skeleton else {}
+                result = camkit.explain(self.model, loaded.inputs, method=method, layer=layer or None,
+                                        targets=None if class_id is None else [int(class_id)], **options)
+                loaded.results[key] = result
+                if not loaded.top:
+                    probabilities = result.probabilities[0]
+                    top = probabilities.topk(min(TOP, probabilities.numel()))
+                    loaded.top = [(int(i), float(p)) for p, i in zip(top.values, top.indices)]
+            return loaded.results[key]
 
     def label(self, class_id: int, probability: float) -> str:
         from camkit.display import label_text
@@ -173,18 +178,21 @@ class Explorer:
         """One panel per method, side by side in the page."""
         if not methods:
             raise ValueError("choose at least one method")
-        panels = []
-        for method in methods:
-            result = self.explain(loaded, method, layer, class_id)
-            target = int(result.targets[0])
-            caption = f"{method}: {self.label(target, float(result.scores[0]))}"
-            picture = self.picture(loaded, result, alpha, caption)
-            auc = None
-            if deletion and not self.skeleton:
-                key = ("deletion", method, layer or "", target)
-                auc = loaded.results[key] = loaded.results.get(key) or self.deletion_auc(loaded, result)
-            panels.append(Panel(method, caption, picture, result.numpy()[0], auc))
-        return panels
+        with self.lock:
+            return [self._panel(loaded, method, layer, class_id, alpha, deletion) for method in methods]
+
+    def _panel(self, loaded: Loaded, method: str, layer: str | None, class_id: int | None, alpha: float,
+               deletion: bool) -> Panel:
+        """One method's panel (``panels`` holds the lock)."""
+        result = self.explain(loaded, method, layer, class_id)
+        target = int(result.targets[0])
+        caption = f"{method}: {self.label(target, float(result.scores[0]))}"
+        picture = self.picture(loaded, result, alpha, caption)
+        auc = None
+        if deletion and not self.skeleton:
+            key = ("deletion", method, layer or "", target)
+            auc = loaded.results[key] = loaded.results.get(key) or self.deletion_auc(loaded, result)
+        return Panel(method, caption, picture, result.numpy()[0], auc)
 
     def picture(self, loaded: Loaded, result: Any, alpha: float, caption: str) -> Any:
         """The overlay on the picture at its own resolution, labelled like ``camkit explain``'s files; for
@@ -217,13 +225,16 @@ class Explorer:
 
     def downloads(self, loaded: Loaded, panels: Sequence[Panel]) -> list[Path]:
         """Each panel's raw map (``.npy``) and picture (``.jpg`` at quality 92 like ``camkit explain``'s
-        overlays; the page shows these files, so no picture is encoded twice), written atomically in ``out``."""
+        overlays; the page shows these files, so no picture is encoded twice), written atomically in a new
+        folder under ``out``."""
         from camkit.io import atomic_path, save_numpy_atomic
 
         stem = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in Path(loaded.name).stem) or "picture"
+        self.out.mkdir(parents=True, exist_ok=True)
+        folder = Path(tempfile.mkdtemp(dir=self.out))  # per call: two pages' "photo.jpg" never share a file
         written = []
         for panel in panels:
-            base = self.out / f"{stem}_{panel.method}"
+            base = folder / f"{stem}_{panel.method}"
             written.append(save_numpy_atomic(base.with_suffix(".npy"), panel.cam))
             with atomic_path(base.with_suffix(".jpg")) as temporary:
                 panel.picture.save(temporary, format="JPEG", quality=92)
