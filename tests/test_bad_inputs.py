@@ -142,6 +142,12 @@ CASES = [
     Case("explain skeleton --checkpoint {ck} --out {out}", ValueError, "image checkpoint|skeleton"),
     Case("eval skeleton --checkpoints {ck} {ck} --label a --out {out}", ValueError, "--label"),
     Case("ensemble skeleton --checkpoints {ck} --out {out}", ValueError, "skeleton"),
+    # --- app (checked before anything is served)
+    Case("app --checkpoint {nowhere}", FileNotFoundError, "not a camkit checkpoint"),
+    Case("app --checkpoint {ck} --labels imagenet", ValueError, "--labels: only with --model"),
+    Case("app --checkpoint {ck} --examples {nowhere}", ValueError, "--examples: no such file: .*nowhere"),
+    Case("app --checkpoint {ck} --max-upload-mb 0", ValueError, "--max-upload-mb 0.0: a positive size"),
+    Case("app --checkpoint {ck} --port 70000", ValueError, "--port 70000: a port is 1-65535 .leave it out"),
 ]
 
 

@@ -61,6 +61,10 @@ def run(args: argparse.Namespace) -> int:
     missing = [path for path in args.examples if not Path(path).is_file()]
     if missing:
         raise ValueError(f"--examples: no such file: {', '.join(missing)}")
+    if args.max_upload_mb <= 0:
+        raise ValueError(f"--max-upload-mb {args.max_upload_mb}: a positive size in megabytes")
+    if args.port is not None and not 1 <= args.port <= 65535:
+        raise ValueError(f"--port {args.port}: a port is 1-65535 (leave it out for the first free one from 7860)")
     model, config, clips = load(args)
     explorer = Explorer(model.to(args.device), config)
     app = build_app(explorer, args.examples, clips)
