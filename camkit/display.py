@@ -16,11 +16,12 @@ torch nor matplotlib (only numpy).
 from __future__ import annotations
 
 import base64
+import contextlib
 import html
 import io
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -423,13 +424,15 @@ def skeleton_picture(cam: Any, clip: Any = None, graph: Any = None) -> "Image.Im
     if cam.ndim != 2:
         raise ValueError(f"a skeleton picture needs a (T, V) map, got shape {tuple(cam.shape)}")
     graph = graph if graph is not None else ("ntu25" if cam.shape[1] == 25 else {"joints": cam.shape[1], "bones": []})
-    figures = [lookup("renderers", "joint-time")(cam, None, graph)]
+    with _backend_kept():
+        figures = [lookup("renderers", "joint-time")(cam, None, graph)]
     try:
         if clip is not None:
             values = to_array(clip).astype(np.float32)
             values = values[..., None] if values.ndim == 3 else values
-            figures.append(lookup("renderers", "skeleton")(values, resized(cam, (values.shape[1], cam.shape[1])),
-                                                            None, graph))
+            with _backend_kept():
+                figures.append(lookup("renderers", "skeleton")(values, resized(cam, (values.shape[1], cam.shape[1])),
+                                                                None, graph))
         pictures = [np.asarray(_figure_picture(figure)) for figure in figures]
     finally:
         for figure in figures:
@@ -440,12 +443,29 @@ def skeleton_picture(cam: Any, clip: Any = None, graph: Any = None) -> "Image.Im
 
 
 def _pyplot() -> Any:
+    """pyplot, on Agg unless a backend is already in use (a notebook's inline backend stays)."""
+    import sys
+
     import matplotlib
 
-    matplotlib.use("Agg", force=False)  # a notebook's inline backend stays; figures here are closed, not shown
+    if "matplotlib.pyplot" not in sys.modules:
+        matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     return plt
+
+
+@contextlib.contextmanager
+def _backend_kept() -> Iterator[None]:
+    """The skeleton renderers switch matplotlib to Agg (for files); a notebook gets its own backend back."""
+    import matplotlib
+
+    backend = matplotlib.get_backend()
+    try:
+        yield
+    finally:
+        if matplotlib.get_backend() != backend:
+            matplotlib.use(backend)
 
 
 def _figure_picture(figure: Any) -> "Image.Image":

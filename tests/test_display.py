@@ -186,3 +186,18 @@ def test_the_notebook_example_of_docs_app_md_runs(tmp_path, monkeypatch):
     exec(compile(block, "docs/app.md", "exec"), namespace)
     assert len(namespace["tiles"]) == 4 and namespace["grid"].titles[0].split()[0] in ("circle", "square", "triangle")
     assert Image.open(tmp_path / "side.png").size == namespace["side"].image.size and namespace["side"].columns == 2
+
+
+def test_a_notebook_keeps_its_matplotlib_backend_and_no_figure_is_left_open():
+    pytest.importorskip("matplotlib_inline", reason="Jupyter's inline backend (ipykernel, a test extra)")
+    code = """
+import matplotlib
+matplotlib.use("module://matplotlib_inline.backend_inline")
+import matplotlib.pyplot as plt, numpy as np
+from camkit.display import signal_picture, skeleton_picture
+skeleton_picture(np.random.rand(8, 25), np.random.rand(3, 8, 25, 1))
+signal_picture(np.random.rand(30), np.random.rand(30))
+print(matplotlib.get_backend(), len(plt.get_fignums()))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["module://matplotlib_inline.backend_inline", "0"]
