@@ -82,12 +82,14 @@ def test_bad_pictures_are_one_clear_message(model, tmp_path, monkeypatch):
         explorer.read_picture(write_picture(tmp_path / "big.png", 1, size=(40, 48)))
 
 
-def test_layer_candidates_start_with_the_located_one(model, tmp_path):
+def test_layer_candidates_start_with_the_located_one_and_the_model_is_left_as_found(model, tmp_path):
     import torchvision
 
-    resnet = torchvision.models.resnet18(num_classes=3).eval()
+    resnet = torchvision.models.resnet18(num_classes=3).train()
+    running = resnet.bn1.running_mean.clone()
     explorer = Explorer(resnet, {**CONFIG, "input_size": 64})
     layers = explorer.layers(explorer.read_picture(write_picture(tmp_path / "p.png", 2)))
+    assert resnet.training and torch.equal(resnet.bn1.running_mean, running)  # no statistics updated
     # a stage giving its last block's tensor stands for that block
     assert layers == ["layer4", "layer4.0", "layer3", "layer3.0", "layer2", "layer2.0", "layer1"]
 

@@ -49,7 +49,7 @@ class Explorer:
     checkpoint's ``graph`` for clips), the methods offered, and where downloads are written."""
 
     def __init__(self, model: Any, config: dict[str, Any], out: str | Path | None = None) -> None:
-        self.model = model.eval()
+        self.model = model  # its train/eval flags are left as found: camkit runs it in eval mode
         self.config = config
         self.classes: list[str] = list(config["classes"])
         self.skeleton = config.get("domain") == "skeleton"
@@ -118,6 +118,7 @@ class Explorer:
 
         import camkit
         from camkit.adapters import ModelInputs
+        from camkit.capture import evaluation_mode
 
         located = str(camkit.locate_features(self.model, ModelInputs.of(loaded.inputs)).point)
         stages = []
@@ -137,7 +138,7 @@ class Explorer:
 
         hooks = [module.register_forward_hook(record(name)) for name, module in stages]
         try:
-            with torch.inference_mode():
+            with torch.inference_mode(), evaluation_mode(self.model):
                 self.model(loaded.inputs)
         finally:
             for handle in hooks:
