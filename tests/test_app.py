@@ -265,3 +265,13 @@ def test_skeleton_checkpoints_offer_their_test_clips_with_joint_time_and_drawing
     assert explorer.layers(loaded)[0] == expected.layer
     with pytest.raises(ValueError, match="--examples: pictures are for image models"):
         load(argparse.Namespace(**{**vars(args), "examples": ["x.png"]}))
+    pytest.importorskip("gradio", reason="the app extra (pip install 'camkit[app]') is not installed")
+    from camkit_plugins.app.server import build_app
+
+    app = build_app(explorer, (), clips)  # the page's handler for a picked clip, called as Gradio calls it
+    (pick,) = [block.fn for block in app.fns.values() if block.fn.__name__ == "from_source"]
+    state, _, classes, methods, gallery, info, files = pick(2, ["gradcam", "cam"], 0.5, False)
+    assert len(gallery) == 2 and [f.rsplit(".", 1)[1] for f in files] == ["npy", "jpg", "npy", "jpg"]
+    assert np.allclose(np.load(files[2]), camkit.explain(model, torch.as_tensor(clips[2])[None], "cam",
+                                                          reduce="M").numpy()[0], atol=1e-6)
+    assert "clip 2" in info and len(classes["choices"]) == min(5, len(config["classes"]))
