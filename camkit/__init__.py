@@ -51,6 +51,9 @@ _LAZY = {
     "deep_feature_factorization": "camkit.factorization",
     "guided_backprop": "camkit.guided",
     "guided_gradcam": "camkit.guided",
+    "overlay": "camkit.display",
+    "compare": "camkit.display",
+    "display": "camkit.display",
 }
 
 __all__ = ["__version__", "hookimpl", "hookspec", *sorted(_LAZY)]

@@ -75,6 +75,35 @@ class CamResult:
         """The maps as a float32 numpy array (on the CPU)."""
         return self.maps.detach().float().cpu().numpy()
 
+    # -- pictures (camkit.display): overlays, a labelled grid, Jupyter's rich display
+    def overlays(self, images: Any = None, alpha: float = 0.5, graph: Any = None) -> list:
+        """One PIL picture per map (``camkit.display.overlays``): each layout's natural picture."""
+        from camkit.display import overlays
+
+        return overlays(self, images, alpha, graph)
+
+    def show(self, images: Any = None, alpha: float = 0.5, classes: Sequence[str] | None = None,
+             columns: int | None = None, graph: Any = None) -> Any:
+        """A grid of the overlays titled ``"<class> <probability>"`` (``camkit.display.show``)."""
+        from camkit.display import show
+
+        return show(self, images, alpha, classes, columns, graph)
+
+    def __repr__(self) -> str:
+        from camkit.display import describe
+
+        return describe(self)
+
+    def _repr_png_(self) -> bytes:
+        from camkit.display import result_gallery
+
+        return result_gallery(self)._repr_png_()
+
+    def _repr_html_(self) -> str:
+        from camkit.display import result_gallery
+
+        return result_gallery(self)._repr_html_()
+
 
 def _check_classifier(weights: Any, num_channels: int, num_classes: int | None) -> Any:
     if weights is None:

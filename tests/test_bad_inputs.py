@@ -175,6 +175,12 @@ CASES = [
     Case("ensemble skeleton --checkpoints {ck} --out {out}", ValueError, "skeleton"),
     Case("train skeleton --out {ck}", FileExistsError, r"ck already holds a checkpoint \(config.json, model.pt\)"),
     Case("ensemble skeleton --checkpoints {ck} --out {ck}", FileExistsError, "already holds a checkpoint"),
+    # --- app (checked before anything is served)
+    Case("app --checkpoint {nowhere}", FileNotFoundError, "not a camkit checkpoint"),
+    Case("app --checkpoint {ck} --labels imagenet", ValueError, "--labels: only with --model"),
+    Case("app --checkpoint {ck} --examples {nowhere}", ValueError, "--examples: no such file: .*nowhere"),
+    Case("app --checkpoint {ck} --max-upload-mb 0", ValueError, "--max-upload-mb 0.0: a positive size"),
+    Case("app --checkpoint {ck} --port 70000", ValueError, "--port 70000: a port is 1-65535 .leave it out"),
 ]
 
 
