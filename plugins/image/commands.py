@@ -78,24 +78,45 @@ def train_and_save(data: str, arch: str, out: str | Path, epochs: int, seed: int
     unless ``overwrite`` (or it is ``resume`` itself). Ctrl-C raises ``KeyboardInterrupt`` naming the
     last good checkpoint; a non-finite loss stops training with ``NonFiniteError`` before anything
     non-finite is written."""
-    from camkit.checkpoint import check_free_for_training, load_training_state, save_checkpoint, save_training_state
+    from camkit.checkpoint import check_free_for_training
     from camkit.io import output_folder
-    from camkit.plugin_manager import lookup
-    from camkit.validation import NonFiniteError
-    from camkit_plugins.image.train import seed_everything, train_classifier
+    from camkit_plugins.image.train import seed_everything
 
     recipe = {"data": data, "arch": arch, "epochs": epochs, "seed": seed, "size": size, "lr": lr,
               "batch_size": batch_size, "weights": weights, "output_stride": output_stride,
               "val_fraction": val_fraction, "flip": flip}
     check_free_for_training(out, resume, overwrite)
-    state = None
-    if resume is not None:
-        check_same_run(resume, recipe)
-        state = load_training_state(resume)
-        if int(state["epoch"]) >= epochs:
-            raise ValueError(f"--resume {resume}: the run already finished all {epochs} epoch(s); nothing to resume")
+    state = _training_state_to_resume(resume, recipe, epochs)
     out = output_folder(out)
     train_set, val_set = resolve_data(data, seed, size, val_fraction)
+    seed_everything(seed)
+    model, config = _build_model_and_config(arch, train_set, recipe, weights, output_stride, resumed=state is not None)
+    history = _train_with_checkpoints(model, config, train_set, val_set, out, state, resume, workers)
+    if history["skipped"]:
+        print(f"warning: {len(history['skipped'])} unreadable image(s) skipped: {', '.join(history['skipped'])}",
+              file=sys.stderr)
+    return model, config
+
+
+def _training_state_to_resume(resume: str | Path | None, recipe: dict[str, Any], epochs: int) -> Any:
+    """The training state of the ``resume`` checkpoint (None for a new run), checked to be the same run and
+    unfinished."""
+    from camkit.checkpoint import load_training_state
+
+    if resume is None:
+        return None
+    check_same_run(resume, recipe)
+    state = load_training_state(resume)
+    if int(state["epoch"]) >= epochs:
+        raise ValueError(f"--resume {resume}: the run already finished all {epochs} epoch(s); nothing to resume")
+    return state
+
+
+def _build_model_and_config(arch: str, train_set: Any, recipe: dict[str, Any], weights: str | None,
+                            output_stride: int, resumed: bool) -> tuple[Any, dict[str, Any]]:
+    """The untrained (or to-be-resumed) model and the checkpoint config describing it."""
+    from camkit.plugin_manager import lookup
+
     sample = train_set[0]["input"]
     in_channels = int(sample.shape[0])
     options: dict[str, Any] = {} if in_channels == (1 if arch == "mnist-gap" else 3) else {"in_channels": in_channels}
@@ -108,13 +129,24 @@ def train_and_save(data: str, arch: str, out: str | Path, epochs: int, seed: int
                 options["dilate"] = True
     # the checkpoint holds every weight: rebuilding (or resuming) must not look for the cache again
     saved_options = {key: value for key, value in options.items() if key != "weights"}
-    seed_everything(seed)
-    model = lookup("models", arch)(num_classes=len(train_set.classes), **(saved_options if state else options))
+    model = lookup("models", arch)(num_classes=len(train_set.classes), **(saved_options if resumed else options))
     check_model_takes(model, sample, arch)
     config = {"model": arch, "model_options": saved_options, "classes": list(train_set.classes), "domain": "image",
               "arch": arch, "input_size": dataset_input_size(train_set), "in_channels": in_channels,
-              "mean": list(train_set.mean), "std": list(train_set.std), "input_layout": "NCHW", "data": data,
-              "seed": seed, "epochs": epochs, "training": recipe}
+              "mean": list(train_set.mean), "std": list(train_set.std), "input_layout": "NCHW",
+              "data": recipe["data"], "seed": recipe["seed"], "epochs": recipe["epochs"], "training": recipe}
+    return model, config
+
+
+def _train_with_checkpoints(model: Any, config: dict[str, Any], train_set: Any, val_set: Any, out: Path, state: Any,
+                            resume: str | Path | None, workers: int) -> dict[str, Any]:
+    """Train, saving a checkpoint after every epoch; an interruption or a diverging loss names the last
+    good checkpoint."""
+    from camkit.checkpoint import save_checkpoint, save_training_state
+    from camkit.validation import NonFiniteError
+    from camkit_plugins.image.train import train_classifier
+
+    recipe, epochs = config["training"], config["epochs"]
     last_good: dict[str, Any] = {"where": None if resume is None else Path(resume),
                                  "epoch": 0 if state is None else int(state["epoch"])}
 
@@ -131,19 +163,15 @@ def train_and_save(data: str, arch: str, out: str | Path, epochs: int, seed: int
         return f"the last good checkpoint is {last_good['where']} (epoch {last_good['epoch']} of {epochs})"
 
     try:
-        history = train_classifier(model, train_set, val_set, epochs=epochs, lr=lr, batch_size=batch_size,
-                                   seed=seed, workers=workers, flip=flip, desc=arch, on_epoch_end=save_epoch,
-                                   resume=state)
+        return train_classifier(model, train_set, val_set, epochs=epochs, lr=recipe["lr"],
+                                batch_size=recipe["batch_size"], seed=recipe["seed"], workers=workers,
+                                flip=recipe["flip"], desc=recipe["arch"], on_epoch_end=save_epoch, resume=state)
     except KeyboardInterrupt as exc:
         resume_hint = f"; continue with: camkit train image --resume {last_good['where']}" if last_good["where"] else ""
         raise KeyboardInterrupt(where() + resume_hint) from exc
     except NonFiniteError as exc:  # resuming would diverge again: the advice is a new run
-        raise NonFiniteError(f"{exc}: training stopped; {where()}; try a lower --lr than {lr}, or check the "
-                             "data") from exc
-    if history["skipped"]:
-        print(f"warning: {len(history['skipped'])} unreadable image(s) skipped: {', '.join(history['skipped'])}",
-              file=sys.stderr)
-    return model, config
+        raise NonFiniteError(f"{exc}: training stopped; {where()}; try a lower --lr than {recipe['lr']}, or check "
+                             "the data") from exc
 
 
 def check_model_takes(model: Any, sample: Any, arch: str) -> None:
