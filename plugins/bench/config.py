@@ -27,9 +27,17 @@ DEFAULTS: dict[str, Any] = {
     "plots": True,
     "plugins": [],
     "method_options": {},
+    # statistics of the report (from the cells' per-sample values; changing them recomputes no cell)
+    "bootstrap": 1000,
+    "confidence": 0.95,
+    "interval": "percentile",
+    "alpha": 0.05,
+    "rank_bootstrap": 200,
+    "meta_evaluation": None,
 }
 BASELINE_METHODS = ("baseline-center", "baseline-random")
 TARGET_CHOICES = ("predicted", "label")
+INTERVAL_CHOICES = ("percentile", "bca")
 ENTRY_KEYS = ("name", "options", "label")
 
 
@@ -81,6 +89,14 @@ def normalize_config(raw: Mapping[str, Any]) -> dict[str, Any]:
     for key in ("samples", "batch_size", "chunk_size"):
         if not isinstance(config[key], int) or config[key] < 1:
             raise ValueError(f"bench setting {key!r} must be a positive integer, got {config[key]!r}")
+    for key in ("bootstrap", "rank_bootstrap"):
+        if not isinstance(config[key], int) or config[key] < 0:
+            raise ValueError(f"bench setting {key!r} must be a non-negative integer, got {config[key]!r}")
+    for key in ("confidence", "alpha"):
+        if not isinstance(config[key], float) or not 0.0 < config[key] < 1.0:
+            raise ValueError(f"bench setting {key!r} must be a number between 0 and 1, got {config[key]!r}")
+    if config["interval"] not in INTERVAL_CHOICES:
+        raise ValueError(f"interval={config['interval']!r}: choose one of {', '.join(INTERVAL_CHOICES)}")
     if config["targets"] not in TARGET_CHOICES:
         raise ValueError(f"targets={config['targets']!r}: choose one of {', '.join(TARGET_CHOICES)}")
     config["methods"] = [m for m in config["methods"] if m not in BASELINE_METHODS]  # always added below
@@ -105,15 +121,15 @@ def validate_names(config: Mapping[str, Any]) -> None:
     directory); else an ``UnknownNameError`` listing close matches and the available ones. Metric
     options are tried too."""
     from camkit.plugin_manager import lookup, registry
+    from camkit_plugins.metrics.registry import make_metric
 
     methods = registry("methods")
     for method in config["methods"]:
         if method not in methods:
             raise UnknownNameError.of("method", method, [*methods, *BASELINE_METHODS])
     for metric in config["metrics"]:
-        cls = lookup("metrics", metric["name"])
         try:
-            cls(**metric["options"])
+            make_metric(metric["name"], **metric["options"])  # unknown names and options: close matches named
         except TypeError as exc:
             raise ValueError(f"metric {metric['label']!r}: bad options {metric['options']}: {exc}") from exc
     for dataset in config["datasets"]:

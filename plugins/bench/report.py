@@ -1,5 +1,7 @@
-"""Bench outputs: ``results.csv`` (scalars), ``curves.csv`` (curve points), ``results.md`` (ranked
-tables with the baselines), ``bars_*.png`` and ``curves_*.png``."""
+"""Bench outputs: ``results.csv`` (scalars with their bootstrap intervals), ``curves.csv`` (curve points),
+``paired_tests.csv`` and ``rank_stability.csv`` (the statistics of ``camkit_plugins.bench.summary``),
+``results.md`` (ranked tables with the baselines, intervals, tests and rank stability), ``bars_*.png``,
+``curves_*.png`` and ``ranks_*.png``."""
 
 from __future__ import annotations
 
@@ -11,23 +13,32 @@ from typing import Any, Mapping
 
 from camkit.io import atomic_path, write_text_atomic
 from camkit_plugins.bench.config import BASELINE_METHODS, slug
+from camkit_plugins.bench.summary import GroupStatistics, group_statistics
+from camkit_plugins.metrics import statistics as st
 
 
 def _is_curve(value: Any) -> bool:
     return isinstance(value, list)
 
 
-def scalar_rows(records: list[Mapping[str, Any]]) -> list[dict[str, Any]]:
+def scalar_rows(records: list[Mapping[str, Any]],
+                statistics: Mapping[tuple[str, str], GroupStatistics] | None = None) -> list[dict[str, Any]]:
+    """One row per scalar value of each cell: mean, bootstrap interval (``low``, ``high``; empty without
+    per-sample values or with ``bootstrap = 0``), count of finite values and of NaN values."""
     rows = []
     for r in records:
+        intervals = (statistics or {}).get((r["model"], r["dataset"]), GroupStatistics()).intervals
         for name, value in sorted(r["values"].items()):
             if _is_curve(value):
                 continue
+            interval = intervals.get((r["method"], r["metric"], name))
             rows.append({"model": r["model"], "dataset": r["dataset"], "method": r["method"], "metric": r["metric"],
                          "value": name, "mean": value, "count": r["counts"][name],
                          "samples": r.get("samples"),
                          "primary": name == r["primary"], "higher_is_better": r["higher_is_better"],
-                         "options": json.dumps(r["options"], sort_keys=True)})
+                         "options": json.dumps(r["options"], sort_keys=True),
+                         "low": interval.low if interval else "", "high": interval.high if interval else "",
+                         "nan": r.get("nan", {}).get(name, "")})
     return rows
 
 
@@ -61,15 +72,25 @@ def metric_order(group: list[Mapping[str, Any]], config: Mapping[str, Any]) -> l
     return sorted(dict.fromkeys(r["metric"] for r in group), key=lambda m: order.get(m, len(order)))
 
 
-def markdown(records: list[Mapping[str, Any]], config: Mapping[str, Any]) -> str:
-    lines = ["# camkit bench", "",
-             f"split `{config['split']}`, up to {config['samples']} samples, seed {config['seed']}, "
-             f"maps explain the {config['targets']} class. ↑ higher is better, ↓ lower is better; "
-             f"rank = mean rank over the metrics' primary values. Baselines: centre Gaussian and random map.", ""]
+def groups_of(records: list[Mapping[str, Any]]) -> dict[tuple[str, str], list[Mapping[str, Any]]]:
+    """The records per (model, data set), in order of appearance."""
     groups: dict[tuple[str, str], list[Mapping[str, Any]]] = {}
     for r in records:
         groups.setdefault((r["model"], r["dataset"]), []).append(r)
-    for (model, dataset), group in groups.items():
+    return groups
+
+
+def markdown(records: list[Mapping[str, Any]], config: Mapping[str, Any],
+             statistics: Mapping[tuple[str, str], GroupStatistics] | None = None) -> str:
+    confidence = float(config.get("confidence", 0.95))
+    lines = ["# camkit bench", "",
+             f"split `{config['split']}`, up to {config['samples']} samples, seed {config['seed']}, "
+             f"maps explain the {config['targets']} class. ↑ higher is better, ↓ lower is better; "
+             f"rank = mean rank over the metrics' primary values. Baselines: centre Gaussian and random map. "
+             f"[low, high]: {100 * confidence:g}% bootstrap interval of the mean "
+             f"({config.get('interval', 'percentile')}, {config.get('bootstrap', 1000)} resamples, seeded).", ""]
+    for (model, dataset), group in groups_of(records).items():
+        stats = (statistics or {}).get((model, dataset), GroupStatistics())
         metrics = metric_order(group, config)
         first = {m: next(r for r in group if r["metric"] == m) for m in metrics}
         ranks = rank_methods(group)
@@ -85,7 +106,11 @@ def markdown(records: list[Mapping[str, Any]], config: Mapping[str, Any]) -> str
             cells = [f"{ranks[method]:.2f}" if method in ranks else "–", name]
             for m in metrics:
                 r = lookup.get((method, m))
-                cells.append(_fmt(r["values"].get(r["primary"])) if r and not r.get("skipped") else "n/a")
+                if r and not r.get("skipped"):
+                    interval = stats.intervals.get((method, m, r["primary"]))
+                    cells.append(_with_interval(r["values"].get(r["primary"]), interval))
+                else:
+                    cells.append("n/a")
             lines.append("| " + " | ".join(cells) + " |")
         secondary = sorted({(r["metric"], name) for r in group for name, v in r["values"].items()
                             if name != r["primary"] and not _is_curve(v)})
@@ -100,7 +125,9 @@ def markdown(records: list[Mapping[str, Any]], config: Mapping[str, Any]) -> str
         lines += ["", "Settings: " + "; ".join(f"{m}: {json.dumps(first[m]['options'], sort_keys=True)}"
                                                for m in metrics)]
         notes = sorted({f"{r['metric']}: skipped, {r['skipped']}" for r in group if r.get("skipped")})
-        lines += [f"- {n}" for n in notes]
+        lines += [f"- {n}" for n in notes + _nan_notes(group)]
+        lines += _test_lines(stats, methods, float(config.get("alpha", 0.05)))
+        lines += _rank_lines(stats, metrics)
         timing = _timing(group)
         if timing:
             lines += ["", "Seconds per method (maps / all metrics): " + timing]
@@ -117,6 +144,62 @@ def _timing(group: list[Mapping[str, Any]]) -> str:
     return ", ".join(f"{m} {a:.2f} / {b:.2f}" for m, (a, b) in per_method.items())
 
 
+def _with_interval(value: Any, interval: Any) -> str:
+    if interval is None or math.isnan(interval.low):
+        return _fmt(value)
+    return f"{_fmt(value)} [{_fmt(interval.low)}, {_fmt(interval.high)}]"
+
+
+def _nan_notes(group: list[Mapping[str, Any]]) -> list[str]:
+    """Where values were left out: NaN per sample (undefined, e.g. an empty ground truth) and maps with NaN."""
+    notes = []
+    for r in group:
+        left_out = r.get("nan", {}).get(r["primary"], 0)
+        if isinstance(left_out, int) and left_out > 0:
+            notes.append(f"{r['metric']} / {r['method']}: {left_out} of {r.get('samples')} samples have no "
+                         f"{r['primary']} (NaN: undefined for them), left out of the mean")
+    maps = {r["method"]: r["nan_maps"] for r in group if r.get("nan_maps")}
+    notes += [f"{method}: {count} maps contained NaN; their values are NaN in every metric (left out, counted)"
+              for method, count in sorted(maps.items())]
+    return notes
+
+
+def _test_lines(stats: GroupStatistics, methods: list[str], alpha: float) -> list[str]:
+    """Per metric: the top-ranked method against each other one (all pairs in paired_tests.csv)."""
+    if not stats.tests:
+        return []
+    lines = ["", f"Paired tests: Wilcoxon signed-rank on the samples both methods have, Holm-corrected over the "
+                 f"pairs of each metric (α = {alpha:g}); r = matched-pairs rank-biserial correlation, > 0 when the "
+                 f"first method is better. The best method by mean rank against each other (all pairs: "
+                 f"paired_tests.csv):", "",
+             "| metric | method | vs | n | p (Holm) | r | verdict |", "|---|---|---|---|---|---|---|"]
+    for metric, tests in stats.tests.items():
+        present = {t.a for t in tests} | {t.b for t in tests}
+        best = next((m for m in methods if m in present), None)
+        for t in tests:
+            if best not in (t.a, t.b):
+                continue
+            other, effect = (t.b, t.effect) if t.a == best else (t.a, -t.effect)
+            verdict = {"n.s.": "n.s."}.get(t.verdict, "better" if effect > 0 else "worse")
+            lines.append(f"| {metric} | {best} | {other} | {t.n} | {_fmt(t.p_holm)} | {effect:+.2f} | {verdict} |")
+    return lines
+
+
+def _rank_lines(stats: GroupStatistics, metrics: list[str]) -> list[str]:
+    if not stats.ranks:
+        return []
+    lines = ["", "Rank stability over bootstrap resamples of the samples: Kendall's W (1 = the same order in every "
+                 "resample) and P(rank 1), the share of resamples in which a method ranks first:", "",
+             "| metric | Kendall's W | P(rank 1) |", "|---|---|---|"]
+    for metric in metrics:
+        if metric in stats.ranks:
+            ranks = stats.ranks[metric]
+            first = sorted(((p, m) for m, p in ranks.first.items() if p > 0), reverse=True)
+            shown = ", ".join(f"{m} {p:.2f}" for p, m in first[:4]) or "–"
+            lines.append(f"| {metric} | {_fmt(ranks.w)} | {shown} |")
+    return lines
+
+
 def _fmt(value: Any) -> str:
     if value is None:
         return "–"
@@ -127,13 +210,22 @@ def _fmt(value: Any) -> str:
 
 def write_report(records: list[Mapping[str, Any]], config: Mapping[str, Any], out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    rows = scalar_rows(records)
+    statistics = {pair: group_statistics(group, config) for pair, group in groups_of(records).items()}
+    rows = scalar_rows(records, statistics)
     fields = ["model", "dataset", "method", "metric", "value", "mean", "count", "samples", "primary",
-              "higher_is_better", "options"]
-    with atomic_path(out / "results.csv") as temporary, open(temporary, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=fields)
-        writer.writeheader()
-        writer.writerows(rows)
+              "higher_is_better", "options", "low", "high", "nan"]
+    _write_csv(out / "results.csv", fields, rows)
+    tests = [{"model": model, "dataset": dataset, "metric": metric, **test.as_dict()}
+             for (model, dataset), stats in statistics.items() for metric, pairs in stats.tests.items()
+             for test in pairs]
+    _write_csv(out / "paired_tests.csv", ["model", "dataset", "metric", *st.PairTest.__dataclass_fields__], tests)
+    ranks = [{"model": model, "dataset": dataset, "metric": metric, "method": method, "kendalls_w": stability.w,
+              "p_rank_1": stability.first[method], "mean_rank": stability.mean_rank[method],
+              "resamples": stability.resamples}
+             for (model, dataset), stats in statistics.items() for metric, stability in stats.ranks.items()
+             for method in stability.first]
+    _write_csv(out / "rank_stability.csv", ["model", "dataset", "metric", "method", "kendalls_w", "p_rank_1",
+                                            "mean_rank", "resamples"], ranks)
     with atomic_path(out / "curves.csv") as temporary, open(temporary, "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["model", "dataset", "method", "metric", "value", "point", "label", "mean", "count"])
@@ -144,13 +236,22 @@ def write_report(records: list[Mapping[str, Any]], config: Mapping[str, Any], ou
                     for i, v in enumerate(value):
                         writer.writerow([r["model"], r["dataset"], r["method"], r["metric"], name, i, labels[i], v,
                                          r["counts"][name][i]])
-    write_text_atomic(out / "results.md", markdown(records, config))
+    write_text_atomic(out / "results.md", markdown(records, config, statistics))
     if config.get("plots", True):
-        plot(records, config, out)
+        plot(records, config, out, statistics)
 
 
-def plot(records: list[Mapping[str, Any]], config: Mapping[str, Any], out: Path) -> None:
-    """Per (model, dataset): bar charts of the primary values (baselines grey, hatched) and the curves."""
+def _write_csv(path: Path, fields: list[str], rows: list[Mapping[str, Any]]) -> None:
+    with atomic_path(path) as temporary, open(temporary, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def plot(records: list[Mapping[str, Any]], config: Mapping[str, Any], out: Path,
+         statistics: Mapping[tuple[str, str], GroupStatistics] | None = None) -> None:
+    """Per (model, dataset): bar charts of the primary values with their bootstrap intervals (baselines
+    grey, hatched), the curves, and P(rank 1) per method and metric."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -163,13 +264,20 @@ def plot(records: list[Mapping[str, Any]], config: Mapping[str, Any], out: Path)
     for (model, dataset), group in groups.items():
         stem = f"{slug(model)}_{slug(dataset)}"
         metrics = metric_order(group, config)
+        stats = (statistics or {}).get((model, dataset), GroupStatistics())
+        if stats.ranks:
+            _plot_first_ranks(stats, [m for m in metrics if m in stats.ranks], f"{model} on {dataset}",
+                              out / f"ranks_{stem}.png")
         fig, axes = plt.subplots(1, len(metrics), figsize=(3.2 * len(metrics), 3.2), squeeze=False)
         for ax, metric in zip(axes[0], metrics):
             rows = [r for r in group if r["metric"] == metric]
             names = [r["method"] for r in rows]
             values = [r["values"][r["primary"]] for r in rows]
             colors = ["0.7" if n in BASELINE_METHODS else f"C{i}" for i, n in enumerate(names)]
-            bars = ax.bar(range(len(rows)), values, color=colors)
+            intervals = [stats.intervals.get((r["method"], metric, r["primary"])) for r in rows]
+            errors = [[v - i.low if i and not math.isnan(i.low) else 0.0 for v, i in zip(values, intervals)],
+                      [i.high - v if i and not math.isnan(i.low) else 0.0 for v, i in zip(values, intervals)]]
+            bars = ax.bar(range(len(rows)), values, color=colors, yerr=errors, capsize=2, ecolor="0.2")
             for bar, name in zip(bars, names):
                 if name in BASELINE_METHODS:
                     bar.set_hatch("//")
@@ -201,6 +309,23 @@ def plot(records: list[Mapping[str, Any]], config: Mapping[str, Any], out: Path)
         fig.suptitle(f"{model} on {dataset}", fontsize=10)
         fig.tight_layout()
         _save_figure(fig, out / f"curves_{stem}.png")
+
+
+def _plot_first_ranks(stats: GroupStatistics, metrics: list[str], title: str, path: Path) -> None:
+    """A methods x metrics heat map of P(rank 1) over bootstrap resamples, Kendall's W in the column titles."""
+    import matplotlib.pyplot as plt
+
+    methods = list(dict.fromkeys(m for metric in metrics for m in stats.ranks[metric].first))
+    table = [[stats.ranks[metric].first.get(m, float("nan")) for metric in metrics] for m in methods]
+    fig, ax = plt.subplots(figsize=(1.2 + 1.1 * len(metrics), 0.9 + 0.3 * len(methods)))
+    image = ax.imshow(table, vmin=0.0, vmax=1.0, cmap="viridis", aspect="auto")
+    ax.set_xticks(range(len(metrics)), [f"{m}\nW={_fmt(stats.ranks[m].w)}" for m in metrics], fontsize=7,
+                  rotation=30, ha="right")
+    ax.set_yticks(range(len(methods)), methods, fontsize=7)
+    fig.colorbar(image, ax=ax, label="P(rank 1)")
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    _save_figure(fig, path)
 
 
 def _save_figure(figure: Any, path: Path) -> None:
