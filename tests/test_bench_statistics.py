@@ -241,3 +241,50 @@ def test_a_metric_comparing_samples_never_gets_a_batch_of_one(grid):
                      explain=None)
     with pytest.raises(ValueError, match="needs at least 2; got a batch of 1"):
         metric().evaluate(lone)
+
+
+def test_meta_evaluation_scores_a_metric_blind_to_the_inputs_as_perfectly_resilient(grid, monkeypatch):
+    # batch_contrast reads only the maps: the input test (maps of the clean inputs scored on noisy ones)
+    # cannot move it, so its noise-resilience scores are exactly 1 and it never "reacts" (0, or NaN when
+    # no prediction changes)
+    config = {**grid, "metrics": ["batch_contrast", "energy_pointing_game"], "plots": False, "samples": 8,
+              "meta_evaluation": {"metrics": ["batch_contrast", "energy_pointing_game"], "perturbations": 2,
+                                  "iterations": 1}}
+    run(config)
+    out = Path(grid["out"])
+    meta = {(r["metric"], r["test"]): r for r in rows(out / "meta_evaluation.csv")}
+    assert set(meta) == {(m, t) for m in ("batch_contrast", "energy_pointing_game") for t in ("model", "input")}
+    blind = meta[("batch_contrast", "input")]
+    assert float(blind["IAC_NR"]) == 1.0 and float(blind["IEC_NR"]) == 1.0
+    assert blind["IAC_AR"] in ("0.0", "nan") and blind["IEC_AR"] in ("0.0", "nan")
+    for row in meta.values():
+        values = [float(row[k]) for k in ("IAC_NR", "IAC_AR", "IEC_NR", "IEC_AR", "MC")]
+        assert all(0.0 <= v <= 1.0 for v in values if not np.isnan(v))
+    assert "## Meta-evaluation of the metrics (MetaQuantus)" in (out / "results.md").read_text()
+    from camkit_plugins.bench import meta as meta_module
+
+    monkeypatch.setattr(meta_module, "meta_evaluate", lambda *a: pytest.fail("a cached meta-evaluation was rerun"))
+    run(config)
+    with pytest.raises(UnknownNameError, match=r"meta_evaluation: unknown metric 'energy_pointing_gam'\. Did you mean "
+                                               r"'energy_pointing_game'"):
+        run({**config, "meta_evaluation": ["energy_pointing_gam"]})
+
+
+def test_meta_perturbations_are_seeded_per_sample_and_leave_the_model_alone():
+    from camkit_plugins.bench.meta import perturbed_inputs, perturbed_model
+
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 2)
+    before = [p.detach().clone() for p in model.parameters()]
+    noisy = perturbed_model(model, 0.5, seed=7)
+    generator = torch.Generator().manual_seed(7)
+    for original, changed, kept in zip(before, noisy.parameters(), model.parameters()):
+        expected = original * (1 + 0.5 * torch.randn(original.shape, generator=generator))
+        torch.testing.assert_close(changed.detach(), expected)
+        assert torch.equal(kept, original)
+    x = torch.rand(4, 1, 5, 5)
+    together = perturbed_inputs(x, torch.arange(4), 0.1, 3, "meta:input")
+    alone = torch.cat([perturbed_inputs(x[i:i + 1], torch.tensor([i]), 0.1, 3, "meta:input") for i in range(4)])
+    lower = x.min()
+    torch.testing.assert_close(together, alone.clamp_min(lower))  # the same noise in any batch
+    assert (together - x).abs().max() <= 0.1 + 1e-6 and not torch.equal(together, x)

@@ -106,6 +106,9 @@ def normalize_config(raw: Mapping[str, Any]) -> dict[str, Any]:
         if model["label"] == model["name"]:
             model["label"] = Path(model["name"]).name or model["name"]
     config["datasets"] = [_entry(d, "dataset") for d in config["datasets"]]
+    from camkit_plugins.bench.meta import normalize_meta
+
+    config["meta_evaluation"] = normalize_meta(config["meta_evaluation"], [m["label"] for m in config["metrics"]])
     for key in ("models", "datasets", "metrics", "methods"):
         if not config[key]:
             raise ValueError(f"the bench needs at least one entry in {key!r}")

@@ -208,7 +208,8 @@ def _fmt(value: Any) -> str:
     return f"{value:.4g}"
 
 
-def write_report(records: list[Mapping[str, Any]], config: Mapping[str, Any], out: Path) -> None:
+def write_report(records: list[Mapping[str, Any]], config: Mapping[str, Any], out: Path,
+                 meta: list[Mapping[str, Any]] | None = None) -> None:
     out.mkdir(parents=True, exist_ok=True)
     statistics = {pair: group_statistics(group, config) for pair, group in groups_of(records).items()}
     rows = scalar_rows(records, statistics)
@@ -236,9 +237,31 @@ def write_report(records: list[Mapping[str, Any]], config: Mapping[str, Any], ou
                     for i, v in enumerate(value):
                         writer.writerow([r["model"], r["dataset"], r["method"], r["metric"], name, i, labels[i], v,
                                          r["counts"][name][i]])
-    write_text_atomic(out / "results.md", markdown(records, config, statistics))
+    text = markdown(records, config, statistics)
+    if meta:
+        rows = [{"model": m["model"], "dataset": m["dataset"], "metric": m["metric"], "test": test, **scores,
+                 "methods": " ".join(m["methods"]), "samples": m["samples"], "perturbations": m["perturbations"],
+                 "iterations": m["iterations"]} for m in meta for test, scores in m["scores"].items()]
+        _write_csv(out / "meta_evaluation.csv", list(rows[0]), rows)
+        text += meta_markdown(rows)
+    write_text_atomic(out / "results.md", text)
     if config.get("plots", True):
         plot(records, config, out, statistics)
+
+
+def meta_markdown(rows: list[Mapping[str, Any]]) -> str:
+    """The meta-evaluation table: MetaQuantus's scores per metric and test (1 is ideal for each)."""
+    lines = ["## Meta-evaluation of the metrics (MetaQuantus)", "",
+             "Noise resilience (NR: minor perturbations must not change the scores) and adversary reactivity (AR: "
+             "disruptive ones must), intra-consistency (IAC: Wilcoxon p, or 1 − p, per method) and inter-consistency "
+             "(IEC: the methods' order kept, or scores worse); MC = their mean. 1 is ideal.", "",
+             "| model | data set | metric | test | IAC_NR | IAC_AR | IEC_NR | IEC_AR | MC | K × iterations |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['model']} | {r['dataset']} | {r['metric']} | {r['test']} | "
+                     + " | ".join(_fmt(r[k]) for k in ("IAC_NR", "IAC_AR", "IEC_NR", "IEC_AR", "MC"))
+                     + f" | {r['perturbations']} × {r['iterations']} |")
+    return "\n".join(lines) + "\n"
 
 
 def _write_csv(path: Path, fields: list[str], rows: list[Mapping[str, Any]]) -> None:

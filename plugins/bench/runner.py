@@ -224,14 +224,16 @@ def run_suite(raw_config: Mapping[str, Any], progress: bool = True) -> list[dict
     dist = Distributed.from_environment(device)
     out = output_folder(config["out"]) if dist.rank == 0 else Path(config["out"])
     try:
-        records = []
+        records, meta = [], []
         for model_entry in config["models"]:
             for dataset_entry in config["datasets"]:
-                records += _run_pair(config, model_entry, dataset_entry, device, dist, out, progress)
+                cells, meta_cells = _run_pair(config, model_entry, dataset_entry, device, dist, out, progress)
+                records += cells
+                meta += meta_cells
         if dist.rank == 0:
             from camkit_plugins.bench.report import write_report
 
-            write_report(records, config, out)
+            write_report(records, config, out, meta)
         return records
     finally:
         dist.close()
@@ -260,7 +262,9 @@ def _load_plugins(modules: list[str]) -> None:
 
 
 def _run_pair(config: Mapping[str, Any], model_entry: Mapping[str, Any], dataset_entry: Mapping[str, Any],
-              device: Any, dist: Distributed, out: Path, progress: bool) -> list[dict[str, Any]]:
+              device: Any, dist: Distributed, out: Path,
+              progress: bool) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The pair's cells (cached or computed) and its meta-evaluation records (when asked)."""
     from camkit.layout import Layout
     from camkit.plugin_manager import lookup
 
@@ -288,8 +292,9 @@ def _run_pair(config: Mapping[str, Any], model_entry: Mapping[str, Any], dataset
                 records.append(cached)
             else:
                 todo.setdefault(method, []).append((metric, key, path))
-    if not todo:
-        return records
+    meta_todo = _meta_cells(config, out, model_entry, model_id, dataset_entry, count, dist)
+    if not todo and all(record is not None for *_, record in meta_todo):
+        return records, [record for *_, record in meta_todo]
     input_layout = Layout.parse(dataset.input_layout)
     sample = dataset[0]
     _check_input_size(model_entry, model_id.get("input_size"), sample["input"], input_layout)
@@ -301,7 +306,45 @@ def _run_pair(config: Mapping[str, Any], model_entry: Mapping[str, Any], dataset
                    device=device, dist=dist, progress=progress)
     for method, cells in todo.items():
         records += _run_method(pair, method, cells)
-    return records
+    return records, [record if record is not None else _run_meta(pair, metric, key, path)
+                     for metric, key, path, record in meta_todo]
+
+
+def _meta_cells(config: Mapping[str, Any], out: Path, model_entry: Mapping[str, Any], model_id: Mapping[str, Any],
+                dataset_entry: Mapping[str, Any], count: int, dist: Distributed) -> list[Any]:
+    """``(metric, key, path, cached record or None)`` for each metric to meta-evaluate."""
+    meta = config["meta_evaluation"]
+    if meta is None:
+        return []
+    if dist.world > 1:
+        raise ValueError("meta_evaluation runs in one process: run the bench without torchrun for it")
+    cells = []
+    for label in meta["metrics"]:
+        metric = next(m for m in config["metrics"] if m["label"] == label)
+        key = {**_cell_key(config, model_id, dataset_entry, "", metric, count), "meta": meta,
+               "methods": {m: config["method_options"].get(m, {}) for m in config["methods"]}}
+        key.pop("method"), key.pop("method_options")
+        name = "__".join(slug(p) for p in (model_entry["label"], dataset_entry["label"], label))
+        path = out / "meta" / f"{name}__{fingerprint(key)}.json"
+        cached = json.loads(path.read_text()) if path.is_file() else None
+        if cached is not None and cached.get("key") != json.loads(json.dumps(key)):
+            cached = None
+        cells.append((metric, key, path, cached))
+    return cells
+
+
+def _run_meta(pair: PairRun, metric: Mapping[str, Any], key: Mapping[str, Any], path: Path) -> dict[str, Any]:
+    from camkit_plugins.bench.meta import meta_evaluate
+
+    began = time.perf_counter()
+    scores = meta_evaluate(pair, metric, list(pair.config["methods"]), pair.config["meta_evaluation"])
+    record = {"key": key, "model": pair.model_entry["label"], "dataset": pair.dataset_entry["label"],
+              "metric": metric["label"], "methods": list(pair.config["methods"]), "samples": pair.count,
+              "perturbations": pair.config["meta_evaluation"]["perturbations"],
+              "iterations": pair.config["meta_evaluation"]["iterations"], "scores": scores,
+              "seconds": time.perf_counter() - began}
+    write_text_atomic(path, json.dumps(record, indent=1, default=float))
+    return json.loads(json.dumps(record, default=float))
 
 
 @dataclass
@@ -348,7 +391,7 @@ def _run_method(pair: PairRun, method: str, cells: list[Any]) -> list[dict[str, 
         from camkit.capture import evaluation_mode
 
         with evaluation_mode(pair.model):
-            for positions in _progress(pair, method, _batch_positions(pair, runnable)):
+            for positions in _progress(pair, method, _run_batches(pair, [run.instance for run in runnable])):
                 evaluation, invalid, seconds = _evaluation_batch(pair, make_maps, positions)
                 map_seconds += seconds
                 invalid_maps += int(invalid.sum())
@@ -368,14 +411,14 @@ def _prepare_cells(pair: PairRun, cells: list[Any]) -> list[CellRun]:
     return runs
 
 
-def _batch_positions(pair: PairRun, runnable: list[CellRun]) -> list[list[int]]:
+def _run_batches(pair: PairRun, metrics: list[Any]) -> list[list[int]]:
     """This process's sample positions in batches of ``batch_size``; a metric that compares the samples
     of a batch (``min_batch`` > 1) never gets a smaller last batch: the remainder joins the batch before."""
     size = pair.config["batch_size"]
-    need = max(int(getattr(run.instance, "min_batch", 1)) for run in runnable)
-    needy = [run.metric["label"] for run in runnable if int(getattr(run.instance, "min_batch", 1)) == need]
+    need = max(int(getattr(metric, "min_batch", 1)) for metric in metrics)
+    needy = next(metric.name for metric in metrics if int(getattr(metric, "min_batch", 1)) == need)
     if need > 1 and (size < need or len(pair.positions) < need):
-        raise ValueError(f"metric {needy[0]!r} compares the samples of a batch and needs at least {need} per batch: "
+        raise ValueError(f"metric {needy!r} compares the samples of a batch and needs at least {need} per batch: "
                          f"got batch_size={size} and {len(pair.positions)} samples in this process")
     batches = [pair.positions[start:start + size] for start in range(0, len(pair.positions), size)]
     if len(batches) > 1 and len(batches[-1]) < need:

@@ -82,8 +82,6 @@ class QuantusMetric(Metric):
         self.family = getattr(getattr(cls, "evaluation_category", None), "name", "").lower()
 
     def evaluate(self, batch: EvalBatch) -> MetricValues:
-        import zlib
-
         import numpy as np
         import torch
 
@@ -107,10 +105,9 @@ class QuantusMetric(Metric):
             maps = batch.explain(model, inputs, targets)
             return maps.detach().float().cpu().numpy()[:, None]
 
-        seed = zlib.crc32(f"{self.name}:{int(batch.seed)}:{int(batch.indices.reshape(-1)[0])}".encode())
         state = np.random.get_state()
         try:
-            np.random.seed(seed)
+            np.random.seed(self.numpy_seed(batch))
             with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), evaluation_mode(batch.model):
                 metric = self.cls(**self.settings, **FIXED)
                 scores = metric(model=batch.model, x_batch=x, y_batch=y, a_batch=a, s_batch=s,
@@ -118,6 +115,12 @@ class QuantusMetric(Metric):
         finally:
             np.random.set_state(state)
         return self._per_sample(scores, n)
+
+    def numpy_seed(self, batch: EvalBatch) -> int:
+        """The seed of numpy's global state while Quantus runs: the bench seed and the batch's first sample id."""
+        import zlib
+
+        return zlib.crc32(f"{self.name}:{int(batch.seed)}:{int(batch.indices.reshape(-1)[0])}".encode())
 
     def _per_sample(self, scores: Any, n: int) -> MetricValues:
         import numpy as np

@@ -177,12 +177,14 @@ def align(per_method: Mapping[str, tuple[Sequence[Any], Any]]) -> tuple[list[str
 
 
 def paired_tests(methods: Sequence[str], table: Any, higher_is_better: bool = True,
-                 alpha: float = 0.05) -> list[PairTest]:
+                 alpha: float = 0.05, tie_tolerance: float = 1e-6) -> list[PairTest]:
     """Wilcoxon signed-rank test (two-sided, zero differences dropped) for every pair of rows of the
     ``(M, N)`` ``table`` on the samples both have a finite value for; Holm-adjusted over the pairs that
     have a test; effect size = matched-pairs rank-biserial correlation of ``a - b`` (``b - a`` when lower
-    is better). A pair whose differences are all zero (identical values) gets p = 1; a pair with no common
-    sample gets NaN. ``verdict``: ``"a better"``, ``"b better"`` or ``"n.s."`` at family-wise ``alpha``."""
+    is better). A difference within ``tie_tolerance`` x max(1, |a|, |b|) counts as zero: float noise
+    (CAM and Grad-CAM agree to ~1e-7 on a GAP + linear head) must not become a "significant" difference
+    of consistent sign. A pair whose differences are all zero gets p = 1; a pair with no common sample
+    gets NaN. ``verdict``: ``"a better"``, ``"b better"`` or ``"n.s."`` at family-wise ``alpha``."""
     from scipy.stats import wilcoxon
 
     table = np.asarray(table, dtype=np.float64)
@@ -190,7 +192,8 @@ def paired_tests(methods: Sequence[str], table: Any, higher_is_better: bool = Tr
     for i in range(len(methods)):
         for j in range(i + 1, len(methods)):
             both = np.isfinite(table[i]) & np.isfinite(table[j])
-            d = table[i, both] - table[j, both]
+            a, b = table[i, both], table[j, both]
+            d = np.where(np.abs(a - b) <= tie_tolerance * np.maximum(1.0, np.maximum(np.abs(a), np.abs(b))), 0.0, a - b)
             if not higher_is_better:
                 d = -d
             plus, minus, nonzero = signed_rank_sums(d)
