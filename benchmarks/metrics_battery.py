@@ -57,7 +57,7 @@ GRID = {
     "shapes": {"checkpoint": HERE / "checkpoints" / "shapes-resnet18", "model": "resnet18", "dataset": "shapes",
                "model_options": {}},
     "skeleton": {"checkpoint": HERE / "checkpoints" / "skeleton-stgcn", "model": "stgcn",
-                 "dataset": "skeleton-synthetic", "model_options": {"config": "tiny"}},
+                 "dataset": "skeleton-synthetic", "model_options": {"config": "tiny", "persons": 1}},
 }
 
 
@@ -78,8 +78,11 @@ def registered_methods() -> list[str]:
 
 
 def quick_options(metric: str) -> dict[str, Any]:
+    from camkit_plugins.metrics.quantus_metrics import PREFIX
     from camkit_plugins.metrics.registry import accepted_options, metric_class
 
+    if metric.startswith(PREFIX):  # Quantus's own options: given as written
+        return {}
     accepted = accepted_options(metric_class(metric)) or []
     return {k: v for k, v in QUICK_OPTIONS.items() if k in accepted}
 
@@ -320,7 +323,7 @@ def _number(row: Mapping[str, Any], key: str, error: str = "") -> str:
 def grid_markdown(grids: list[dict[str, Any]], out: Path) -> list[str]:
     lines = []
     for g in grids:
-        note = "" if g["trained"] else " (no checkpoint: seeded random init, the maps say little)"
+        note = "" if g["trained"] else "; no checkpoint: seeded random init, the maps say little"
         lines += [f"## Grid: {g['grid']} ({g['model']}{note})", "",
                   f"Report: `{out / g['grid'] / 'results.md'}`; seconds per metric: "
                   + ", ".join(f"{m} {s:.1f}" for m, s in g["seconds"].items()), ""]

@@ -180,6 +180,7 @@ def _test_lines(stats: GroupStatistics, methods: list[str], alpha: float) -> lis
             if best not in (t.a, t.b):
                 continue
             other, effect = (t.b, t.effect) if t.a == best else (t.a, -t.effect)
+            effect += 0.0  # -0.0 -> 0.0
             verdict = {"n.s.": "n.s."}.get(t.verdict, "better" if effect > 0 else "worse")
             lines.append(f"| {metric} | {best} | {other} | {t.n} | {_fmt(t.p_holm)} | {effect:+.2f} | {verdict} |")
     return lines
