@@ -13,9 +13,7 @@
    least as fast as Quantus per metric, the battery at least 5x, camkit within 1.15x of its forwards.
    The cases come from the family benchmarks when present (``FAITHFULNESS_CASES``,
    ``ROBUSTNESS_CASES``, ``LOCALISATION_CASES`` of ``benchmarks/metrics_vs_quantus_*.py``), else from
-   ``DEFAULT_CASES``. A case is a mapping: ``quantus`` (class name), ``options`` (Quantus's names, given to
-   both), optional ``camkit`` (registered name; default: the metric whose ``quantus_name`` it is),
-   ``camkit_options`` / ``quantus_options`` (added on one side), ``label``.
+   ``DEFAULT_CASES`` (each family's form is accepted: see ``as_case``).
 
     python benchmarks/metrics_battery.py --quick                 # small settings, a few minutes
     python benchmarks/metrics_battery.py --part speed --device cuda   # the GPU session's stage
@@ -128,8 +126,9 @@ def run_grid(name: str, methods: list[str], metrics: list[str], samples: int, qu
 # ---------------------------------------------------------------- speed against Quantus
 
 
-def load_cases() -> tuple[list[dict[str, Any]], list[str]]:
-    """The family benchmarks' case lists when their files exist, else ``DEFAULT_CASES``."""
+def load_cases(side: int = 224) -> tuple[list[dict[str, Any]], list[str]]:
+    """The family benchmarks' case lists when their files exist, else ``DEFAULT_CASES`` (for RGB images of
+    ``side`` px, which options that depend on the image size are computed for)."""
     cases, sources = [], []
     for attribute, filename in CASE_FILES.items():
         path = HERE / filename
@@ -142,23 +141,46 @@ def load_cases() -> tuple[list[dict[str, Any]], list[str]]:
         found = getattr(module, attribute, None)
         if found is None:
             raise AttributeError(f"{filename} has no {attribute}")
-        cases += [as_case(case) for case in found]
+        cases += [as_case(case, 3, side) for case in found]
         sources.append(f"{filename}:{attribute}")
     if not cases:
-        return [as_case(case) for case in DEFAULT_CASES], ["DEFAULT_CASES"]
+        return [as_case(case, 3, side) for case in DEFAULT_CASES], ["DEFAULT_CASES"]
     return cases, sources
 
 
-def as_case(case: Any) -> dict[str, Any]:
-    """A case in the mapping form (see the module docstring); ``(quantus, options)`` pairs are accepted."""
-    if isinstance(case, (tuple, list)):
-        case = {"quantus": case[0], "options": dict(case[1]) if len(case) > 1 else {}}
-    if not isinstance(case, Mapping) or "quantus" not in case:
-        raise ValueError(f"a speed case needs at least 'quantus' (the class name): {case!r}")
-    case = dict(case)
-    case.setdefault("options", {})
-    case.setdefault("label", case["quantus"])
-    return case
+def as_case(case: Any, channels: int = 3, side: int = 224) -> dict[str, Any]:
+    """A case in the battery's form: ``camkit`` (registered name, or None: the metric whose ``quantus_name``
+    it is), ``camkit_options``, ``quantus`` (class name, or None: camkit alone), ``quantus_options``,
+    ``quantus_call`` (keywords of Quantus's ``__call__``), ``label``. Accepted: a mapping with ``quantus``,
+    ``options`` (camkit's; Quantus's too unless ``quantus_options`` is given), ``camkit``, ``label``
+    (the robustness benchmark's form); a ``(camkit, camkit options, Quantus class, Quantus options, ...)``
+    tuple (the localisation benchmark's); an object with ``metric``, ``quantus``, ``options(channels,
+    side)`` shared, ``camkit`` (camkit-only options) and ``quantus_call`` (the faithfulness benchmark's);
+    a ``(Quantus class, options)`` pair."""
+    if isinstance(case, Mapping):
+        if "quantus" not in case and "camkit" not in case:
+            raise ValueError(f"a speed case needs 'quantus' or 'camkit': {case!r}")
+        options = dict(case.get("options") or {})
+        quantus_options = dict(case["quantus_options"]) if "quantus_options" in case else options
+        out = {"camkit": case.get("camkit"), "camkit_options": {**options, **dict(case.get("camkit_options") or {})},
+               "quantus": case.get("quantus"), "quantus_options": quantus_options,
+               "quantus_call": dict(case.get("quantus_call") or {})}
+    elif isinstance(case, (tuple, list)) and len(case) >= 4 and isinstance(case[1], Mapping):
+        out = {"camkit": case[0], "camkit_options": dict(case[1]), "quantus": case[2],
+               "quantus_options": dict(case[3]), "quantus_call": {}}
+    elif isinstance(case, (tuple, list)) and 1 <= len(case) <= 2 and isinstance(case[0], str):
+        options = dict(case[1]) if len(case) > 1 else {}
+        out = {"camkit": None, "camkit_options": options, "quantus": case[0], "quantus_options": options,
+               "quantus_call": {}}
+    elif hasattr(case, "metric") and hasattr(case, "quantus"):
+        shared = case.options(channels, side) if callable(getattr(case, "options", None)) else {}
+        out = {"camkit": case.metric, "camkit_options": {**shared, **dict(getattr(case, "camkit", {}) or {})},
+               "quantus": case.quantus, "quantus_options": dict(shared),
+               "quantus_call": dict(getattr(case, "quantus_call", {}) or {})}
+    else:
+        raise ValueError(f"a speed case needs at least 'quantus' (the class name) or 'camkit': {case!r}")
+    out["label"] = str((case.get("label") if isinstance(case, Mapping) else None) or out["camkit"] or out["quantus"])
+    return out
 
 
 def camkit_name(case: Mapping[str, Any]) -> str | None:
@@ -167,6 +189,8 @@ def camkit_name(case: Mapping[str, Any]) -> str | None:
 
     if case.get("camkit"):
         return str(case["camkit"])
+    if not case.get("quantus"):
+        return None
     for name, cls in sorted(registry("metrics").items()):
         if getattr(cls, "quantus_name", "") == case["quantus"] and getattr(cls, "name", name) == name:
             return name
@@ -258,21 +282,24 @@ def run_speed(cases: list[dict[str, Any]], images: int, size: int, device: str,
     batch = speed_batch(images, size, device, method)
     rows = []
     for case in cases:
-        row: dict[str, Any] = {"case": case["label"], "quantus": case["quantus"],
-                               "options": json.dumps(case["options"])}
+        row: dict[str, Any] = {"case": case["label"], "quantus": case["quantus"] or "",
+                               "options": json.dumps(case["camkit_options"], default=str)}
         name = camkit_name(case)
         row["camkit"] = name or ""
         try:
             if name is None:
                 raise LookupError(f"no registered camkit metric has quantus_name {case['quantus']!r}")
-            ours = make_metric(name, **case["options"], **case.get("camkit_options", {}))
+            ours = make_metric(name, **case["camkit_options"])
             row["camkit_s"], log = time_metric(ours, batch)
             row["camkit_forwards"] = log.samples
             row["forward_s"] = replay_seconds(batch.model, log.shapes, batch.inputs.device)
         except Exception as exc:  # reported in the table
             row["camkit_error"] = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
         try:
-            theirs = make_metric(f"quantus:{case['quantus']}", **case["options"], **case.get("quantus_options", {}))
+            if not case["quantus"]:
+                raise LookupError("camkit only (no Quantus counterpart)")
+            call = {"call": case["quantus_call"]} if case["quantus_call"] else {}
+            theirs = make_metric(f"quantus:{case['quantus']}", **case["quantus_options"], **call)
             row["quantus_s"], their_log = time_metric(theirs, batch)
             row["quantus_forwards"] = their_log.samples
         except Exception as exc:  # reported in the table
@@ -375,7 +402,7 @@ def main(argv: list[str] | None = None) -> int:
         (args.out / "grid.json").write_text(json.dumps(grids, indent=1))
         lines += grid_markdown(grids, args.out)
     if args.part in ("speed", "all"):
-        cases, sources = load_cases()
+        cases, sources = load_cases(args.size)
         if args.cases:
             wanted = set(args.cases.split(","))
             cases = [c for c in cases if c["label"] in wanted]

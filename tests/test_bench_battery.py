@@ -40,10 +40,30 @@ def test_forward_log_counts_what_deletion_costs_and_replays_it(battery):
 
 
 def test_cases_in_either_form_and_the_speed_bars(battery):
-    assert battery.as_case(("Sparseness", {"a": 1})) == {"quantus": "Sparseness", "options": {"a": 1},
-                                                         "label": "Sparseness"}
-    with pytest.raises(ValueError, match="needs at least 'quantus'"):
-        battery.as_case({"camkit": "deletion"})
+    pair = battery.as_case(("Sparseness", {"a": 1}))
+    assert (pair["quantus"], pair["camkit_options"], pair["quantus_options"]) == ("Sparseness", {"a": 1}, {"a": 1})
+    # the robustness benchmark's mappings: "options" are camkit's, "quantus_options" Quantus's
+    mapping = battery.as_case({"label": "L", "camkit": "max_sensitivity", "options": {"nr_samples": 5},
+                               "quantus": "MaxSensitivity", "quantus_options": {"nr_samples": 6}})
+    assert (mapping["label"], mapping["camkit_options"], mapping["quantus_options"]) == ("L", {"nr_samples": 5},
+                                                                                         {"nr_samples": 6})
+    # the localisation benchmark's tuples
+    row = battery.as_case(("auc", {"k": 1}, "AUC", {"abs": True}, "auc", 1.0))
+    assert (row["camkit"], row["camkit_options"], row["quantus"], row["quantus_options"]) == (
+        "auc", {"k": 1}, "AUC", {"abs": True})
+
+    class Case:  # the faithfulness benchmark's objects: options depend on (channels, side)
+        metric, quantus, camkit, quantus_call = "pixel_flipping", "PixelFlipping", {"features": "element"}, {"x": 1}
+
+        @staticmethod
+        def options(channels, side):
+            return {"features_in_step": channels * side}
+
+    built = battery.as_case(Case(), 3, 64)
+    assert built["camkit_options"] == {"features_in_step": 192, "features": "element"}
+    assert built["quantus_options"] == {"features_in_step": 192} and built["quantus_call"] == {"x": 1}
+    with pytest.raises(ValueError, match="needs 'quantus' or 'camkit'"):
+        battery.as_case({"label": "x"})
     assert battery.camkit_name({"quantus": "X", "camkit": "deletion"}) == "deletion"
     rows = [{"case": "A", "camkit": "a", "camkit_s": 1.0, "quantus_s": 4.0, "speedup": 4.0, "camkit_forwards": 10,
              "quantus_forwards": 40, "forward_s": 0.9, "camkit_over_forwards": 1.0 / 0.9},
