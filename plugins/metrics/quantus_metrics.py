@@ -80,6 +80,9 @@ class QuantusMetric(Metric):
         direction = getattr(cls, "score_direction", None)
         self.higher_is_better = getattr(direction, "name", "HIGHER") != "LOWER"
         self.family = getattr(getattr(cls, "evaluation_category", None), "name", "").lower()
+        # Quantus's localisation metrics read the mask (s_batch): the bench skips them, with a note, on
+        # data sets without one
+        self.requires = ("ground_truth",) if self.family == "localisation" else ()
 
     def evaluate(self, batch: EvalBatch) -> MetricValues:
         import numpy as np
