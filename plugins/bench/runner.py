@@ -279,19 +279,7 @@ def _run_pair(config: Mapping[str, Any], model_entry: Mapping[str, Any], dataset
     if count < config["samples"] and dist.rank == 0:
         warnings.warn(f"{config['samples']} samples requested but data set {dataset_entry['label']!r} (split "
                       f"{config['split']!r}) has only {len(dataset)}: evaluating {count}", stacklevel=2)
-    methods = [*config["methods"], *BASELINE_METHODS]
-    todo: dict[str, list[tuple[dict[str, Any], dict[str, Any], Path]]] = {}
-    records = []
-    for method in methods:
-        for metric in config["metrics"]:
-            key = _cell_key(config, model_id, dataset_entry, method, metric, count)
-            path = _cell_path(out, model_entry, dataset_entry, method, metric, key)
-            cached = _read_cell(path, key) if dist.rank == 0 else None
-            cached = dist.broadcast(cached)  # every rank agrees on what to compute
-            if cached is not None:
-                records.append(cached)
-            else:
-                todo.setdefault(method, []).append((metric, key, path))
+    records, todo = _cached_cells(config, out, model_entry, model_id, dataset_entry, count, dist)
     meta_todo = _meta_cells(config, out, model_entry, model_id, dataset_entry, count, dist)
     if not todo and all(record is not None for *_, record in meta_todo):
         return records, [record for *_, record in meta_todo]
@@ -310,6 +298,24 @@ def _run_pair(config: Mapping[str, Any], model_entry: Mapping[str, Any], dataset
                      for metric, key, path, record in meta_todo]
 
 
+def _cached_cells(config: Mapping[str, Any], out: Path, model_entry: Mapping[str, Any], model_id: Mapping[str, Any],
+                  dataset_entry: Mapping[str, Any], count: int, dist: Distributed) -> tuple[list[Any], dict[str, Any]]:
+    """The records of the cells already computed, and ``{method: [(metric, key, path), ...]}`` to compute
+    (rank 0 reads the cache; every rank agrees on what to compute)."""
+    todo: dict[str, list[tuple[Mapping[str, Any], dict[str, Any], Path]]] = {}
+    records = []
+    for method in [*config["methods"], *BASELINE_METHODS]:
+        for metric in config["metrics"]:
+            key = _cell_key(config, model_id, dataset_entry, method, metric, count)
+            path = _cell_path(out, model_entry, dataset_entry, method, metric, key)
+            cached = dist.broadcast(_read_cell(path, key) if dist.rank == 0 else None)
+            if cached is not None:
+                records.append(cached)
+            else:
+                todo.setdefault(method, []).append((metric, key, path))
+    return records, todo
+
+
 def _meta_cells(config: Mapping[str, Any], out: Path, model_entry: Mapping[str, Any], model_id: Mapping[str, Any],
                 dataset_entry: Mapping[str, Any], count: int, dist: Distributed) -> list[Any]:
     """``(metric, key, path, cached record or None)`` for each metric to meta-evaluate."""
@@ -326,8 +332,13 @@ def _meta_cells(config: Mapping[str, Any], out: Path, model_entry: Mapping[str, 
         key.pop("method"), key.pop("method_options")
         name = "__".join(slug(p) for p in (model_entry["label"], dataset_entry["label"], label))
         path = out / "meta" / f"{name}__{fingerprint(key)}.json"
-        cached = json.loads(path.read_text()) if path.is_file() else None
-        if cached is not None and cached.get("key") != json.loads(json.dumps(key)):
+        cached = None
+        if path.is_file():
+            try:
+                cached = json.loads(path.read_text())
+            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+                raise ValueError(f"{path}: corrupt cached meta-evaluation ({exc}); delete it to recompute") from exc
+        if not isinstance(cached, dict) or cached.get("key") != json.loads(json.dumps(key)):
             cached = None
         cells.append((metric, key, path, cached))
     return cells
