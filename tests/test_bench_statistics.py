@@ -288,3 +288,24 @@ def test_meta_perturbations_are_seeded_per_sample_and_leave_the_model_alone():
     lower = x.min()
     torch.testing.assert_close(together, alone.clamp_min(lower))  # the same noise in any batch
     assert (together - x).abs().max() <= 0.1 + 1e-6 and not torch.equal(together, x)
+
+
+def test_rank_stability_across_seeds_equals_kendalls_w_of_the_seeds_means(grid):
+    from camkit_plugins.metrics.statistics import kendalls_w
+
+    config = {**grid, "metrics": ["energy_pointing_game"], "plots": False, "stability_seeds": [3, 0, 5]}
+    run(config)
+    out = Path(grid["out"])
+    cells = [json.loads(p.read_text()) for p in (out / "cells").glob("*.json")]
+    assert sorted({c["key"]["seed"] for c in cells}) == [0, 3, 5]  # the config's seed once
+    methods = ["gradcam", "gradcam++", "baseline-center", "baseline-random"]
+    means = {(c["key"]["seed"], c["method"]): c["values"]["energy"] for c in cells}
+    rankings = [stats.rankdata([-means[(seed, m)] for m in methods]) for seed in (0, 3, 5)]
+    table = {r["method"]: r for r in rows(out / "seed_stability.csv")}
+    assert set(table) == set(methods) and table["gradcam"]["seeds"] == "0 3 5"
+    assert float(table["gradcam"]["kendalls_w"]) == pytest.approx(kendalls_w(rankings))
+    first = {m: np.mean([r[i] == r.min() for r in rankings]) for i, m in enumerate(methods)}
+    assert {m: float(table[m]["p_rank_1"]) for m in methods} == pytest.approx(first)
+    assert "W across seeds" in (out / "results.md").read_text()
+    with pytest.raises(ValueError, match="'stability_seeds' must be a list of integer seeds"):
+        run({**config, "stability_seeds": 3})

@@ -34,6 +34,7 @@ DEFAULTS: dict[str, Any] = {
     "alpha": 0.05,
     "rank_bootstrap": 200,
     "meta_evaluation": None,
+    "stability_seeds": [],
 }
 BASELINE_METHODS = ("baseline-center", "baseline-random")
 TARGET_CHOICES = ("predicted", "label")
@@ -95,6 +96,10 @@ def normalize_config(raw: Mapping[str, Any]) -> dict[str, Any]:
     for key in ("confidence", "alpha"):
         if not isinstance(config[key], float) or not 0.0 < config[key] < 1.0:
             raise ValueError(f"bench setting {key!r} must be a number between 0 and 1, got {config[key]!r}")
+    seeds = config["stability_seeds"]
+    if not isinstance(seeds, list) or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
+        raise ValueError(f"bench setting 'stability_seeds' must be a list of integer seeds, got {seeds!r}")
+    config["stability_seeds"] = [s for s in dict.fromkeys(seeds) if s != config["seed"]]
     if config["interval"] not in INTERVAL_CHOICES:
         raise ValueError(f"interval={config['interval']!r}: choose one of {', '.join(INTERVAL_CHOICES)}")
     if config["targets"] not in TARGET_CHOICES:

@@ -13,7 +13,7 @@ from typing import Any, Mapping
 
 from camkit.io import atomic_path, write_text_atomic
 from camkit_plugins.bench.config import BASELINE_METHODS, slug
-from camkit_plugins.bench.summary import GroupStatistics, group_statistics
+from camkit_plugins.bench.summary import GroupStatistics, group_statistics, seed_agreement
 from camkit_plugins.metrics import statistics as st
 
 
@@ -189,16 +189,27 @@ def _test_lines(stats: GroupStatistics, methods: list[str], alpha: float) -> lis
 def _rank_lines(stats: GroupStatistics, metrics: list[str]) -> list[str]:
     if not stats.ranks:
         return []
+    seeds = bool(stats.seed_ranks)
     lines = ["", "Rank stability over bootstrap resamples of the samples: Kendall's W (1 = the same order in every "
-                 "resample) and P(rank 1), the share of resamples in which a method ranks first:", "",
-             "| metric | Kendall's W | P(rank 1) |", "|---|---|---|"]
+                 "resample) and P(rank 1), the share of resamples in which a method ranks first"
+             + (f"; the same across seeds {', '.join(map(str, stats.seeds))} (data, random-init models and every "
+                "metric draw reseeded)" if seeds else "") + ":", "",
+             "| metric | Kendall's W | P(rank 1) |" + (" W across seeds | P(rank 1) across seeds |" if seeds else ""),
+             "|---|---|---|" + ("---|---|" if seeds else "")]
     for metric in metrics:
         if metric in stats.ranks:
-            ranks = stats.ranks[metric]
-            first = sorted(((p, m) for m, p in ranks.first.items() if p > 0), reverse=True)
-            shown = ", ".join(f"{m} {p:.2f}" for p, m in first[:4]) or "–"
-            lines.append(f"| {metric} | {_fmt(ranks.w)} | {shown} |")
+            row = f"| {metric} | {_fmt(stats.ranks[metric].w)} | {_first(stats.ranks[metric])} |"
+            if seeds:
+                agreement = stats.seed_ranks.get(metric)
+                row += f" {_fmt(agreement.w)} | {_first(agreement)} |" if agreement else " – | – |"
+            lines.append(row)
     return lines
+
+
+def _first(ranks: Any) -> str:
+    """The methods that ever rank first, most often first."""
+    first = sorted(((p, m) for m, p in ranks.first.items() if p > 0), reverse=True)
+    return ", ".join(f"{m} {p:.2f}" for p, m in first[:4]) or "–"
 
 
 def _fmt(value: Any) -> str:
@@ -210,9 +221,12 @@ def _fmt(value: Any) -> str:
 
 
 def write_report(records: list[Mapping[str, Any]], config: Mapping[str, Any], out: Path,
-                 meta: list[Mapping[str, Any]] | None = None) -> None:
+                 meta: list[Mapping[str, Any]] | None = None,
+                 by_seed: Mapping[int, list[Mapping[str, Any]]] | None = None) -> None:
     out.mkdir(parents=True, exist_ok=True)
     statistics = {pair: group_statistics(group, config) for pair, group in groups_of(records).items()}
+    for pair, group in groups_of(records).items():
+        seed_agreement(statistics[pair], group, config, by_seed or {})
     rows = scalar_rows(records, statistics)
     fields = ["model", "dataset", "method", "metric", "value", "mean", "count", "samples", "primary",
               "higher_is_better", "options", "low", "high", "nan"]
@@ -228,6 +242,14 @@ def write_report(records: list[Mapping[str, Any]], config: Mapping[str, Any], ou
              for method in stability.first]
     _write_csv(out / "rank_stability.csv", ["model", "dataset", "metric", "method", "kendalls_w", "p_rank_1",
                                             "mean_rank", "resamples"], ranks)
+    if by_seed:
+        seeds = [{"model": model, "dataset": dataset, "metric": metric, "method": method, "kendalls_w": agreement.w,
+                  "p_rank_1": agreement.first[method], "mean_rank": agreement.mean_rank[method],
+                  "seeds": " ".join(map(str, stats.seeds))}
+                 for (model, dataset), stats in statistics.items() for metric, agreement in stats.seed_ranks.items()
+                 for method in agreement.first]
+        _write_csv(out / "seed_stability.csv", ["model", "dataset", "metric", "method", "kendalls_w", "p_rank_1",
+                                                "mean_rank", "seeds"], seeds)
     with atomic_path(out / "curves.csv") as temporary, open(temporary, "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["model", "dataset", "method", "metric", "value", "point", "label", "mean", "count"])

@@ -230,13 +230,23 @@ def run_suite(raw_config: Mapping[str, Any], progress: bool = True) -> list[dict
                 cells, meta_cells = _run_pair(config, model_entry, dataset_entry, device, dist, out, progress)
                 records += cells
                 meta += meta_cells
+        by_seed = {seed: _seed_records(config, seed, device, dist, out, progress) for seed in config["stability_seeds"]}
         if dist.rank == 0:
             from camkit_plugins.bench.report import write_report
 
-            write_report(records, config, out, meta)
+            write_report(records, config, out, meta, by_seed)
         return records
     finally:
         dist.close()
+
+
+def _seed_records(config: Mapping[str, Any], seed: int, device: Any, dist: Distributed, out: Path,
+                  progress: bool) -> list[dict[str, Any]]:
+    """The grid's cells under another seed (data set, random-init models and every metric draw reseeded;
+    cached like the others), for the rank stability across seeds."""
+    seeded = {**config, "seed": seed, "meta_evaluation": None}
+    return [record for model_entry in config["models"] for dataset_entry in config["datasets"]
+            for record in _run_pair(seeded, model_entry, dataset_entry, device, dist, out, progress)[0]]
 
 
 def _load_plugins(modules: list[str]) -> None:

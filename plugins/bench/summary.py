@@ -14,16 +14,44 @@ from camkit_plugins.metrics import statistics as st
 @dataclass
 class GroupStatistics:
     """Per (model, data set): ``intervals[(method, metric, value)]``, ``tests[metric]`` (every pair of
-    methods on the metric's primary value) and ``ranks[metric]``."""
+    methods on the metric's primary value), ``ranks[metric]`` (over bootstrap resamples) and
+    ``seed_ranks[metric]`` (across ``seeds``, the config's seed first)."""
 
     intervals: dict[tuple[str, str, str], st.Interval] = field(default_factory=dict)
     tests: dict[str, list[st.PairTest]] = field(default_factory=dict)
     ranks: dict[str, st.RankStability] = field(default_factory=dict)
+    seeds: list[int] = field(default_factory=list)
+    seed_ranks: dict[str, st.RankStability] = field(default_factory=dict)
 
 
 def _seed(base: int, *parts: str) -> int:
     """A seed per cell and value: the same interval on every run, independent draws between cells."""
     return zlib.crc32(":".join([str(base), *parts]).encode())
+
+
+def seed_agreement(stats: GroupStatistics, group: list[Mapping[str, Any]], config: Mapping[str, Any],
+                   by_seed: Mapping[int, list[Mapping[str, Any]]]) -> None:
+    """Kendall's W of the methods' rankings (primary means) across the config's seed and ``by_seed``'s."""
+    if not by_seed:
+        return
+    model, dataset = group[0]["model"], group[0]["dataset"]
+    seeds = [int(config.get("seed", 0)), *by_seed]
+    runs = [group, *([r for r in records if (r["model"], r["dataset"]) == (model, dataset)]
+                     for records in by_seed.values())]
+    means: dict[str, dict[str, list[float]]] = {}
+    for run in runs:
+        for record in run:
+            value = record["values"].get(record["primary"])
+            if not record.get("skipped") and isinstance(value, float):
+                means.setdefault(record["metric"], {}).setdefault(record["method"], []).append(value)
+    stats.seeds = seeds
+    for metric, per_method in means.items():
+        methods = [m for m, values in per_method.items() if len(values) == len(seeds)]
+        if len(methods) < 2:
+            continue
+        higher = next(bool(r["higher_is_better"]) for r in group if r["metric"] == metric)
+        table = [[per_method[m][s] for m in methods] for s in range(len(seeds))]
+        stats.seed_ranks[metric] = st.rank_agreement(methods, table, higher)
 
 
 def group_statistics(group: list[Mapping[str, Any]], config: Mapping[str, Any]) -> GroupStatistics:

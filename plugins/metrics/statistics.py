@@ -8,8 +8,9 @@ sample) and never recomputes a metric:
 - ``paired_tests``: Wilcoxon signed-rank tests between every pair of methods on the samples both have
   (``scipy.stats.wilcoxon``), Holm-corrected (Holm 1979), with the matched-pairs rank-biserial
   correlation as effect size (Kerby 2014);
-- ``kendalls_w`` and ``rank_stability``: Kendall's coefficient of concordance of rankings (across seeds,
-  or bootstrap resamples of the samples) and each method's probability of ranking first;
+- ``kendalls_w``, ``rank_stability`` and ``rank_agreement``: Kendall's coefficient of concordance of
+  rankings (over bootstrap resamples of the samples, or across seeds) and each method's probability of
+  ranking first;
 - ``intra_consistency``, ``inter_consistency_*`` and ``meta_consistency``: MetaQuantus's
   meta-evaluation scores (Hedström et al., "The Meta-Evaluation Problem in Explainable AI", TMLR 2023)
   from unperturbed and perturbed scores (the perturbations are made by ``camkit_plugins.bench.meta``).
@@ -279,10 +280,17 @@ def rank_stability(methods: Sequence[str], table: Any, higher_is_better: bool = 
         counts = finite[:, picks].sum(axis=1)
         with np.errstate(invalid="ignore", divide="ignore"):
             means[r] = np.where(counts > 0, values[:, picks].sum(axis=1) / counts, np.nan)
-    ranks = rank_rows(means, higher_is_better)
+    return rank_agreement(methods, means, higher_is_better)
+
+
+def rank_agreement(methods: Sequence[str], scores: Any, higher_is_better: bool = True) -> RankStability:
+    """How much ``(R, M)`` scores of the methods agree on their order, one row per rater (a bootstrap
+    resample, a seed): Kendall's W of the rows' rankings, each method's share of rows in which it ranks
+    first (ties share first place; NaN ranks last) and its mean rank."""
+    ranks = rank_rows(scores, higher_is_better)
     best = ranks.min(axis=1, keepdims=True)
     first = (ranks == best).mean(axis=0)
-    return RankStability(w=kendalls_w(ranks), resamples=resamples,
+    return RankStability(w=kendalls_w(ranks), resamples=len(ranks),
                          first={m: float(f) for m, f in zip(methods, first)},
                          mean_rank={m: float(r) for m, r in zip(methods, ranks.mean(axis=0))})
 
