@@ -126,7 +126,7 @@ def markdown(records: list[Mapping[str, Any]], config: Mapping[str, Any],
                                                for m in metrics)]
         notes = sorted({f"{r['metric']}: skipped, {r['skipped']}" for r in group if r.get("skipped")})
         lines += [f"- {n}" for n in notes + _nan_notes(group)]
-        lines += _test_lines(stats, methods, float(config.get("alpha", 0.05)))
+        lines += _test_lines(group, stats, metrics, float(config.get("alpha", 0.05)))
         lines += _rank_lines(stats, metrics)
         timing = _timing(group)
         if timing:
@@ -164,25 +164,37 @@ def _nan_notes(group: list[Mapping[str, Any]]) -> list[str]:
     return notes
 
 
-def _test_lines(stats: GroupStatistics, methods: list[str], alpha: float) -> list[str]:
-    """Per metric: the top-ranked method against each other one (all pairs in paired_tests.csv)."""
+def _test_lines(group: list[Mapping[str, Any]], stats: GroupStatistics, metrics: list[str],
+                alpha: float) -> list[str]:
+    """One row per metric: its best method (by the metric's mean) against every other one, grouped by the
+    verdict of the paired test (all pairs, with n, W and p: paired_tests.csv)."""
     if not stats.tests:
         return []
     lines = ["", f"Paired tests: Wilcoxon signed-rank on the samples both methods have, Holm-corrected over the "
-                 f"pairs of each metric (α = {alpha:g}); r = matched-pairs rank-biserial correlation, > 0 when the "
-                 f"first method is better. The best method by mean rank against each other (all pairs: "
-                 f"paired_tests.csv):", "",
-             "| metric | method | vs | n | p (Holm) | r | verdict |", "|---|---|---|---|---|---|---|"]
-    for metric, tests in stats.tests.items():
-        present = {t.a for t in tests} | {t.b for t in tests}
-        best = next((m for m in methods if m in present), None)
-        for t in tests:
-            if best not in (t.a, t.b):
+                 f"pairs of each metric (α = {alpha:g}), the metric's best method (by its mean) against each other; "
+                 f"r = matched-pairs rank-biserial correlation (+1: the best method is better on every sample). "
+                 f"All pairs: paired_tests.csv.", "",
+             "| metric | best | significantly better than (r) | not distinguishable from (r) | "
+             "significantly worse than (r) |",
+             "|---|---|---|---|---|"]
+    for metric in metrics:
+        tests = stats.tests.get(metric)
+        if not tests:
+            continue
+        records = [r for r in group if r["metric"] == metric and not r.get("skipped")]
+        scored = [(r["values"].get(r["primary"]), r["method"]) for r in records
+                  if isinstance(r["values"].get(r["primary"]), float) and not math.isnan(r["values"][r["primary"]])]
+        if not scored:
+            continue
+        best = (max if records[0]["higher_is_better"] else min)(scored)[1]
+        verdicts: dict[str, list[str]] = {"better": [], "n.s.": [], "worse": []}
+        for test in tests:
+            if best not in (test.a, test.b):
                 continue
-            other, effect = (t.b, t.effect) if t.a == best else (t.a, -t.effect)
-            effect += 0.0  # -0.0 -> 0.0
-            verdict = {"n.s.": "n.s."}.get(t.verdict, "better" if effect > 0 else "worse")
-            lines.append(f"| {metric} | {best} | {other} | {t.n} | {_fmt(t.p_holm)} | {effect:+.2f} | {verdict} |")
+            other, effect = (test.b, test.effect) if test.a == best else (test.a, -test.effect)
+            verdict = "n.s." if test.verdict == "n.s." else ("better" if effect > 0 else "worse")
+            verdicts[verdict].append(f"{other} ({effect + 0.0:+.2f})")
+        lines.append(f"| {metric} | {best} | " + " | ".join(", ".join(v) or "–" for v in verdicts.values()) + " |")
     return lines
 
 
