@@ -123,6 +123,8 @@ def test_unknown_quantus_names_and_options_and_a_missing_quantus(monkeypatch):
         make_metric("quantus:Sparseness", call={"softmaks": True})
     with pytest.raises(UnknownNameError, match="unknown option 'return_aggregate'"):
         make_metric("quantus:Sparseness", return_aggregate=True)  # the bench needs per-sample values
+    with pytest.raises(ValueError, match="quantus:Focus needs its custom_batch"):
+        make_metric("quantus:Focus")
     monkeypatch.setitem(sys.modules, "quantus", None)  # as if Quantus were not installed
     with pytest.raises(ModuleNotFoundError, match=r"quantus: metrics need Quantus 0\.6 \(pip install quantus==0\.6\.0"):
         make_metric("quantus:Sparseness")

@@ -22,6 +22,8 @@ INSTALL = "pip install quantus==0.6.0 --no-deps && pip install pandas cachetools
 # set by the wrapper: the bench needs one value per sample and no progress bars
 FIXED = {"return_aggregate": False, "display_progressbar": False}
 CALL_OPTIONS = ("softmax", "channel_first", "batch_size", "model_predict_kwargs", "explain_func_kwargs")
+# metrics whose __call__ needs data a bench batch does not have (Focus: the mosaics' positions)
+NOT_IN_BENCH = {"Focus": "its custom_batch (the mosaics' positions); use camkit's focus"}
 
 
 def import_quantus() -> Any:
@@ -66,6 +68,8 @@ class QuantusMetric(Metric):
             from camkit.plugin_manager import UnknownNameError
 
             raise UnknownNameError.of("Quantus metric", quantus_name, sorted(classes))
+        if quantus_name in NOT_IN_BENCH:
+            raise ValueError(f"{PREFIX}{quantus_name} needs {NOT_IN_BENCH[quantus_name]}")
         cls = classes[quantus_name]
         accepted = [name for name, p in inspect.signature(cls.__init__).parameters.items()
                     if name != "self" and p.kind is not p.VAR_KEYWORD and name not in FIXED]
