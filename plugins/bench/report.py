@@ -286,7 +286,7 @@ def write_report(records: list[Mapping[str, Any]], config: Mapping[str, Any], ou
 
 def meta_markdown(rows: list[Mapping[str, Any]]) -> str:
     """The meta-evaluation table: MetaQuantus's scores per metric and test (1 is ideal for each)."""
-    lines = ["## Meta-evaluation of the metrics (MetaQuantus)", "",
+    lines = ["", "## Meta-evaluation of the metrics (MetaQuantus)", "",
              "Noise resilience (NR: minor perturbations must not change the scores) and adversary reactivity (AR: "
              "disruptive ones must), intra-consistency (IAC: Wilcoxon p, or 1 − p, per method) and inter-consistency "
              "(IEC: the methods' order kept, or scores worse); MC = their mean. 1 is ideal.", "",
