@@ -1,9 +1,14 @@
-"""Ways to remove sites from an input, for deletion / insertion / ROAD.
+"""Ways to remove sites from an input, for every perturbation metric (``plugins/metrics/engine.py``).
 
-A perturbation is called as ``perturbation.apply(inputs, removed, layout, indices)``: ``removed`` is
-a boolean tensor broadcastable to ``inputs`` (True = remove this site), ``indices`` the samples'
-global ids (to seed noise). Most perturbations replace removed sites by a fixed ``fill`` computed
-once per sample (``precomputable``), which the curves reuse across all their steps."""
+A perturbation is called as ``perturbation.apply(inputs, removed, layout, indices, draws=...)``:
+``removed`` is a boolean tensor broadcastable to ``inputs`` (True = remove this element), ``indices``
+the samples' global ids and ``draws`` the number of each perturbed copy of its sample (both seed the
+random ones, so a draw never depends on the batch). Most perturbations replace removed elements by a
+fixed ``fill`` computed once per sample (``precomputable``), which the schedules reuse across their steps.
+
+Quantus's ``perturb_baseline`` names map onto them (``engine.baseline``): ``"black"`` = ``minimum`` (the
+sample's), ``"white"`` = ``maximum``, ``"mean"``, ``"uniform"`` (one U(low, high) value per sample and
+draw), a number = that constant."""
 
 from __future__ import annotations
 
@@ -21,7 +26,8 @@ class Perturbation:
     def fill(self, inputs: Any, layout: Layout, indices: Any) -> Any:  # pragma: no cover - interface
         raise NotImplementedError
 
-    def apply(self, inputs: Any, removed: Any, layout: Layout, indices: Any, fill: Any = None) -> Any:
+    def apply(self, inputs: Any, removed: Any, layout: Layout, indices: Any, fill: Any = None,
+              draws: Any = None) -> Any:
         import torch
 
         if fill is None:
@@ -41,6 +47,99 @@ class Zeros(Perturbation):
         import torch
 
         return torch.zeros_like(inputs)
+
+
+class Constant(Perturbation):
+    """Removed elements become ``value`` (Quantus: a number as ``perturb_baseline``)."""
+
+    name = "constant"
+
+    def __init__(self, value: float = 0.0) -> None:
+        self.value = float(value)
+
+    def fill(self, inputs: Any, layout: Layout, indices: Any) -> Any:
+        import torch
+
+        return torch.full_like(inputs, self.value)
+
+    def options(self) -> dict[str, Any]:
+        return {"value": self.value}
+
+
+class _SampleStatistic(Perturbation):
+    """Removed elements take one statistic of the whole sample (all channels and sites)."""
+
+    def fill(self, inputs: Any, layout: Layout, indices: Any) -> Any:
+        flat = inputs.movedim(layout.batch_axis, 0).reshape(inputs.shape[layout.batch_axis], -1)
+        value = self.statistic(flat)
+        return layout.broadcast(value, "N").expand_as(inputs)
+
+    def statistic(self, flat: Any) -> Any:  # pragma: no cover - interface
+        raise NotImplementedError
+
+
+class Black(_SampleStatistic):
+    """Quantus's ``"black"``: removed elements take the sample's minimum (not 0: standardised inputs
+    are negative where the image is dark)."""
+
+    name = "minimum"
+
+    def statistic(self, flat: Any) -> Any:
+        return flat.amin(dim=1)
+
+
+class White(_SampleStatistic):
+    """Quantus's ``"white"``: removed elements take the sample's maximum."""
+
+    name = "maximum"
+
+    def statistic(self, flat: Any) -> Any:
+        return flat.amax(dim=1)
+
+
+class SampleMean(_SampleStatistic):
+    """Quantus's ``"mean"`` outside IROF: removed elements take the mean of all the sample's elements
+    (``mean`` takes it per channel)."""
+
+    name = "sample-mean"
+
+    def statistic(self, flat: Any) -> Any:
+        return flat.mean(dim=1)
+
+
+class Uniform(Perturbation):
+    """Quantus's ``"uniform"``: removed elements of a perturbed copy take one value drawn from
+    U(``low``, ``high``) for that copy (per sample and draw, seeded by ``(seed, sample id, draw)``)."""
+
+    name = "uniform"
+    precomputable = False
+
+    def __init__(self, low: float = 0.0, high: float = 1.0, seed: int = 0) -> None:
+        if not high > low:
+            raise ValueError(f"uniform needs high > low, got low={low}, high={high}")
+        self.low, self.high, self.seed = float(low), float(high), int(seed)
+
+    def values(self, indices: Any, draws: Any) -> Any:
+        """``(M,)`` fill value of each perturbed copy (a test may replace this to inject Quantus's draws)."""
+        import torch
+
+        from camkit_plugins.metrics.base import sample_generator
+
+        draws = torch.zeros_like(indices) if draws is None else draws
+        out = [torch.rand((), generator=sample_generator(self.seed, int(i), f"uniform:{int(d)}"), dtype=torch.float64)
+               for i, d in zip(indices.tolist(), draws.tolist())]
+        return self.low + (self.high - self.low) * torch.stack(out) if out else torch.empty(0, dtype=torch.float64)
+
+    def apply(self, inputs: Any, removed: Any, layout: Layout, indices: Any, fill: Any = None,
+              draws: Any = None) -> Any:
+        import torch
+
+        value = self.values(torch.as_tensor(indices).reshape(-1).cpu(), None if draws is None else draws.cpu())
+        value = layout.broadcast(value.to(device=inputs.device, dtype=inputs.dtype), "N")
+        return torch.where(removed, value, inputs)
+
+    def options(self) -> dict[str, Any]:
+        return {"low": self.low, "high": self.high, "seed": self.seed}
 
 
 class Mean(Perturbation):
@@ -98,22 +197,31 @@ class Blur(Perturbation):
 
 
 class Road(Perturbation):
-    """ROAD-style removal (Rong et al. 2022): a removed site takes the weighted mean of its
-    neighbours along the continuous axes (weights 1/distance²: 1/6 direct, 1/12 diagonal in 2-D),
-    removed neighbours included, plus Gaussian noise of std ``noise``, so the removal leaks less of
-    the mask's shape than a constant. ROAD solves that linear system; here a coarse-to-fine fill
-    (averages of the kept sites over 2, 4, 8 ... site blocks) starts ``iterations`` Jacobi steps of
-    it: a few passes instead of one per site of the largest hole."""
+    """ROAD's noisy linear imputation (Rong et al., ICML 2022): a removed element takes the weighted mean
+    of its neighbours along the continuous axes (weights 1/distance²: 1/6 direct, 1/12 diagonal in 2-D,
+    fewer at the border), removed neighbours included, plus Gaussian noise of std ``noise``, so the
+    removal leaks less of the mask's shape than a constant.
+
+    ``exact=True`` solves that linear system (the one Quantus hands to a sparse LU per image and
+    percentage) by conjugate gradients preconditioned with a multigrid V-cycle, batched on the inputs'
+    device, to a relative residual of ``tolerance`` (1e-6: far below the noise). ``exact=False`` runs
+    ``iterations`` Jacobi steps from a coarse-to-fine fill (averages of the kept elements over 2, 4, 8 ...
+    blocks): a few passes, close but not equal. ``seed`` (set by the metrics to the batch's) seeds the
+    noise with the sample id."""
 
     name = "road"
     precomputable = False
 
-    def __init__(self, noise: float = 0.01, iterations: int = 4) -> None:
+    def __init__(self, noise: float = 0.01, iterations: int = 4, exact: bool = False,
+                 tolerance: float = 1e-6, max_iterations: int = 5000, seed: int = 0) -> None:
         if noise < 0 or iterations < 0:
             raise ValueError(f"road needs noise >= 0 and iterations >= 0, got {noise} and {iterations}")
-        self.noise, self.iterations = float(noise), int(iterations)
+        self.noise, self.iterations, self.exact = float(noise), int(iterations), bool(exact)
+        self.seed = int(seed)  # the metrics set the batch's seed
+        self.tolerance, self.max_iterations = float(tolerance), int(max_iterations)
 
-    def apply(self, inputs: Any, removed: Any, layout: Layout, indices: Any, fill: Any = None) -> Any:
+    def apply(self, inputs: Any, removed: Any, layout: Layout, indices: Any, fill: Any = None,
+              draws: Any = None) -> Any:
         import torch
         import torch.nn.functional as F
 
@@ -124,23 +232,126 @@ class Road(Perturbation):
         last = list(range(-len(axes), 0))
         moved = inputs.movedim(axes, last)
         spatial = tuple(moved.shape[-len(axes):])
-        x = moved.reshape(-1, 1, *spatial).float()
-        known = (~removed.expand_as(inputs)).movedim(axes, last).reshape(-1, 1, *spatial).float()
-        values = _coarse_to_fine_fill(x * known, known)
+        dtype = torch.float64 if self.exact else torch.float32
+        x = moved.reshape(-1, 1, *spatial).to(dtype)
+        known = (~removed.expand_as(inputs)).movedim(axes, last).reshape(-1, 1, *spatial).to(dtype)
         offsets = torch.stack(torch.meshgrid(*[torch.arange(-1.0, 2.0)] * len(axes), indexing="ij"), 0)
         dist2 = (offsets ** 2).sum(0)
-        kernel = torch.where(dist2 > 0, 1.0 / dist2.clamp_min(1), torch.zeros_like(dist2)).to(x.device)[None, None]
+        kernel = torch.where(dist2 > 0, 1.0 / dist2.clamp_min(1), torch.zeros_like(dist2))
+        kernel = (kernel / kernel.sum()).to(device=x.device, dtype=dtype)[None, None]
         conv = (F.conv1d, F.conv2d, F.conv3d)[len(axes) - 1]
-        norm = conv(torch.ones_like(x[:1]), kernel, padding=1)  # fewer neighbours at the border
-        for _ in range(self.iterations):
-            values = torch.where(known > 0, x, conv(values, kernel, padding=1) / norm)
+        if self.exact:
+            values = _multigrid_solve(x, known, kernel, self.tolerance, self.max_iterations)
+        else:
+            values = _coarse_to_fine_fill(x * known, known)
+            norm = conv(torch.ones_like(x[:1]), kernel, padding=1)  # fewer neighbours at the border
+            for _ in range(self.iterations):
+                values = torch.where(known > 0, x, conv(values, kernel, padding=1) / norm)
         imputed = values.to(inputs.dtype).reshape(moved.shape).movedim(last, axes)
         if self.noise > 0:
-            imputed = imputed + self.noise * _per_sample_noise(inputs, layout, indices)
+            imputed = imputed + self.noise * self.noise_field(inputs, layout, indices, draws)
         return torch.where(removed, imputed, inputs)
 
+    def noise_field(self, inputs: Any, layout: Layout, indices: Any, draws: Any) -> Any:
+        """Standard normal noise shaped like ``inputs``, one field per sample id and ``seed`` (the same at every
+        step of a curve); a test may replace this to inject Quantus's draws."""
+        return _per_sample_noise(inputs, layout, indices, self.seed)
+
     def options(self) -> dict[str, Any]:
-        return {"noise": self.noise, "iterations": self.iterations}
+        return {"noise": self.noise, "iterations": self.iterations, "exact": self.exact}
+
+
+SWEEPS = 2
+
+
+def _multigrid_solve(x: Any, known: Any, kernel: Any, tolerance: float, max_iterations: int) -> Any:
+    """The imputation on ``(B, 1, *spatial)`` grids by conjugate gradients preconditioned with one
+    multigrid V-cycle (damped Jacobi smoothing, the same stencil on grids halved down to 4 elements, a
+    coarse element unknown where any of its children is), started from the coarse-to-fine fill: a few
+    tens of iterations where plain CG needs hundreds on large holes."""
+    import torch
+    import torch.nn.functional as F
+
+    dims = x.ndim - 2
+    conv = (F.conv1d, F.conv2d, F.conv3d)[dims - 1]
+    pool = (F.avg_pool1d, F.avg_pool2d, F.avg_pool3d)[dims - 1]
+    def restrict(v: Any) -> Any:  # mean of 2^d children, odd sides padded with zeros: P^T / 2^d exactly
+        pads = [p for size in reversed(v.shape[2:]) for p in (0, size % 2)]
+        return pool(F.pad(v, pads), 2)
+
+    levels = []  # (unknown mask, border-aware diagonal) from fine to coarse, in float32: a preconditioner
+    unknown = (1.0 - known).float()
+    kernel32 = kernel.float()
+    while True:
+        levels.append((unknown, conv(torch.ones_like(unknown[:1]), kernel32, padding=1)))
+        if min(unknown.shape[2:]) <= 4:
+            break
+        unknown = (restrict(unknown) > 0).float()
+
+    def apply(level: int, v: Any) -> Any:
+        mask, norm = levels[level]
+        return mask * (norm * v - conv(mask * v, kernel32, padding=1))
+
+    def smooth(level: int, rhs: Any, e: Any, sweeps: int) -> Any:
+        mask, norm = levels[level]
+        for _ in range(sweeps):
+            e = e + 0.8 * mask * (rhs - apply(level, e)) / norm
+        return e
+
+    def vcycle(level: int, rhs: Any) -> Any:
+        if level == len(levels) - 1:
+            return smooth(level, rhs, torch.zeros_like(rhs), 20)
+        e = smooth(level, rhs, torch.zeros_like(rhs), SWEEPS)
+        coarse = vcycle(level + 1, restrict(rhs - apply(level, e)) * levels[level + 1][0])
+        up = F.interpolate(coarse, scale_factor=2, mode="nearest")
+        for axis, size in enumerate(rhs.shape[2:]):
+            up = up.narrow(axis + 2, 0, size)
+        e = e + 4.0 * levels[level][0] * up  # the stencil's scale doubles with the spacing: 1 / 2²
+        return smooth(level, rhs, e, SWEEPS)
+
+    return _solve_imputation(x, known, _coarse_to_fine_fill(x * known, known), lambda v: conv(v, kernel, padding=1),
+                             levels[0][1].to(x.dtype), tolerance, max_iterations,
+                             precondition=lambda r: vcycle(0, r.float()).to(r.dtype))
+
+
+def _solve_imputation(x: Any, known: Any, start: Any, neighbours: Any, norm: Any, tolerance: float,
+                      max_iterations: int, precondition: Any = None) -> Any:
+    """Solve ``norm * v_i - sum_j w_ij v_j = 0`` on the unknown elements (known ones fixed to ``x``) by
+    conjugate gradients, every row of the batch at once. The system is symmetric positive definite on
+    each hole that touches a known element; a row with no known element keeps ``start``."""
+    import torch
+
+    unknown = 1.0 - known
+
+    def operator(v: Any) -> Any:  # A v on the unknowns: (norm - W_uu) v
+        return unknown * (norm * v - neighbours(unknown * v))
+
+    def dot(a: Any, b: Any) -> Any:
+        return (a * b).flatten(1).sum(1).view(-1, *[1] * (a.ndim - 1))
+
+    tiny = torch.finfo(x.dtype).tiny
+    rhs = unknown * neighbours(known * x)
+    v = unknown * start
+    residual = rhs - operator(v)
+    solvable = (known.flatten(1).sum(1) > 0).view(-1, *[1] * (x.ndim - 1)).to(x.dtype)
+    residual = residual * solvable
+    precondition = precondition or (lambda r: r / norm)
+    z = precondition(residual)
+    direction = z
+    rz = dot(residual, z)
+    scale = rhs.flatten(1).norm(dim=1).clamp_min(tiny)
+    for _ in range(max_iterations):
+        if bool((residual.flatten(1).norm(dim=1) <= tolerance * scale).all()):
+            break
+        a_direction = operator(direction)
+        step = rz / dot(direction, a_direction).clamp_min(tiny)
+        v = v + step * direction
+        residual = residual - step * a_direction
+        z = precondition(residual)
+        rz_next = dot(residual, z)
+        direction = z + (rz_next / rz.clamp_min(tiny)) * direction
+        rz = rz_next
+    return torch.where(known > 0, x, v)
 
 
 def _coarse_to_fine_fill(weighted: Any, known: Any) -> Any:
@@ -164,7 +375,7 @@ def _coarse_to_fine_fill(weighted: Any, known: Any) -> Any:
 NOISE_SEED_OFFSET = 3_000_000_000
 
 
-def _per_sample_noise(inputs: Any, layout: Layout, indices: Any) -> Any:
+def _per_sample_noise(inputs: Any, layout: Layout, indices: Any, seed: int = 0) -> Any:
     """Standard normal noise shaped like ``inputs``, seeded by each sample's global id in a stream of
     its own (so the noise on the removed sites cannot echo the random baseline map that chose them)."""
     import torch
@@ -173,9 +384,10 @@ def _per_sample_noise(inputs: Any, layout: Layout, indices: Any) -> Any:
     moved_shape = inputs.movedim(batch_axis, 0).shape
     noise = torch.empty(moved_shape, dtype=inputs.dtype)
     for row, index in enumerate(indices.tolist()):
-        generator = torch.Generator().manual_seed(NOISE_SEED_OFFSET + int(index))
+        generator = torch.Generator().manual_seed(NOISE_SEED_OFFSET + int(index) + 1_000_003 * int(seed))
         noise[row] = torch.randn(moved_shape[1:], generator=generator, dtype=inputs.dtype)
     return noise.to(inputs.device).movedim(0, batch_axis)
 
 
-PERTURBATIONS = {cls.name: cls for cls in (Zeros, Mean, MeanPose, Blur, Road)}
+PERTURBATIONS = {cls.name: cls for cls in (Zeros, Constant, Black, White, SampleMean, Uniform, Mean, MeanPose, Blur,
+                                            Road)}
