@@ -29,7 +29,7 @@ def camkit_register_metrics() -> dict[str, Any]:
     return registry
 
 
-FAMILY_MODULES = ("faithfulness", "faithfulness_correlations", "localization", "sanity")
+FAMILY_MODULES = ("faithfulness", "faithfulness_correlations", "localization", "sanity", "robustness", "randomisation", "axiomatic")
 
 
 @hookimpl

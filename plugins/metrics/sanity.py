@@ -46,6 +46,7 @@ class Randomization(Metric):
     and its mean (lower = the maps depend more on the learned weights). The user's model is untouched."""
 
     name = "randomization"
+    family = "randomisation"
     primary = "mean_spearman"
     higher_is_better = False
 
