@@ -29,7 +29,8 @@ def camkit_register_metrics() -> dict[str, Any]:
     return registry
 
 
-FAMILY_MODULES = ("faithfulness", "faithfulness_correlations", "localization", "sanity", "robustness", "randomisation", "axiomatic")
+FAMILY_MODULES = ("faithfulness", "faithfulness_correlations", "localization", "sanity", "robustness",
+                  "randomisation", "axiomatic", "protocols", "complexity")
 
 
 @hookimpl
