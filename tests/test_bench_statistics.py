@@ -157,7 +157,7 @@ def test_statistics_settings_change_no_cell_and_cells_resume(grid, monkeypatch):
     from camkit_plugins.metrics.localization import PointingGame
 
     monkeypatch.setattr(PointingGame, "evaluate", lambda *a: pytest.fail("a cached cell was recomputed"))
-    run({**grid, "plots": False, "bootstrap": 0, "interval": "bca", "alpha": 0.01})
+    run({**grid, "plots": False, "bootstrap": 0, "interval": "bca", "significance": 0.01})
     assert {p: p.stat().st_mtime_ns for p in cells} == cells
     assert {r["low"] for r in rows(Path(grid["out"]) / "results.csv")} == {""}  # bootstrap = 0: no intervals
 

@@ -31,7 +31,7 @@ DEFAULTS: dict[str, Any] = {
     "bootstrap": 1000,
     "confidence": 0.95,
     "interval": "percentile",
-    "alpha": 0.05,
+    "significance": 0.05,
     "rank_bootstrap": 200,
     "meta_evaluation": None,
     "stability_seeds": [],
@@ -93,7 +93,7 @@ def normalize_config(raw: Mapping[str, Any]) -> dict[str, Any]:
     for key in ("bootstrap", "rank_bootstrap"):
         if not isinstance(config[key], int) or config[key] < 0:
             raise ValueError(f"bench setting {key!r} must be a non-negative integer, got {config[key]!r}")
-    for key in ("confidence", "alpha"):
+    for key in ("confidence", "significance"):
         if not isinstance(config[key], float) or not 0.0 < config[key] < 1.0:
             raise ValueError(f"bench setting {key!r} must be a number between 0 and 1, got {config[key]!r}")
     seeds = config["stability_seeds"]

@@ -126,7 +126,7 @@ def markdown(records: list[Mapping[str, Any]], config: Mapping[str, Any],
                                                for m in metrics)]
         notes = sorted({f"{r['metric']}: skipped, {r['skipped']}" for r in group if r.get("skipped")})
         lines += [f"- {n}" for n in notes + _nan_notes(group)]
-        lines += _test_lines(group, stats, metrics, float(config.get("alpha", 0.05)))
+        lines += _test_lines(group, stats, metrics, float(config.get("significance", 0.05)))
         lines += _rank_lines(stats, metrics)
         timing = _timing(group)
         if timing:

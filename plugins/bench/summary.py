@@ -78,7 +78,7 @@ def group_statistics(group: list[Mapping[str, Any]], config: Mapping[str, Any]) 
         methods, _, table = st.align({r["method"]: (r["per_sample"]["ids"], r["per_sample"]["values"][r["primary"]])
                                       for r in records})
         higher = bool(records[0]["higher_is_better"])
-        stats.tests[metric] = st.paired_tests(methods, table, higher, float(config.get("alpha", 0.05)))
+        stats.tests[metric] = st.paired_tests(methods, table, higher, float(config.get("significance", 0.05)))
         stats.ranks[metric] = st.rank_stability(methods, table, higher, int(config.get("rank_bootstrap", 200)),
                                                 seed=_seed(seed, records[0]["model"], records[0]["dataset"], metric))
     return stats
