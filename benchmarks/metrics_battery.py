@@ -97,7 +97,7 @@ def run_grid(name: str, methods: list[str], metrics: list[str], samples: int, qu
     model = str(checkpoint) if trained else {"name": setting["model"], "options": setting["model_options"],
                                              "label": f"{setting['model']}-random-init"}
     base = {"models": [model], "datasets": [setting["dataset"]], "samples": samples, "batch_size": 8 if quick else 16,
-            "device": device, "out": str(out / name), "plots": not quick, "bootstrap": 200 if quick else 1000}
+            "device": device, "out": str(out / name), "plots": not quick, "interval_resamples": 200 if quick else 1000}
     failures, seconds = [], {}
     for metric in metrics:
         entry = {"name": metric, "options": quick_options(metric) if quick else {}, "label": metric}

@@ -90,7 +90,8 @@ def test_quantus_metric_inside_the_bench_equals_quantus_on_the_bench_maps(tmp_pa
                              "metrics": ["quantus:Sparseness", {"name": "quantus:PointingGame", "label": "qpg"},
                                          "pointing_game"],
                              "samples": 6, "batch_size": 3, "out": str(tmp_path / "out"), "plugins": [str(plugin)],
-                             "device": "cpu", "plots": False, "bootstrap": 50, "rank_bootstrap": 10}, progress=False)
+                             "device": "cpu", "plots": False, "interval_resamples": 50, "rank_bootstrap": 10},
+                            progress=False)
         dataset = camkit.lookup("datasets", "toy-masks")(split="test", seed=0)
         torch.manual_seed(0)
         model = camkit.lookup("models", "toy-tiny")(num_classes=2).eval()

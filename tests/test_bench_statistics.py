@@ -99,7 +99,7 @@ def grid(tmp_path):
     set_plugin_manager(None)
     yield {"models": ["toy-tiny"], "datasets": ["toy-masks"], "methods": ["gradcam", "gradcam++"],
            "metrics": ["pointing_game", "energy_pointing_game"], "samples": 10, "batch_size": 4,
-           "out": str(tmp_path / "out"), "plugins": [str(plugin)], "device": "cpu", "bootstrap": 300,
+           "out": str(tmp_path / "out"), "plugins": [str(plugin)], "device": "cpu", "interval_resamples": 300,
            "rank_bootstrap": 40, "plots": True}
     set_plugin_manager(None)
 
@@ -157,7 +157,7 @@ def test_statistics_settings_change_no_cell_and_cells_resume(grid, monkeypatch):
     from camkit_plugins.metrics.localization import PointingGame
 
     monkeypatch.setattr(PointingGame, "evaluate", lambda *a: pytest.fail("a cached cell was recomputed"))
-    run({**grid, "plots": False, "bootstrap": 0, "interval": "bca", "significance": 0.01})
+    run({**grid, "plots": False, "interval_resamples": 0, "interval": "bca", "significance": 0.01})
     assert {p: p.stat().st_mtime_ns for p in cells} == cells
     assert {r["low"] for r in rows(Path(grid["out"]) / "results.csv")} == {""}  # bootstrap = 0: no intervals
 
@@ -172,8 +172,8 @@ def test_unknown_metric_options_name_close_matches_in_the_bench_and_the_api(grid
     with pytest.raises(UnknownNameError, match=r"unknown metric 'deletio'\. Did you mean 'deletion'"):
         make_metric("deletio")
     assert make_metric("deletion", steps=3).options()["steps"] == 3
-    with pytest.raises(ValueError, match="'bootstrap' must be a non-negative integer"):
-        run({**grid, "bootstrap": -1})
+    with pytest.raises(ValueError, match="'interval_resamples' must be a non-negative integer"):
+        run({**grid, "interval_resamples": -1})
     with pytest.raises(ValueError, match="interval='student': choose one of percentile, bca"):
         run({**grid, "interval": "student"})
 

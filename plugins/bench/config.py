@@ -28,7 +28,7 @@ DEFAULTS: dict[str, Any] = {
     "plugins": [],
     "method_options": {},
     # statistics of the report (from the cells' per-sample values; changing them recomputes no cell)
-    "bootstrap": 1000,
+    "interval_resamples": 1000,
     "confidence": 0.95,
     "interval": "percentile",
     "significance": 0.05,
@@ -90,7 +90,7 @@ def normalize_config(raw: Mapping[str, Any]) -> dict[str, Any]:
     for key in ("samples", "batch_size", "chunk_size"):
         if not isinstance(config[key], int) or config[key] < 1:
             raise ValueError(f"bench setting {key!r} must be a positive integer, got {config[key]!r}")
-    for key in ("bootstrap", "rank_bootstrap"):
+    for key in ("interval_resamples", "rank_bootstrap"):
         if not isinstance(config[key], int) or config[key] < 0:
             raise ValueError(f"bench setting {key!r} must be a non-negative integer, got {config[key]!r}")
     for key in ("confidence", "significance"):

@@ -24,7 +24,7 @@ def _is_curve(value: Any) -> bool:
 def scalar_rows(records: list[Mapping[str, Any]],
                 statistics: Mapping[tuple[str, str], GroupStatistics] | None = None) -> list[dict[str, Any]]:
     """One row per scalar value of each cell: mean, bootstrap interval (``low``, ``high``; empty without
-    per-sample values or with ``bootstrap = 0``), count of finite values and of NaN values."""
+    per-sample values or with ``interval_resamples = 0``), count of finite values and of NaN values."""
     rows = []
     for r in records:
         intervals = (statistics or {}).get((r["model"], r["dataset"]), GroupStatistics()).intervals
@@ -88,7 +88,8 @@ def markdown(records: list[Mapping[str, Any]], config: Mapping[str, Any],
              f"maps explain the {config['targets']} class. ↑ higher is better, ↓ lower is better; "
              f"rank = mean rank over the metrics' primary values. Baselines: centre Gaussian and random map. "
              f"[low, high]: {100 * confidence:g}% bootstrap interval of the mean "
-             f"({config.get('interval', 'percentile')}, {config.get('bootstrap', 1000)} resamples, seeded).", ""]
+             f"({config.get('interval', 'percentile')}, {config.get('interval_resamples', 1000)} resamples, "
+             "seeded).", ""]
     for (model, dataset), group in groups_of(records).items():
         stats = (statistics or {}).get((model, dataset), GroupStatistics())
         metrics = metric_order(group, config)

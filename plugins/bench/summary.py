@@ -58,7 +58,7 @@ def group_statistics(group: list[Mapping[str, Any]], config: Mapping[str, Any]) 
     """Intervals for every scalar value of every computed cell; tests and rank stability on each metric's
     primary value over the methods that have it (at least two)."""
     stats = GroupStatistics()
-    resamples, seed = int(config.get("bootstrap", 1000)), int(config.get("seed", 0))
+    resamples, seed = int(config.get("interval_resamples", 1000)), int(config.get("seed", 0))
     by_metric: dict[str, list[Mapping[str, Any]]] = {}
     for record in group:
         if record.get("skipped"):
