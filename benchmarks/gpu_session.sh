@@ -24,10 +24,12 @@
 #             channels-last), then torch.compile (fp32; bf16 + channels-last)
 #   graphs    speed_forward.py, ResNet-50 batch 32: torch.compile with CUDA graphs         ~3 min
 #   skeleton  skeleton_speed.py on CUDA: default sizes, then batch 64 x 300 frames        ~1 min
+#   metrics   metrics_battery.py --part speed: camkit's metrics against Quantus 0.6 on the    ~5 min
+#             same GPU (ResNet-18, 16 images at 224 px; Quantus from the registry if absent)
 #   explain   benchmarks/explain_speed.py on CUDA (optional, not in "all")                 ~2 min
 #   scale     benchmarks/explain_dataset.py on CUDA: camkit explain over 2,000 JPEGs (maps  ~4 min
 #             + overlays; --no-overlays map dumps) vs the forward and a grad-cam loop (optional)
-#   all       every stage but explain, in order (~25 min: only where a command may run that long)
+#   all       every stage but explain, in order (~30 min: only where a command may run that long)
 #
 # Results: one folder per benchmark, logs/ with each command's whole output, summary.txt with each
 # command's exit status and seconds, all packed into $OUT/gpu_results.tar.gz at exit (the device
@@ -274,6 +276,19 @@ stage_skeleton() {
         --json "$OUT/skeleton/skeleton_speed_b64_t300.json"
 }
 
+stage_metrics() {
+    setup_camkit
+    # Quantus 0.6 beside camkit on the same GPU (its deps without opencv-python, which would replace the
+    # headless build: the Makefile's way); without Quantus the Quantus columns say why
+    if ! have quantus && registry_reachable; then
+        pip_install --no-deps quantus==0.6.0 && pip_install pandas cachetools || say "could not install Quantus"
+    fi
+    have quantus || say "quantus does not import: the speed table has camkit's columns only"
+    step metrics-speed 480 "$PY" benchmarks/metrics_battery.py --part speed --device cuda --threads 16 \
+        --images 16 --size 224 --out "$OUT/metrics"
+    show "$OUT/metrics/battery.md"
+}
+
 stage_explain() {
     setup_camkit
     step explain 300 "$PY" benchmarks/explain_speed.py --device cuda --count 1024 --batch-size 128 --workers 8 \
@@ -291,19 +306,19 @@ stage_scale() {
 [ $# -gt 0 ] || { sed -n '2,34p' "$0"; exit 2; }
 for stage in "$@"; do
     case "$stage" in
-        tests|speed|scorecam|methods|kernels|forward|graphs|skeleton|explain|scale)
+        tests|speed|scorecam|methods|kernels|forward|graphs|skeleton|metrics|explain|scale)
             STAGE_DEADLINE=$((SECONDS + STAGE_BUDGET))
             say "stage $stage started"
             "stage_$stage"
             say "stage $stage done" ;;
         all)
-            for s in tests speed scorecam methods kernels forward graphs skeleton; do
+            for s in tests speed scorecam methods kernels forward graphs skeleton metrics; do
                 STAGE_DEADLINE=$((SECONDS + STAGE_BUDGET))
                 say "stage $s started"
                 "stage_$s"
                 say "stage $s done"
             done ;;
-        *) echo "unknown stage $stage: tests|speed|scorecam|methods|kernels|forward|graphs|skeleton|explain|scale|all" >&2
+        *) echo "unknown stage $stage: tests|speed|scorecam|methods|kernels|forward|graphs|skeleton|metrics|explain|scale|all" >&2
            exit 2 ;;
     esac
 done

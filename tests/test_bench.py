@@ -221,6 +221,15 @@ def test_torchrun_two_processes_gives_the_one_process_numbers(toy, tmp_path):
     with open(tmp_path / "out2" / "results.csv") as handle:
         counts = {r["value"]: int(r["count"]) for r in csv.DictReader(handle) if r["method"] == "gradcam"}
     assert counts["hit_rate"] == 9  # not 10: the padding duplicate is not counted
+    cells = {}
+    for procs in (1, 2):  # every per-sample value, gathered from both ranks, at its sample id
+        for path in (tmp_path / f"out{procs}" / "cells").glob("*.json"):
+            record = json.loads(path.read_text())
+            cells.setdefault((record["method"], record["metric"]), []).append(record["per_sample"])
+    for (one, two) in cells.values():
+        assert one["ids"] == two["ids"] == list(range(9))
+        for name, values in one["values"].items():
+            assert two["values"][name] == pytest.approx(values, abs=1e-6, nan_ok=True)
 
 
 def test_checkpoint_models_and_their_recorded_input_size(toy, tmp_path):

@@ -27,9 +27,18 @@ DEFAULTS: dict[str, Any] = {
     "plots": True,
     "plugins": [],
     "method_options": {},
+    # statistics of the report (from the cells' per-sample values; changing them recomputes no cell)
+    "interval_resamples": 1000,
+    "confidence": 0.95,
+    "interval": "percentile",
+    "significance": 0.05,
+    "rank_bootstrap": 200,
+    "meta_evaluation": None,
+    "stability_seeds": [],
 }
 BASELINE_METHODS = ("baseline-center", "baseline-random")
 TARGET_CHOICES = ("predicted", "label")
+INTERVAL_CHOICES = ("percentile", "bca")
 ENTRY_KEYS = ("name", "options", "label")
 
 
@@ -81,6 +90,18 @@ def normalize_config(raw: Mapping[str, Any]) -> dict[str, Any]:
     for key in ("samples", "batch_size", "chunk_size"):
         if not isinstance(config[key], int) or config[key] < 1:
             raise ValueError(f"bench setting {key!r} must be a positive integer, got {config[key]!r}")
+    for key in ("interval_resamples", "rank_bootstrap"):
+        if not isinstance(config[key], int) or config[key] < 0:
+            raise ValueError(f"bench setting {key!r} must be a non-negative integer, got {config[key]!r}")
+    for key in ("confidence", "significance"):
+        if not isinstance(config[key], float) or not 0.0 < config[key] < 1.0:
+            raise ValueError(f"bench setting {key!r} must be a number between 0 and 1, got {config[key]!r}")
+    seeds = config["stability_seeds"]
+    if not isinstance(seeds, list) or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
+        raise ValueError(f"bench setting 'stability_seeds' must be a list of integer seeds, got {seeds!r}")
+    config["stability_seeds"] = [s for s in dict.fromkeys(seeds) if s != config["seed"]]
+    if config["interval"] not in INTERVAL_CHOICES:
+        raise ValueError(f"interval={config['interval']!r}: choose one of {', '.join(INTERVAL_CHOICES)}")
     if config["targets"] not in TARGET_CHOICES:
         raise ValueError(f"targets={config['targets']!r}: choose one of {', '.join(TARGET_CHOICES)}")
     config["methods"] = [m for m in config["methods"] if m not in BASELINE_METHODS]  # always added below
@@ -90,6 +111,9 @@ def normalize_config(raw: Mapping[str, Any]) -> dict[str, Any]:
         if model["label"] == model["name"]:
             model["label"] = Path(model["name"]).name or model["name"]
     config["datasets"] = [_entry(d, "dataset") for d in config["datasets"]]
+    from camkit_plugins.bench.meta import normalize_meta
+
+    config["meta_evaluation"] = normalize_meta(config["meta_evaluation"], [m["label"] for m in config["metrics"]])
     for key in ("models", "datasets", "metrics", "methods"):
         if not config[key]:
             raise ValueError(f"the bench needs at least one entry in {key!r}")
@@ -106,6 +130,7 @@ def validate_names(config: Mapping[str, Any]) -> None:
     options are tried too."""
     from camkit.methods import method_factory
     from camkit.plugin_manager import lookup, registry
+    from camkit_plugins.metrics.registry import make_metric
 
     methods = registry("methods")
     for method in config["methods"]:
@@ -115,9 +140,8 @@ def validate_names(config: Mapping[str, Any]) -> None:
             except KeyError:
                 raise UnknownNameError.of("method", method, [*methods, *BASELINE_METHODS]) from None
     for metric in config["metrics"]:
-        cls = lookup("metrics", metric["name"])
         try:
-            cls(**metric["options"])
+            make_metric(metric["name"], **metric["options"])  # unknown names and options: close matches named
         except TypeError as exc:
             raise ValueError(f"metric {metric['label']!r}: bad options {metric['options']}: {exc}") from exc
     for dataset in config["datasets"]:

@@ -6,14 +6,17 @@ split, sample count, seed, targets, method and metric options), so a rerun recom
 missing cells. Maps are computed once per (model, dataset, method) for all its missing metrics.
 
 Under ``torchrun`` every process evaluates its shard of the samples (``DistributedSampler``,
-padding duplicates dropped); per-sample values are summed (with counts of defined values) and
-``all_reduce``d, so the means equal a one-process run. Only rank 0 writes files."""
+padding duplicates dropped); each process puts its per-sample values at their sample positions and
+the processes' parts are ``all_reduce``d, so every rank has all of them and the means equal a
+one-process run. A cell keeps every per-sample value with its sample id (the statistics of the report
+work on them). Only rank 0 writes files."""
 
 from __future__ import annotations
 
 import json
 import time
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -21,46 +24,70 @@ from camkit.distributed import Distributed, local_device
 from camkit.io import output_folder, write_text_atomic
 from camkit_plugins.bench.config import BASELINE_METHODS, fingerprint, is_checkpoint, slug
 
-# bumped whenever a metric's definition changes, so cells computed under the old one are not reused
-# (2: empty maps are misses, the box protocol's own-prediction rule, ROAD's own noise stream)
-CACHE_VERSION = 2
+# bumped whenever a metric's definition or the cell format changes, so older cells are not reused
+# (2: empty maps are misses, the box protocol's own-prediction rule, ROAD's own noise stream;
+# 3: cells keep every per-sample value with its sample id, and maps with a NaN are not scored)
+CACHE_VERSION = 3
 
 
-class Accumulator:
-    """Sums of per-sample values (float64) and counts of the defined (finite) ones, per value name."""
+class SampleValues:
+    """One cell's per-sample values at their sample positions (``0 .. count-1``, the sample ids), filled
+    batch by batch; ``reduce`` adds up the processes' parts (each position is filled by one process, the
+    others contribute zeros) so every rank ends with all of them, whatever the world size."""
 
-    def __init__(self) -> None:
-        self.sums: dict[str, Any] = {}
-        self.counts: dict[str, Any] = {}
-        self.labels: dict[str, list[str]] = {}
-
-    def add(self, values: Mapping[str, Any], labels: Mapping[str, list[str]]) -> None:
+    def __init__(self, count: int) -> None:
         import torch
 
+        self.count = count
+        self.values: dict[str, Any] = {}
+        self.seen = torch.zeros(count, dtype=torch.float64)
+        self.labels: dict[str, list[str]] = {}
+
+    def add(self, values: Mapping[str, Any], labels: Mapping[str, list[str]], positions: Any,
+            invalid: Any = None) -> None:
+        """Store ``values`` (``(N,)`` or ``(N, S)`` per name) at ``positions``; samples flagged ``invalid``
+        (their map had a NaN) get NaN."""
+        import torch
+
+        positions = torch.as_tensor(positions).long().reshape(-1).cpu()
         for name, value in values.items():
             value = value.detach().double().cpu()
-            finite = torch.isfinite(value)
-            total = torch.where(finite, value, torch.zeros_like(value)).sum(dim=0)
-            count = finite.sum(dim=0).double()
-            if name in self.sums:
-                self.sums[name] += total
-                self.counts[name] += count
-            else:
-                self.sums[name], self.counts[name] = total, count
+            if value.shape[:1] != positions.shape:
+                raise ValueError(f"value {name!r}: {value.shape[0] if value.dim() else 'a scalar'} values for "
+                                 f"{positions.numel()} samples (metrics return one value per sample)")
+            if invalid is not None and bool(invalid.any()):
+                value = value.clone()
+                value[invalid.cpu()] = float("nan")
+            if name not in self.values:
+                self.values[name] = torch.full((self.count, *value.shape[1:]), float("nan"), dtype=torch.float64)
+            self.values[name][positions] = value
+        self.seen[positions] = 1.0
         self.labels.update(labels)
 
     def reduce(self, dist: Distributed) -> dict[str, Any]:
-        """Means (float or list of floats per curve point) and counts, summed over processes."""
+        """Means over the finite values (float, or a list per curve point), their counts, the number of
+        samples whose value is NaN (``nan``), and ``per_sample``: the sample ids and every scalar value
+        per sample (NaN kept), for the statistics."""
         import torch
 
-        names = sorted(self.sums)
-        out: dict[str, Any] = {"values": {}, "counts": {}, "labels": dict(self.labels)}
-        for name in names:
-            packed = dist.sum(torch.stack([self.sums[name], self.counts[name]]))
-            total, count = packed[0], packed[1]
+        seen = dist.sum(self.seen) > 0
+        ids = torch.nonzero(seen).reshape(-1)
+        out: dict[str, Any] = {"values": {}, "counts": {}, "nan": {}, "labels": dict(self.labels),
+                               "per_sample": {"ids": ids.tolist(), "values": {}}}
+        for name in sorted(self.values):
+            value = self.values[name]
+            finite = torch.isfinite(value)
+            packed = dist.sum(torch.stack([torch.where(finite, value, torch.zeros_like(value)), finite.double()]))
+            present = packed[1] > 0
+            per_sample = torch.where(present, packed[0], torch.full_like(packed[0], float("nan")))[ids]
+            count = present[ids].sum(dim=0)
+            total = torch.where(present, packed[0], torch.zeros_like(packed[0]))[ids].sum(dim=0)
             mean = torch.where(count > 0, total / count.clamp_min(1), torch.full_like(total, float("nan")))
             out["values"][name] = mean.tolist()
             out["counts"][name] = count.long().tolist()
+            out["nan"][name] = (len(ids) - count).long().tolist()
+            if per_sample.dim() == 1:
+                out["per_sample"]["values"][name] = per_sample.tolist()
         return out
 
 
@@ -134,7 +161,8 @@ def _cell_path(out: Path, model: Mapping[str, Any], dataset: Mapping[str, Any], 
 
 
 CELL_FIELDS = {"key": dict, "model": str, "dataset": str, "method": str, "metric": str, "values": dict,
-               "counts": dict, "labels": dict, "primary": str, "higher_is_better": bool}
+               "counts": dict, "nan": dict, "labels": dict, "per_sample": dict, "primary": str,
+               "higher_is_better": bool}
 
 
 def _read_cell(path: Path, key: Mapping[str, Any]) -> dict[str, Any] | None:
@@ -149,6 +177,8 @@ def _read_cell(path: Path, key: Mapping[str, Any]) -> dict[str, Any] | None:
     if not isinstance(record, dict):
         raise ValueError(f"{path}: corrupt cached cell (a JSON {type(record).__name__}, not a record); "
                          "delete it to recompute")
+    if isinstance(record.get("key"), dict) and record["key"] != json.loads(json.dumps(key)):
+        return None  # computed for other settings (or by an older camkit): recomputed and replaced
     wrong = [name for name, kind in CELL_FIELDS.items() if not isinstance(record.get(name), kind)]
     if wrong:
         raise ValueError(f"{path}: corrupt cached cell (missing or malformed {', '.join(wrong)}); "
@@ -194,17 +224,29 @@ def run_suite(raw_config: Mapping[str, Any], progress: bool = True) -> list[dict
     dist = Distributed.from_environment(device)
     out = output_folder(config["out"]) if dist.rank == 0 else Path(config["out"])
     try:
-        records = []
+        records, meta = [], []
         for model_entry in config["models"]:
             for dataset_entry in config["datasets"]:
-                records += _run_pair(config, model_entry, dataset_entry, device, dist, out, progress)
+                cells, meta_cells = _run_pair(config, model_entry, dataset_entry, device, dist, out, progress)
+                records += cells
+                meta += meta_cells
+        by_seed = {seed: _seed_records(config, seed, device, dist, out, progress) for seed in config["stability_seeds"]}
         if dist.rank == 0:
             from camkit_plugins.bench.report import write_report
 
-            write_report(records, config, out)
+            write_report(records, config, out, meta, by_seed)
         return records
     finally:
         dist.close()
+
+
+def _seed_records(config: Mapping[str, Any], seed: int, device: Any, dist: Distributed, out: Path,
+                  progress: bool) -> list[dict[str, Any]]:
+    """The grid's cells under another seed (data set, random-init models and every metric draw reseeded;
+    cached like the others), for the rank stability across seeds."""
+    seeded = {**config, "seed": seed, "meta_evaluation": None}
+    return [record for model_entry in config["models"] for dataset_entry in config["datasets"]
+            for record in _run_pair(seeded, model_entry, dataset_entry, device, dist, out, progress)[0]]
 
 
 def _load_plugins(modules: list[str]) -> None:
@@ -230,7 +272,9 @@ def _load_plugins(modules: list[str]) -> None:
 
 
 def _run_pair(config: Mapping[str, Any], model_entry: Mapping[str, Any], dataset_entry: Mapping[str, Any],
-              device: Any, dist: Distributed, out: Path, progress: bool) -> list[dict[str, Any]]:
+              device: Any, dist: Distributed, out: Path,
+              progress: bool) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The pair's cells (cached or computed) and its meta-evaluation records (when asked)."""
     from camkit.layout import Layout
     from camkit.plugin_manager import lookup
 
@@ -245,98 +289,234 @@ def _run_pair(config: Mapping[str, Any], model_entry: Mapping[str, Any], dataset
     if count < config["samples"] and dist.rank == 0:
         warnings.warn(f"{config['samples']} samples requested but data set {dataset_entry['label']!r} (split "
                       f"{config['split']!r}) has only {len(dataset)}: evaluating {count}", stacklevel=2)
-    methods = [*config["methods"], *BASELINE_METHODS]
-    todo: dict[str, list[tuple[dict[str, Any], dict[str, Any], Path]]] = {}
-    records = []
-    for method in methods:
-        for metric in config["metrics"]:
-            key = _cell_key(config, model_id, dataset_entry, method, metric, count)
-            path = _cell_path(out, model_entry, dataset_entry, method, metric, key)
-            cached = _read_cell(path, key) if dist.rank == 0 else None
-            cached = dist.broadcast(cached)  # every rank agrees on what to compute
-            if cached is not None:
-                records.append(cached)
-            else:
-                todo.setdefault(method, []).append((metric, key, path))
-    if not todo:
-        return records
-    positions = dist.shard(count)
+    records, todo = _cached_cells(config, out, model_entry, model_id, dataset_entry, count, dist)
+    meta_todo = _meta_cells(config, out, model_entry, model_id, dataset_entry, count, dist)
+    if not todo and all(record is not None for *_, record in meta_todo):
+        return records, [record for *_, record in meta_todo]
     input_layout = Layout.parse(dataset.input_layout)
     sample = dataset[0]
     _check_input_size(model_entry, model_id.get("input_size"), sample["input"], input_layout)
     normalization = model_id["normalization"] or (
         [dataset.mean, dataset.std] if hasattr(dataset, "mean") and hasattr(dataset, "std") else None)
-    model = model.to(device)
+    pair = PairRun(config=config, model=model.to(device), dataset=dataset, count=count,
+                   positions=dist.shard(count), input_layout=input_layout, sample=sample,
+                   normalization=normalization, model_entry=model_entry, dataset_entry=dataset_entry,
+                   device=device, dist=dist, progress=progress)
     for method, cells in todo.items():
-        records += _run_method(config, model, dataset, count, positions, input_layout, sample, normalization,
-                               method, cells, model_entry, dataset_entry, device, dist, progress)
-    return records
+        records += _run_method(pair, method, cells)
+    return records, [record if record is not None else _run_meta(pair, metric, key, path)
+                     for metric, key, path, record in meta_todo]
 
 
-def _run_method(config: Mapping[str, Any], model: Any, dataset: Any, count: int, positions: list[int],
-                input_layout: Any,
-                sample: Mapping[str, Any], normalization: Any, method: str, cells: list[Any],
-                model_entry: Mapping[str, Any], dataset_entry: Mapping[str, Any], device: Any,
-                dist: Distributed, progress: bool) -> list[dict[str, Any]]:
-    import torch
+def _cached_cells(config: Mapping[str, Any], out: Path, model_entry: Mapping[str, Any], model_id: Mapping[str, Any],
+                  dataset_entry: Mapping[str, Any], count: int, dist: Distributed) -> tuple[list[Any], dict[str, Any]]:
+    """The records of the cells already computed, and ``{method: [(metric, key, path), ...]}`` to compute
+    (rank 0 reads the cache; every rank agrees on what to compute)."""
+    todo: dict[str, list[tuple[Mapping[str, Any], dict[str, Any], Path]]] = {}
+    records = []
+    for method in [*config["methods"], *BASELINE_METHODS]:
+        for metric in config["metrics"]:
+            key = _cell_key(config, model_id, dataset_entry, method, metric, count)
+            path = _cell_path(out, model_entry, dataset_entry, method, metric, key)
+            cached = dist.broadcast(_read_cell(path, key) if dist.rank == 0 else None)
+            if cached is not None:
+                records.append(cached)
+            else:
+                todo.setdefault(method, []).append((metric, key, path))
+    return records, todo
+
+
+def _meta_cells(config: Mapping[str, Any], out: Path, model_entry: Mapping[str, Any], model_id: Mapping[str, Any],
+                dataset_entry: Mapping[str, Any], count: int, dist: Distributed) -> list[Any]:
+    """``(metric, key, path, cached record or None)`` for each metric to meta-evaluate."""
+    meta = config["meta_evaluation"]
+    if meta is None:
+        return []
+    if dist.world > 1:
+        raise ValueError("meta_evaluation runs in one process: run the bench without torchrun for it")
+    cells = []
+    for label in meta["metrics"]:
+        metric = next(m for m in config["metrics"] if m["label"] == label)
+        key = {**_cell_key(config, model_id, dataset_entry, "", metric, count), "meta": meta,
+               "methods": {m: config["method_options"].get(m, {}) for m in config["methods"]}}
+        key.pop("method"), key.pop("method_options")
+        name = "__".join(slug(p) for p in (model_entry["label"], dataset_entry["label"], label))
+        path = out / "meta" / f"{name}__{fingerprint(key)}.json"
+        cached = None
+        if path.is_file():
+            try:
+                cached = json.loads(path.read_text())
+            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+                raise ValueError(f"{path}: corrupt cached meta-evaluation ({exc}); delete it to recompute") from exc
+        if not isinstance(cached, dict) or cached.get("key") != json.loads(json.dumps(key)):
+            cached = None
+        cells.append((metric, key, path, cached))
+    return cells
+
+
+def _run_meta(pair: PairRun, metric: Mapping[str, Any], key: Mapping[str, Any], path: Path) -> dict[str, Any]:
+    from camkit_plugins.bench.meta import meta_evaluate
+
+    began = time.perf_counter()
+    scores = meta_evaluate(pair, metric, list(pair.config["methods"]), pair.config["meta_evaluation"])
+    record = {"key": key, "model": pair.model_entry["label"], "dataset": pair.dataset_entry["label"],
+              "metric": metric["label"], "methods": list(pair.config["methods"]), "samples": pair.count,
+              "perturbations": pair.config["meta_evaluation"]["perturbations"],
+              "iterations": pair.config["meta_evaluation"]["iterations"], "scores": scores,
+              "seconds": time.perf_counter() - began}
+    write_text_atomic(path, json.dumps(record, indent=1, default=float))
+    return json.loads(json.dumps(record, default=float))
+
+
+@dataclass
+class PairRun:
+    """What every method of one (model, data set) pair shares."""
+
+    config: Mapping[str, Any]
+    model: Any
+    dataset: Any
+    count: int
+    positions: list[int]
+    input_layout: Any
+    sample: Mapping[str, Any]
+    normalization: Any
+    model_entry: Mapping[str, Any]
+    dataset_entry: Mapping[str, Any]
+    device: Any
+    dist: Distributed
+    progress: bool
+
+
+@dataclass
+class CellRun:
+    """One cell being computed: its metric entry, cache key and path, the metric, what it lacks, and
+    its per-sample values and seconds as the batches go by."""
+
+    metric: Mapping[str, Any]
+    key: Mapping[str, Any]
+    path: Path
+    instance: Any
+    missing: list[str]
+    values: SampleValues
+    seconds: float = 0.0
+
+
+def _run_method(pair: PairRun, method: str, cells: list[Any]) -> list[dict[str, Any]]:
+    """Compute the missing cells of one method: maps once per batch, every runnable metric on them."""
+    make_maps = MapMaker(method, pair.input_layout, pair.config["method_options"].get(method, {}),
+                         pair.config["seed"])
+    runs = _prepare_cells(pair, cells)
+    runnable = [run for run in runs if not run.missing]
+    map_seconds, invalid_maps = 0.0, 0
+    if runnable:
+        from camkit.capture import evaluation_mode
+
+        with evaluation_mode(pair.model):
+            for positions in _progress(pair, method, _run_batches(pair, [run.instance for run in runnable])):
+                evaluation, invalid, seconds = _evaluation_batch(pair, make_maps, positions)
+                map_seconds += seconds
+                invalid_maps += int(invalid.sum())
+                _evaluate_metrics(runnable, evaluation, invalid)
+    return [_finish_cell(pair, method, run, map_seconds, invalid_maps) for run in runs]
+
+
+def _prepare_cells(pair: PairRun, cells: list[Any]) -> list[CellRun]:
+    """Each missing cell's metric instance, and the ground truth it needs that the data set lacks."""
+    from camkit_plugins.metrics.registry import make_metric
+
+    runs = []
+    for metric, key, path in cells:
+        instance = make_metric(metric["name"], **metric["options"])
+        runs.append(CellRun(metric, key, path, instance, _missing_fields(instance, pair.sample),
+                            SampleValues(pair.count)))
+    return runs
+
+
+def _run_batches(pair: PairRun, metrics: list[Any]) -> list[list[int]]:
+    """This process's sample positions in batches of ``batch_size``; a metric that compares the samples
+    of a batch (``min_batch`` > 1) never gets a smaller last batch: the remainder joins the batch before."""
+    size = pair.config["batch_size"]
+    need = max(int(getattr(metric, "min_batch", 1)) for metric in metrics)
+    needy = next(metric.name for metric in metrics if int(getattr(metric, "min_batch", 1)) == need)
+    if need > 1 and (size < need or len(pair.positions) < need):
+        raise ValueError(f"metric {needy!r} compares the samples of a batch and needs at least {need} per batch: "
+                         f"got batch_size={size} and {len(pair.positions)} samples in this process")
+    batches = [pair.positions[start:start + size] for start in range(0, len(pair.positions), size)]
+    if len(batches) > 1 and len(batches[-1]) < need:
+        batches[-2:] = [batches[-2] + batches[-1]]
+    return batches
+
+
+def _progress(pair: PairRun, method: str, batches: list[list[int]]) -> Any:
     from tqdm.auto import tqdm
 
-    from camkit.capture import evaluation_mode
-    from camkit.plugin_manager import lookup
+    label = f"{pair.model_entry['label']}/{pair.dataset_entry['label']}/{method}"
+    return tqdm(batches, desc=label, unit="batch", disable=not pair.progress or pair.dist.rank != 0)
+
+
+def _evaluation_batch(pair: PairRun, make_maps: MapMaker, positions: list[int]) -> tuple[Any, Any, float]:
+    """The ``EvalBatch`` of these samples (targets, maps at input resolution), which samples' maps have a
+    NaN (their maps are zeroed here and their values set to NaN after), and the seconds the maps took."""
+    import torch
+
     from camkit_plugins.metrics.base import EvalBatch
 
-    make_maps = MapMaker(method, input_layout, config["method_options"].get(method, {}), config["seed"])
-    runnable, skipped = [], []
-    for metric, key, path in cells:
-        instance = lookup("metrics", metric["name"])(**metric["options"])
-        missing = _missing_fields(instance, sample)
-        (skipped if missing else runnable).append((metric, key, path, instance, missing))
-    sums = {metric["label"]: Accumulator() for metric, *_ in runnable}
-    seconds = {metric["label"]: 0.0 for metric, *_ in runnable}
-    map_seconds = 0.0
-    starts = range(0, len(positions), config["batch_size"])
-    bar = tqdm(starts, desc=f"{model_entry['label']}/{dataset_entry['label']}/{method}", unit="batch",
-               disable=not progress or dist.rank != 0 or not runnable)
-    with evaluation_mode(model):
-        for start in bar if runnable else ():
-            chunk = positions[start:start + config["batch_size"]]
-            batch = _collate([dataset[i] for i in chunk], chunk)
-            inputs = batch["input"].to(device)
-            labels = batch["label"].to(device)
-            with torch.inference_mode():
-                logits = model(inputs)
-            targets = logits.argmax(dim=1) if config["targets"] == "predicted" else labels
-            began = time.perf_counter()
-            maps = make_maps(model, inputs, targets, batch["index"])
-            map_seconds += time.perf_counter() - began
-            evaluation = EvalBatch(
-                model=model, inputs=inputs, input_layout=input_layout, labels=labels, targets=targets,
-                maps=maps, map_letters=make_maps.letters, indices=batch["index"],
-                explain=lambda m, x, t, idx=batch["index"]: make_maps(m, x, t, idx),
-                mask=batch.get("mask"), box=batch.get("box"), normalization=normalization,
-                chunk_size=config["chunk_size"], seed=config["seed"], predictions=logits.argmax(dim=1))
-            for metric, _, _, instance, _ in runnable:
-                began = time.perf_counter()
-                result = instance.evaluate(evaluation)
-                seconds[metric["label"]] += time.perf_counter() - began
-                sums[metric["label"]].add(result.values, result.labels)
-    records = []
-    for metric, key, path, instance, missing in runnable + skipped:
-        record = {
-            "key": key, "model": model_entry["label"], "dataset": dataset_entry["label"], "method": method,
-            "metric": metric["label"], "metric_name": metric["name"], "options": instance.options(),
-            "primary": instance.primary, "higher_is_better": instance.higher_is_better,
-            "samples": count, "samples_requested": config["samples"],
-        }
-        if missing:
-            record.update(skipped=f"the data set has no {' or '.join(missing)}", values={}, counts={}, labels={})
-        else:
-            record.update(sums[metric["label"]].reduce(dist))
-            record["seconds"] = {"maps": map_seconds, "metric": seconds[metric["label"]]}
-        if dist.rank == 0:  # atomic: a run killed here leaves no half-written cell behind
-            write_text_atomic(path, json.dumps(record, indent=1, default=float))
-        records.append(json.loads(json.dumps(record, default=float)))
-    return records
+    batch = _collate([pair.dataset[i] for i in positions], positions)
+    inputs = batch["input"].to(pair.device)
+    labels = batch["label"].to(pair.device)
+    with torch.inference_mode():
+        logits = pair.model(inputs)
+    predictions = logits.argmax(dim=1)
+    targets = predictions if pair.config["targets"] == "predicted" else labels
+    began = time.perf_counter()
+    maps = make_maps(pair.model, inputs, targets, batch["index"])
+    seconds = time.perf_counter() - began
+    invalid = ~torch.isfinite(maps.reshape(maps.shape[0], -1)).all(dim=1)
+    if bool(invalid.any()):
+        maps = torch.nan_to_num(maps, nan=0.0, posinf=0.0, neginf=0.0)
+    evaluation = EvalBatch(
+        model=pair.model, inputs=inputs, input_layout=pair.input_layout, labels=labels, targets=targets,
+        maps=maps, map_letters=make_maps.letters, indices=batch["index"],
+        explain=lambda m, x, t, idx=batch["index"]: make_maps(m, x, t, idx),
+        mask=batch.get("mask"), box=batch.get("box"), normalization=pair.normalization,
+        chunk_size=pair.config["chunk_size"], seed=pair.config["seed"], predictions=predictions)
+    return evaluation, invalid, seconds
+
+
+def _evaluate_metrics(runnable: list[CellRun], evaluation: Any, invalid: Any) -> None:
+    for run in runnable:
+        began = time.perf_counter()
+        result = run.instance.evaluate(evaluation)
+        run.seconds += time.perf_counter() - began
+        run.values.add(result.values, result.labels, evaluation.indices, invalid)
+
+
+def _finish_cell(pair: PairRun, method: str, run: CellRun, map_seconds: float, invalid_maps: int) -> dict[str, Any]:
+    """The cell's record (means, counts, per-sample values, seconds; or why it was skipped), written
+    atomically by rank 0."""
+    metric, instance = run.metric, run.instance
+    record = {
+        "key": run.key, "model": pair.model_entry["label"], "dataset": pair.dataset_entry["label"], "method": method,
+        "metric": metric["label"], "metric_name": metric["name"], "options": instance.options(),
+        "primary": instance.primary, "higher_is_better": instance.higher_is_better,
+        "samples": pair.count, "samples_requested": pair.config["samples"],
+    }
+    if run.missing:
+        record.update(skipped=f"the data set has no {' or '.join(run.missing)}", values={}, counts={}, nan={},
+                      labels={}, per_sample={"ids": [], "values": {}})
+    else:
+        record.update(run.values.reduce(pair.dist))
+        record["nan_maps"] = int(pair.dist.sum(_scalar(invalid_maps)).item())
+        record["seconds"] = {"maps": map_seconds, "metric": run.seconds}
+    if pair.dist.rank == 0:  # atomic: a run killed here leaves no half-written cell behind
+        write_text_atomic(run.path, json.dumps(record, indent=1, default=float))
+    return json.loads(json.dumps(record, default=float))
+
+
+def _scalar(value: float) -> Any:
+    import torch
+
+    return torch.tensor(float(value), dtype=torch.float64)
 
 
 def _at_checkpoint_size(model_entry: Mapping[str, Any], dataset_entry: Mapping[str, Any]) -> Mapping[str, Any]:

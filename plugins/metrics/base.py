@@ -244,3 +244,12 @@ def curve_auc(curve: Any) -> Any:
 def check_options(name: str, value: Any, allowed: Mapping[str, Any] | tuple[str, ...]) -> None:
     if value not in allowed:
         raise ValueError(f"{name}={value!r}: choose one of {', '.join(map(str, allowed))}")
+
+
+def require_batch_size(batch: EvalBatch, minimum: int, metric: str) -> None:
+    """A clear error when a metric that compares the samples of a batch gets fewer than ``minimum``
+    (such a metric sets ``min_batch = minimum``, so the bench never hands it a smaller last batch)."""
+    n = int(batch.maps.shape[0])
+    if n < minimum:
+        raise ValueError(f"metric {metric!r} compares the samples of a batch and needs at least {minimum}; got a "
+                         f"batch of {n} (use a larger batch_size)")
