@@ -21,6 +21,7 @@ from typing import Any, Callable, Iterable, Sequence
 from camkit.explainer import Explainer
 from camkit.layout import CONTINUOUS, Layout
 from camkit.methods import CamMethod, InputMapMethod, WeightContext, Weights, method_factory
+from camkit.plugin_manager import UnknownNameError
 
 FUSIONS = ("mean", "max", "product")
 
@@ -110,6 +111,9 @@ def _for_every_pass(targets: Any, first: Any) -> Any:
     return targets if callable(targets) and not hasattr(targets, "shape") else first.targets
 
 
+TTA_CONVENTIONS = ("mean", "irn")
+
+
 def _renormalised(result: Any, maps: Any) -> Any:
     from camkit.contraction import postprocess
 
@@ -166,14 +170,18 @@ def _continuous(layout: Layout, letters: str, what: str) -> None:
 def explain_augmented(model: Any, inputs: Any, method: "str | CamMethod" = "gradcam", layer: Any = None,
                       targets: Any = None, layout: "str | Layout | None" = None, *, flips: str = "W",
                       scales: Sequence[float] = (), scale_axes: str | None = None, topk: int | None = None,
-                      **options: Any) -> Any:
+                      convention: str = "mean", **options: Any) -> Any:
     """Test-time augmentation smoothing: the map of the input, plus that of the input flipped along each
     axis in ``flips`` and rescaled by each factor in ``scales`` (along ``scale_axes``, default every
     continuous axis of the input), each undone (flipped back, resampled to the input's size) and
     averaged, then min-max normalised. Class targets are chosen once on the unaugmented input;
     a callable target scores every copy's own output (a region mask is not flipped with the input). Only
     continuous axes of the input layout (``input_layout``, default ``NC`` + the sites of the
-    features, e.g. ``NCHW``) may be flipped or scaled. Other options as for ``Explainer``."""
+    features, e.g. ``NCHW``) may be flipped or scaled. Other options as for ``Explainer``.
+
+    ``convention``: "mean" (each pass normalised, then averaged) or "irn", the WSSS papers' multi-scale
+    inference (IRN, Ahn et al. 2019): every rescaled copy is also flipped, and the passes' ReLU'd maps are
+    summed *before* normalising, so a scale at which the class responds strongly weighs more."""
     import torch
 
     from camkit.kernels import select_kernel
@@ -185,6 +193,10 @@ def explain_augmented(model: Any, inputs: Any, method: "str | CamMethod" = "grad
                          "upsample=False")
     if any(float(s) <= 0 for s in scales):
         raise ValueError(f"scales must be positive, got {tuple(scales)}")
+    if convention not in TTA_CONVENTIONS:
+        raise UnknownNameError.of("augment convention", convention, TTA_CONVENTIONS)
+    if convention == "irn":  # raw maps summed, normalised once at the end
+        options = {**options, "normalize": False}
     first = Explainer(model, method, layer, layout, **options)(inputs, targets, topk=topk)
     feature_layout = Layout.parse(first.layout)
     input_layout = Layout.parse(options.get("input_layout") or "NC" + feature_layout.site_letters)
@@ -199,7 +211,11 @@ def explain_augmented(model: Any, inputs: Any, method: "str | CamMethod" = "grad
         augmented.append((inputs.flip(input_layout.letters.index(letter)), functools.partial(torch.flip, dims=(axis,))))
     for factor in scales:  # the map is resampled straight to the input's size: nothing left to undo
         new = {input_layout.letters.index(ch): max(1, round(sizes[ch] * float(factor))) for ch in axes}
-        augmented.append((select_kernel(inputs).resample(inputs, new), lambda maps: maps))
+        scaled = select_kernel(inputs).resample(inputs, new)
+        augmented.append((scaled, lambda maps: maps))
+        for letter in flips if convention == "irn" else "":  # IRN flips every scale, not only the original
+            augmented.append((scaled.flip(input_layout.letters.index(letter)),
+                              functools.partial(torch.flip, dims=(first.map_letters.index(letter),))))
     size = {ch: sizes[ch] for ch in feature_layout.continuous_letters if ch in sizes and ch in first.map_letters}
     explainer = Explainer(model, method, layer, layout, **{**options, "output_size": size})
     total = first.maps.clone()

@@ -156,7 +156,8 @@ def test_multi_scale_and_flip_are_the_augment_option(tmp_path):
     from camkit_plugins.image.datasets import decode_image_file, prepare_image
 
     batch = torch.stack([prepare_image(decode_image_file(f), 12, [0.5] * 3, [0.5] * 3) for f in files])
-    expected = camkit.explain(model, batch, "cam", augment={"flips": "W", "scales": [0.5, 1.5]}).maps
+    expected = camkit.explain(model, batch, "cam", augment={"flips": "W", "scales": [0.5, 1.5],
+                                                            "convention": "irn"}).maps
     for i, record in enumerate(report.records):
         torch.testing.assert_close(torch.from_numpy(np.load(tmp_path / "out" / record["map"]))[0], expected[i])
     with pytest.raises(ValueError, match="other settings: flip False"):

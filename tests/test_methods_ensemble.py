@@ -71,6 +71,26 @@ def test_augmentation_averages_the_maps_of_flipped_and_rescaled_inputs_undone():
     torch.testing.assert_close(none.maps, plain.maps, atol=1e-5, rtol=1e-4)
 
 
+def test_irn_convention_sums_raw_maps_of_every_scale_and_its_flip_then_normalises():
+    """WSSS multi-scale inference (IRN): each rescaled copy is flipped too, and the ReLU'd maps are summed
+    before the one normalisation, so a scale where the class responds strongly weighs more."""
+    net = GapNet(2).eval()
+    x = torch.randn(2, 3, 8, 8)
+    got = explain_augmented(net, x, "gradcam", flips="W", scales=(0.5,), convention="irn")
+    raw = {"normalize": False}
+    plain = explain(net, x, "gradcam", **raw)
+    small = nn.functional.interpolate(x, size=(4, 4), mode="bilinear", align_corners=False)
+    passes = [plain.maps, explain(net, x.flip(3), "gradcam", targets=plain.targets, **raw).maps.flip(2)]
+    for copy, undo in ((small, lambda m: m), (small.flip(3), lambda m: m.flip(2))):
+        passes.append(undo(explain(net, copy, "gradcam", targets=plain.targets, output_size={"H": 8, "W": 8},
+                                   **raw).maps))
+    torch.testing.assert_close(got.maps, normalise(sum(passes)), atol=1e-5, rtol=1e-4)
+    mean = explain_augmented(net, x, "gradcam", flips="W", scales=(0.5,))
+    assert float((mean.maps - got.maps).abs().max()) > 1e-3  # the two conventions differ on this net
+    with pytest.raises(ValueError, match="augment convention 'irm'.*irn"):
+        explain_augmented(net, x, "gradcam", scales=(0.5,), convention="irm")
+
+
 class Skeleton(nn.Module):
     """(N, C, T, V, M) clips -> features (N, 4, T, V, M) -> mean -> classes."""
 

@@ -356,7 +356,8 @@ def explain_files(model: Any, config: dict[str, Any], files: Sequence[Path] | Im
     label_ids = inputs.label_indices(classes) if mode == "label" else None
     device = local_device(device)
     extra_scales = [float(s) for s in scales if float(s) != 1.0]
-    augment = {"flips": "W" if flip else "", "scales": extra_scales} if extra_scales or flip else None
+    augment = ({"flips": "W" if flip else "", "scales": extra_scales, "convention": "irn"}
+               if extra_scales or flip else None)  # the WSSS papers' multi-scale inference
     outputs = {"save_maps": save_maps, "overlays": overlays, "page": page and overlays, "save_masks": save_masks,
                "background": background, "map_dtype": map_dtype, "alpha": alpha, "grid": grid}
     settings = {"method": method, "layer": config.get("layer"), "topk": topk, "targets": mode,

@@ -262,7 +262,8 @@ def _class_maps(model: Any, config: dict[str, Any], good: list[dict[str, Any]], 
     single = all(len(ids) == 1 for ids in class_ids)
     targets: Any = torch.tensor([ids[0] for ids in class_ids], device=device) if single else "all"
     extra = [float(s) for s in settings.scales if float(s) != 1.0]
-    augment = {"flips": "W" if settings.flip else "", "scales": extra} if extra or settings.flip else None
+    augment = ({"flips": "W" if settings.flip else "", "scales": extra, "convention": "irn"}
+               if extra or settings.flip else None)  # the WSSS papers' multi-scale inference
     result = camkit.explain(model, inputs, settings.method, config.get("layer"), targets, augment=augment)
     maps = result.maps.detach().float().cpu()
     if single:
