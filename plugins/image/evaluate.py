@@ -55,22 +55,17 @@ def evaluate_accuracy_on(model: Any, config: dict[str, Any], inputs: ImageInputs
     ``torchrun`` rank takes its batches (`explain_files.rank_positions`) and the counts are summed
     (``distributed``: a ``camkit.distributed.Distributed`` to use; default: join the job, leave it after)."""
     import torch
-    from torch.utils.data import DataLoader, Subset
     from tqdm import tqdm
 
     from camkit.capture import evaluation_mode
     from camkit.distributed import joined, local_device
-    from camkit_plugins.image.explain_files import PictureFiles, _keep_list, rank_positions
+    from camkit_plugins.image.explain_files import shard_loader
 
     classes = list(config["classes"])
     labels = torch.tensor(inputs.label_indices(classes))
     device = local_device(device)
     with joined(device, distributed) as distributed:
-        dataset = PictureFiles(inputs.files, int(config["input_size"]), config["mean"], config["std"],
-                               int(config.get("in_channels", 3)), pictures=inputs.pictures, names=inputs.names)
-        positions = rank_positions(len(inputs), batch_size, distributed.rank, distributed.world)
-        loader = DataLoader(Subset(dataset, positions), batch_size=batch_size, num_workers=workers,
-                            collate_fn=_keep_list)
+        loader, positions = shard_loader(inputs, config, batch_size, workers, distributed)
         confusion = torch.zeros(len(classes), len(classes), dtype=torch.int64)
         top5 = torch.zeros((), dtype=torch.int64)
         bad: list[str] = []

@@ -266,6 +266,20 @@ def rank_positions(count: int, batch_size: int, rank: int, world: int) -> list[i
     return [position for start in starts for position in range(start, min(start + batch_size, count))]
 
 
+def shard_loader(inputs: ImageInputs, config: dict[str, Any], batch_size: int, workers: int,
+                 distributed: Any) -> tuple[Any, list[int]]:
+    """A DataLoader over this rank's share of ``inputs`` (`rank_positions`), pictures prepared as ``config``
+    says, and the positions it covers."""
+    from torch.utils.data import DataLoader, Subset
+
+    dataset = PictureFiles(inputs.files, int(config["input_size"]), config["mean"], config["std"],
+                           int(config.get("in_channels", 3)), pictures=inputs.pictures, names=inputs.names)
+    positions = rank_positions(len(inputs), batch_size, distributed.rank, distributed.world)
+    loader = DataLoader(Subset(dataset, positions), batch_size=batch_size, num_workers=workers,
+                        collate_fn=_keep_list)
+    return loader, positions
+
+
 def inputs_of_files(files: Sequence[Path | str]) -> ImageInputs:
     """Plain file paths as `ImageInputs` (unlabelled; output names made unique in order)."""
     paths = [Path(f) for f in files]

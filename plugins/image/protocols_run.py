@@ -159,11 +159,10 @@ def run_protocols(model: Any, config: dict[str, Any], inputs: ImageInputs, truth
     PixelAveragePrecision.result()}``, plus ``"unreadable"``) over ``inputs``; see the module docstring.
     ``distributed``: a ``camkit.distributed.Distributed`` to use (default: join the job, leave it after)."""
     import torch
-    from torch.utils.data import DataLoader, Subset
     from tqdm import tqdm
 
     from camkit.distributed import joined, local_device
-    from camkit_plugins.image.explain_files import PictureFiles, _keep_list, rank_positions
+    from camkit_plugins.image.explain_files import shard_loader
     from camkit_plugins.metrics.protocols import BoxAccuracy, PixelAveragePrecision, SegmentationSeeds
 
     check_protocols(settings.protocols, settings.baseline)
@@ -178,11 +177,7 @@ def run_protocols(model: Any, config: dict[str, Any], inputs: ImageInputs, truth
         accumulators["pxap"] = PixelAveragePrecision()
     device = local_device(device)
     with joined(device, distributed) as distributed:
-        dataset = PictureFiles(inputs.files, int(config["input_size"]), config["mean"], config["std"],
-                               int(config.get("in_channels", 3)), pictures=inputs.pictures, names=inputs.names)
-        positions = rank_positions(len(inputs), batch_size, distributed.rank, distributed.world)
-        loader = DataLoader(Subset(dataset, positions), batch_size=batch_size, num_workers=workers,
-                            collate_fn=_keep_list)
+        loader, positions = shard_loader(inputs, config, batch_size, workers, distributed)
         model = model.to(device)
         bad: list[str] = []
         with tqdm(total=len(positions), desc="protocols", unit="img", position=distributed.rank,
