@@ -163,10 +163,14 @@ def test_upload_gradcam_overlay_with_label_then_another_class_changes_the_map(se
         probabilities = model(model_input(picture)).softmax(dim=1)[0]
     order = probabilities.argsort(descending=True).tolist()
     label = f"{CLASSES[order[0]]} {100 * float(probabilities[order[0]]):.2f}%"
-    assert page.locator("#methods input[type=checkbox]").count() == len(camkit.available_methods())
+    # Gradio renders the checkbox group after the page loads: wait for it, then count.
+    from playwright.sync_api import expect  # the served fixture has skipped already when absent
+    expect(page.locator("#methods input[type=checkbox]")).to_have_count(
+        len(camkit.available_methods()), timeout=60_000)
     page.locator("input[type=file]").set_input_files(str(picture))
     info = wait_for_info(page, f"gradcam: {label}")
-    assert "mine.png" in info and page.locator("#maps img").count() == 1
+    assert "mine.png" in info
+    expect(page.locator("#maps img")).to_have_count(1, timeout=60_000)
     first = shown_map(page)
     assert Image.open(io.BytesIO(first)).size == (48, 40)
     page.get_by_label("cam", exact=True).check()  # a second method, side by side
@@ -178,7 +182,8 @@ def test_upload_gradcam_overlay_with_label_then_another_class_changes_the_map(se
     page.get_by_role("option", name=second).click()
     wait_for_info(page, f"gradcam: {second}")
     changed = shown_map(page)
-    assert changed != first and page.locator("#maps img").count() == 1
+    assert changed != first
+    expect(page.locator("#maps img")).to_have_count(1, timeout=60_000)
     downloads = page.locator("#downloads").inner_text().replace("\n", "")
     assert "mine_gradcam.npy" in downloads and "mine_gradcam.jpg" in downloads
     assert all(url.startswith(served["url"]) or url.startswith(("data:", "blob:")) for url in requests), \
