@@ -295,6 +295,46 @@ def test_road_imputes_from_neighbours():
     assert not torch.allclose(a, flat) and torch.equal(a[~removed], flat[~removed])
 
 
+def _dense_imputation(values, removed):
+    """The noiseless ROAD system solved densely: each removed element = the 1/distance² weighted mean of
+    its in-bounds neighbours (removed ones included), kept elements fixed."""
+    import itertools
+
+    import numpy as np
+
+    shape, flat, hole = values.shape, values.reshape(-1).double().numpy(), removed.reshape(-1).numpy()
+    index = np.arange(flat.size).reshape(shape)
+    matrix, rhs = np.eye(flat.size), np.where(hole, 0.0, flat)
+    for position in itertools.product(*map(range, shape)):
+        row = index[position]
+        if not hole[row]:
+            continue
+        neighbours = [(tuple(p + o for p, o in zip(position, offset)), sum(o * o for o in offset))
+                      for offset in itertools.product((-1, 0, 1), repeat=len(shape)) if any(offset)]
+        neighbours = [(n, d) for n, d in neighbours if all(0 <= c < s for c, s in zip(n, shape))]
+        total = sum(1.0 / d for _, d in neighbours)
+        for n, d in neighbours:
+            matrix[row, index[n]] -= 1.0 / d / total
+    return torch.from_numpy(np.linalg.solve(matrix, rhs)).reshape(shape)
+
+
+@pytest.mark.parametrize("letters,shape", [("NCL", (3, 2, 40)), ("NCHW", (3, 2, 11, 9)),
+                                           ("NCDHW", (3, 2, 5, 6, 7))])
+def test_road_exact_imputation_solves_the_system_in_1d_2d_3d_in_chunks(letters, shape, monkeypatch):
+    from camkit_plugins.metrics import perturbations
+
+    generator = torch.Generator().manual_seed(1)
+    x = torch.rand(shape, generator=generator, dtype=torch.float64)
+    removed = torch.rand((shape[0], 1, *shape[2:]), generator=generator) < 0.6
+    road = camkit.lookup("perturbations", "road")(noise=0.0, exact=True, tolerance=1e-10)
+    whole = road.apply(x, removed, Layout.parse(letters), torch.arange(shape[0]))
+    monkeypatch.setattr(perturbations, "CPU_CHUNK_ELEMENTS", 1)  # one grid at a time: the same values
+    torch.testing.assert_close(road.apply(x, removed, Layout.parse(letters), torch.arange(shape[0])), whole)
+    for n in range(shape[0]):
+        for c in range(shape[1]):
+            torch.testing.assert_close(whole[n, c], _dense_imputation(x[n, c], removed[n, 0]), atol=1e-7, rtol=0)
+
+
 def test_road_metric_orders_morf_before_lerf():
     model, _, maps = one_pixel_case(first=True, size=6)
     x = torch.zeros(2, 1, 6, 6)

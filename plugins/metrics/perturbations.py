@@ -223,7 +223,6 @@ class Road(Perturbation):
     def apply(self, inputs: Any, removed: Any, layout: Layout, indices: Any, fill: Any = None,
               draws: Any = None) -> Any:
         import torch
-        import torch.nn.functional as F
 
         cont = layout.continuous_letters
         if not 1 <= len(cont) <= 3:
@@ -235,18 +234,19 @@ class Road(Perturbation):
         dtype = torch.float64 if self.exact else torch.float32
         x = moved.reshape(-1, 1, *spatial).to(dtype)
         known = (~removed.expand_as(inputs)).movedim(axes, last).reshape(-1, 1, *spatial).to(dtype)
-        offsets = torch.stack(torch.meshgrid(*[torch.arange(-1.0, 2.0)] * len(axes), indexing="ij"), 0)
+        steps = torch.arange(-1.0, 2.0, dtype=torch.float64)
+        offsets = torch.stack(torch.meshgrid(*[steps] * len(axes), indexing="ij"), 0)
         dist2 = (offsets ** 2).sum(0)
         kernel = torch.where(dist2 > 0, 1.0 / dist2.clamp_min(1), torch.zeros_like(dist2))
         kernel = (kernel / kernel.sum()).to(device=x.device, dtype=dtype)[None, None]
-        conv = (F.conv1d, F.conv2d, F.conv3d)[len(axes) - 1]
+        neighbours = _neighbour_sum(kernel)
         if self.exact:
             values = _multigrid_solve(x, known, kernel, self.tolerance, self.max_iterations)
         else:
             values = _coarse_to_fine_fill(x * known, known)
-            norm = conv(torch.ones_like(x[:1]), kernel, padding=1)  # fewer neighbours at the border
+            norm = neighbours(torch.ones_like(x[:1]))  # fewer neighbours at the border
             for _ in range(self.iterations):
-                values = torch.where(known > 0, x, conv(values, kernel, padding=1) / norm)
+                values = torch.where(known > 0, x, neighbours(values) / norm)
         imputed = values.to(inputs.dtype).reshape(moved.shape).movedim(last, axes)
         if self.noise > 0:
             imputed = imputed + self.noise * self.noise_field(inputs, layout, indices, draws)
@@ -262,18 +262,50 @@ class Road(Perturbation):
 
 
 SWEEPS = 2
+# On a CPU the solve streams each grid through some thirty passes per iteration: grids are solved a few
+# at a time so that their arrays stay in the cache (224-px grids: 2.3x faster than 48 at once).
+CPU_CHUNK_ELEMENTS = 300_000
+
+
+def _neighbour_sum(kernel: Any) -> Any:
+    """``v -> kernel * v`` (zero padding) for ``(B, 1, *spatial)`` grids. The 2-D ROAD kernel (1/6 direct,
+    1/12 diagonal) is ``([1, 2, 1] x [1, 2, 1] - 4 delta) / 12``: six shifted adds, four times faster on
+    a CPU than a one-channel convolution; other kernels run as one depthwise convolution over the grids."""
+    import torch
+    import torch.nn.functional as F
+
+    dims = kernel.ndim - 2
+    road = torch.tensor([[1.0, 2.0, 1.0], [2.0, 0.0, 2.0], [1.0, 2.0, 1.0]], dtype=kernel.dtype) / 12.0
+    if dims == 2 and torch.allclose(kernel[0, 0].cpu(), road):
+        def separable(v: Any) -> Any:
+            padded = F.pad(v, (1, 1, 1, 1))
+            rows = padded[..., :-2] + padded[..., 2:] + 2 * padded[..., 1:-1]
+            return (rows[..., :-2, :] + rows[..., 2:, :] + 2 * rows[..., 1:-1, :] - 4 * v) / 12.0
+        return separable
+    conv = (F.conv1d, F.conv2d, F.conv3d)[dims - 1]
+
+    def depthwise(v: Any) -> Any:
+        grids = v.reshape(1, -1, *v.shape[2:])
+        weight = kernel.to(v.dtype).expand(grids.shape[1], *kernel.shape[1:])
+        return conv(grids, weight, padding=1, groups=grids.shape[1]).view(v.shape)
+    return depthwise
 
 
 def _multigrid_solve(x: Any, known: Any, kernel: Any, tolerance: float, max_iterations: int) -> Any:
     """The imputation on ``(B, 1, *spatial)`` grids by conjugate gradients preconditioned with one
     multigrid V-cycle (damped Jacobi smoothing, the same stencil on grids halved down to 4 elements, a
     coarse element unknown where any of its children is), started from the coarse-to-fine fill: a few
-    tens of iterations where plain CG needs hundreds on large holes."""
+    tens of iterations where plain CG needs hundreds on large holes. On a CPU, a few grids at a time."""
     import torch
+
+    rows = max(1, CPU_CHUNK_ELEMENTS // max(1, x[0].numel())) if x.device.type == "cpu" else len(x)
+    if len(x) > rows:
+        return torch.cat([_multigrid_solve(x[i:i + rows], known[i:i + rows], kernel, tolerance, max_iterations)
+                          for i in range(0, len(x), rows)])
     import torch.nn.functional as F
 
     dims = x.ndim - 2
-    conv = (F.conv1d, F.conv2d, F.conv3d)[dims - 1]
+    neighbours, neighbours32 = _neighbour_sum(kernel), _neighbour_sum(kernel.float())
     pool = (F.avg_pool1d, F.avg_pool2d, F.avg_pool3d)[dims - 1]
     def restrict(v: Any) -> Any:  # mean of 2^d children, odd sides padded with zeros: P^T / 2^d exactly
         pads = [p for size in reversed(v.shape[2:]) for p in (0, size % 2)]
@@ -281,16 +313,15 @@ def _multigrid_solve(x: Any, known: Any, kernel: Any, tolerance: float, max_iter
 
     levels = []  # (unknown mask, border-aware diagonal) from fine to coarse, in float32: a preconditioner
     unknown = (1.0 - known).float()
-    kernel32 = kernel.float()
     while True:
-        levels.append((unknown, conv(torch.ones_like(unknown[:1]), kernel32, padding=1)))
+        levels.append((unknown, neighbours32(torch.ones_like(unknown[:1]))))
         if min(unknown.shape[2:]) <= 4:
             break
         unknown = (restrict(unknown) > 0).float()
 
     def apply(level: int, v: Any) -> Any:
         mask, norm = levels[level]
-        return mask * (norm * v - conv(mask * v, kernel32, padding=1))
+        return mask * (norm * v - neighbours32(mask * v))
 
     def smooth(level: int, rhs: Any, e: Any, sweeps: int) -> Any:
         mask, norm = levels[level]
@@ -309,8 +340,8 @@ def _multigrid_solve(x: Any, known: Any, kernel: Any, tolerance: float, max_iter
         e = e + 4.0 * levels[level][0] * up  # the stencil's scale doubles with the spacing: 1 / 2²
         return smooth(level, rhs, e, SWEEPS)
 
-    return _solve_imputation(x, known, _coarse_to_fine_fill(x * known, known), lambda v: conv(v, kernel, padding=1),
-                             levels[0][1].to(x.dtype), tolerance, max_iterations,
+    return _solve_imputation(x, known, _coarse_to_fine_fill(x * known, known), neighbours,
+                             neighbours(torch.ones_like(x[:1])), tolerance, max_iterations,
                              precondition=lambda r: vcycle(0, r.float()).to(r.dtype))
 
 
