@@ -213,6 +213,8 @@ def check_family(model: Any, x: Any, target: Any, layer: str) -> tuple[bool, str
     problems += [f"warned: {str(w.message)[:60]}" for w in caught]
     network = adapt_model(model)
     run = (lambda: network(*x)) if isinstance(x, tuple) else (lambda: network(x))
+    training = network.training
+    network.eval()  # the plain forward in the mode camkit explains in (a YOLO object is built in training mode)
 
     # interleaved, the fastest of five each: other processes on the machine slow single runs, not the minimum
     forward, grad = [], []
@@ -227,6 +229,7 @@ def check_family(model: Any, x: Any, target: Any, layer: str) -> tuple[bool, str
             start = time.perf_counter()
             explainer(x, target)
             grad.append(time.perf_counter() - start)
+    network.train(training)
     return not problems, "; ".join(problems) or f"at {result.layer}", min(forward), min(grad)
 
 

@@ -115,6 +115,37 @@ def test_yolo_detection_box_against_hand_computed_grad_cam(yolo):
     torch.testing.assert_close(result.maps, expected.detach(), atol=1e-6, rtol=1e-4)
 
 
+def test_yolo_scores_read_from_their_strides_class_branch_only(yolo):
+    """Every detection's score equals its anchor's class score in the decoded output, and a score's gradient
+    runs back through the class branch of its own stride only: no box branch, no other stride (they get no
+    gradient tensor at all, so autograd runs nothing there)."""
+    x = torch.rand(1, 3, 64, 64)
+    network = yolo.model.eval()
+    with torch.no_grad():
+        decoded = network(x)[0][0]
+    head = network.model[-1]
+    reached = set()
+
+    def watch(name):
+        def hook(module, args, output):
+            if output.requires_grad:
+                output.register_hook(lambda grad: reached.add(name) if grad is not None else None)
+        return hook
+
+    hooks = [branch.register_forward_hook(watch(f"{kind}{i}"))
+             for kind in ("cv2", "cv3") for i, branch in enumerate(getattr(head, kind))]
+    try:
+        result = camkit.explain(yolo, x, "gradcam", topk=4)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    found = result.logits[0]
+    torch.testing.assert_close(found["scores"], decoded[4 + found["labels"], found["anchors"]], rtol=1e-6, atol=0)
+    sizes = [(64 // int(s)) ** 2 for s in head.stride]  # anchors per stride, finest first
+    strides = {int(torch.bucketize(a, torch.tensor(sizes).cumsum(0), right=True)) for a in found["anchors"][:4]}
+    assert reached == {f"cv3{s}" for s in strides}
+
+
 def test_yolo_eigencam_network_and_several_detections(yolo):
     x = torch.rand(2, 3, 64, 64)
     assert_real_map(camkit.explain(yolo, x, "eigencam"), (2, 64, 64))

@@ -68,18 +68,38 @@ class YoloNetwork(nn.Module):
         anchors = getattr(self.head, "anchors", None)
         if isinstance(anchors, torch.Tensor) and anchors.is_inference() and not torch.is_inference_mode_enabled():
             self.head.shape = None  # its anchor cache was made under inference_mode: autograd cannot use it
-        out = self.network(x)
+        levels: list[torch.Tensor] = []  # the class branch's logits per stride, (N, classes, H', W') each
+        heads = getattr(self.head, "one2many", {}).get("cls_head") if self.task != "classify" else None
+        hooks = [branch.register_forward_hook(lambda module, args, output: levels.append(output))
+                 for branch in (heads or [])]
+        try:
+            out = self.network(x)
+        finally:
+            for hook in hooks:
+                hook.remove()
         if self.task == "classify":
             return out[1] if isinstance(out, (tuple, list)) else out  # eval: (probabilities, logits)
         first = out[0] if isinstance(out, (tuple, list)) else out
         predictions, prototypes = (first[0], first[1]) if isinstance(first, (tuple, list)) else (first, None)
         if predictions.ndim == 3 and predictions.shape[-1] == 6 and getattr(self.head, "end2end", False):
             return [self._end_to_end(row) for row in predictions]  # already (K, 6): x1 y1 x2 y2 score class
-        return [self._detections(predictions[i], None if prototypes is None else prototypes[i], x.shape[-2:])
+        raw = out[1] if isinstance(out, (tuple, list)) and len(out) > 1 and isinstance(out[1], dict) else {}
+        raw = raw.get("one2many", raw)
+        anchors = sum(level.shape[-2] * level.shape[-1] for level in levels)
+        if len(levels) != len(heads or []) or anchors != predictions.shape[-1]:
+            levels = []  # a head that did not run its class branches as expected: score from its output
+        return [self._detections(predictions[i], None if prototypes is None else prototypes[i], x.shape[-2:],
+                                 [level[i] for level in levels], raw["mask_coefficient"][i]
+                                 if isinstance(raw.get("mask_coefficient"), torch.Tensor) else None)
                 for i in range(len(predictions))]
 
-    def _detections(self, prediction: torch.Tensor, prototypes: torch.Tensor | None, size: Any) -> dict[str, Any]:
-        """One sample's ``(4 + classes + extra, anchors)`` prediction after NMS."""
+    def _detections(self, prediction: torch.Tensor, prototypes: torch.Tensor | None, size: Any,
+                    levels: list[torch.Tensor], mask_coefficients: torch.Tensor | None) -> dict[str, Any]:
+        """One sample's ``(4 + classes + extra, anchors)`` prediction after NMS. Scores come from the class
+        branch's logits of their own stride (``levels``, the same values) and mask coefficients from the
+        head's raw ones: a score's gradient then runs back through its stride's class branch only, not
+        through the box branch, its decoding and the other strides, which would all receive zeros (Grad-CAM
+        on YOLOv8n at 640 px: 1.49x a forward before, see docs/models.md)."""
         from torchvision.ops import batched_nms, box_convert
 
         classes = int(self.head.nc)
@@ -89,9 +109,11 @@ class YoloNetwork(nn.Module):
         boxes = box_convert(prediction[:4, anchors].T, "cxcywh", "xyxy")
         keep = batched_nms(boxes.detach().float(), best[anchors].float(), labels[anchors], self.iou)[:self.max_det]
         anchors, labels = anchors[keep], labels[anchors][keep]
-        found = {"boxes": boxes[keep], "labels": labels, "scores": class_scores[labels, anchors], "anchors": anchors}
+        scores = _scores_by_level(levels, labels, anchors) if levels else class_scores[labels, anchors]
+        found = {"boxes": boxes[keep], "labels": labels, "scores": scores, "anchors": anchors}
         if prototypes is not None:  # mask coefficients follow the classes
-            coefficients = prediction[4 + classes:4 + classes + prototypes.shape[0], anchors].T
+            coefficients = mask_coefficients[:, anchors].T if mask_coefficients is not None else \
+                prediction[4 + classes:4 + classes + prototypes.shape[0], anchors].T
             masks = torch.einsum("kc,chw->khw", coefficients, prototypes).sigmoid()[:, None]
             found["masks"] = nn.functional.interpolate(masks, size=tuple(size), mode="bilinear", align_corners=False)
         return found
@@ -99,3 +121,44 @@ class YoloNetwork(nn.Module):
     def _end_to_end(self, rows: torch.Tensor) -> dict[str, Any]:
         kept = rows[rows[:, 4].detach() >= self.conf][:self.max_det]
         return {"boxes": kept[:, :4], "labels": kept[:, 5].detach().long(), "scores": kept[:, 4]}
+
+
+def _scores_by_level(levels: list[torch.Tensor], labels: torch.Tensor, anchors: torch.Tensor) -> torch.Tensor:
+    """The sigmoid of each detection's class logit, read from the class branch of its own stride (anchors
+    number the strides' grids one after the other, row-major), in the detections' order."""
+    return _LevelScores.apply(labels, anchors, *levels)
+
+
+class _LevelScores(torch.autograd.Function):
+    """Detection scores gathered from the strides' class logits, whose backward gives a stride no gradient
+    at all (``None``, so autograd does not run through its branch) when no scored detection lies in it: a
+    target scores a few of the detections, and the strides it does not touch would otherwise be
+    backpropagated with zeros."""
+
+    @staticmethod
+    def forward(ctx: Any, labels: torch.Tensor, anchors: torch.Tensor, *levels: torch.Tensor) -> torch.Tensor:
+        starts = [0]
+        for level in levels:
+            starts.append(starts[-1] + level.shape[-2] * level.shape[-1])
+        logits = torch.cat([level.flatten(1) for level in levels], dim=1)[labels, anchors]
+        scores = logits.sigmoid()
+        ctx.save_for_backward(labels, anchors, scores)
+        ctx.starts, ctx.shapes = starts, [level.shape for level in levels]
+        return scores
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> Any:
+        labels, anchors, scores = ctx.saved_tensors
+        grad = grad * scores * (1 - scores)  # the sigmoid's derivative
+        grads = []
+        for start, end, shape in zip(ctx.starts[:-1], ctx.starts[1:], ctx.shapes):
+            here = (anchors >= start) & (anchors < end) & (grad != 0)
+            if not bool(here.any()):
+                grads.append(None)
+                continue
+            level = grad.new_zeros(shape[0], end - start)
+            level.index_put_((labels[here], anchors[here] - start), grad[here], accumulate=True)
+            grads.append(level.view(shape))
+        if all(level is None for level in grads):  # nothing scored (no detection): a zero gradient, as before
+            grads[0] = grad.new_zeros(ctx.shapes[0])
+        return (None, None, *grads)
