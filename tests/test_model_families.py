@@ -146,6 +146,21 @@ def test_yolo_scores_read_from_their_strides_class_branch_only(yolo):
     assert reached == {f"cv3{s}" for s in strides}
 
 
+def test_every_method_on_a_detector_gives_a_map_or_one_clear_error(yolo):
+    x = torch.rand(1, 3, 64, 64)
+    working, refused = set(), {}
+    for method in camkit.available_methods():
+        try:
+            result = camkit.explain(yolo, x, method)
+        except ValueError as error:  # a class-id method on detections: said plainly
+            refused[method] = str(error)
+            continue
+        assert result.maps.shape == (1, 64, 64) and bool(torch.isfinite(result.maps).all()), method
+        working.add(method)
+    assert {"gradcam", "gradcam++", "eigencam", "fullgrad", "randomcam", "layercam", "hirescam"} <= working
+    assert all("target" in message or "ReLU" in message or "logits" in message for message in refused.values())
+
+
 def test_yolo_eigencam_network_and_several_detections(yolo):
     x = torch.rand(2, 3, 64, 64)
     assert_real_map(camkit.explain(yolo, x, "eigencam"), (2, 64, 64))

@@ -84,6 +84,7 @@ def _fullgrad_maps(model: Any, inputs: Any, targets: Any, topk: int | None, eval
     """The summed terms (not yet normalised), their letters and layout, and what the result reports."""
     import torch
 
+    from camkit.adapters import detached
     from camkit_plugins.methods.guided import input_gradient_pass, score_columns
 
     layers = _bias_layers(model)
@@ -113,7 +114,7 @@ def _fullgrad_maps(model: Any, inputs: Any, targets: Any, topk: int | None, eval
             handle.remove()
     maps = torch.stack(per_target, dim=1) if target.multi else per_target[0]
     return {"maps": maps.detach(), "map_letters": ("NK" if target.multi else "N") + layout.site_letters,
-            "layout": layout, "targets": target.class_ids, "logits": scored.detach(),
+            "layout": layout, "targets": target.class_ids, "logits": detached(scored),
             "target_scores": target.scores.detach(), "layer": ",".join(name for name, _ in layers)}
 
 

@@ -20,7 +20,7 @@ class RandomCam(CamMethod):
         import torch
 
         f = ctx.features
-        shape = (*ctx.targets.shape, f.shape[ctx.layout.channel_axis])  # (N, [K,] C)
+        shape = (*ctx.target_shape, f.shape[ctx.layout.channel_axis])  # (N, [K,] C), any kind of target
         generator = None
         if self.seed is not None:
             generator = torch.Generator(device=f.device).manual_seed(int(self.seed))
