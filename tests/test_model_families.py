@@ -239,6 +239,35 @@ def test_cli_explains_each_yolo_detection_on_real_photos(yolo, tmp_path):
     assert {p.name.split("_det")[0] for p in written} == {p.stem for p in photos}
 
 
+def test_cli_explains_a_torchvision_detector_offline_one_overlay_per_detection(tmp_path, monkeypatch):
+    import numpy as np
+    from PIL import Image
+
+    from camkit.cli import main
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty-cache"))  # any download attempt would fail here
+    Image.fromarray((np.random.default_rng(0).random((96, 128, 3)) * 255).astype("uint8")).save(tmp_path / "a.jpg")
+    (tmp_path / "build.py").write_text(
+        "import torch, torchvision\n"
+        "def build():\n"
+        "    torch.manual_seed(0)  # random weights; a threshold of 0 keeps what NMS leaves\n"
+        "    return torchvision.models.detection.fasterrcnn_mobilenet_v3_large_320_fpn(\n"
+        "        weights=None, weights_backbone=None, box_score_thresh=0.0)\n")
+    (tmp_path / "names.txt").write_text("\n".join(f"thing{i}" for i in range(91)))
+    out = tmp_path / "out"
+    status = main(["explain", "--model", f"{tmp_path / 'build.py'}:build", str(tmp_path / "a.jpg"), "--out",
+                   str(out), "--max-detections", "2", "--size", "160", "--labels", str(tmp_path / "names.txt"),
+                   "--workers", "0"])  # no --method: gradcam for a detector
+    assert status == 0
+    written = sorted(out.glob("a_det*.jpg"))
+    assert len(written) == 2 and all("_thing" in p.name for p in written)
+    assert Image.open(written[0]).size == (128, 96)  # at the photo's size
+    # torchvision by name with --weights none: no backbone weights fetched, and eval image says what it scores
+    with pytest.raises(ValueError, match="is a detector: camkit eval image scores classifiers"):
+        main(["eval", "image", "--model", "torchvision:fasterrcnn_mobilenet_v3_large_320_fpn", "--weights", "none",
+              str(tmp_path / "a.jpg"), "--out", str(tmp_path / "eval")])
+
+
 def test_draw_detection_outlines_the_box_and_writes_the_label():
     import numpy as np
 

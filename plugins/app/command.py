@@ -35,6 +35,9 @@ def load(args: argparse.Namespace) -> tuple[Any, dict[str, Any], list[Any]]:
 
     if args.model:
         model, config = load_model_spec(args.model, args.weights, args.labels, args.size)
+        if config.get("task") == "detection":
+            raise ValueError(f"{args.model} is a detector: the explorer shows classifiers' classes; explain "
+                             f"detections with camkit explain --model {args.model}")
         return model, config, []
     given = [f"--{name}" for name in ("labels", "size") if getattr(args, name) is not None]
     if given or args.weights != "DEFAULT":

@@ -305,7 +305,8 @@ def _explain_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--split", default="test", help="with --dataset: train, val or test (default test)")
     _model_source_arguments(parser)
     parser.add_argument("--out", required=True, help="directory for the overlays")
-    parser.add_argument("--method", default="cam", help="cam, gradcam, gradcam++, ... (camkit list methods)")
+    parser.add_argument("--method", default=None, help="cam, gradcam, gradcam++, ... (camkit list methods; default "
+                        "cam, gradcam for a detector, whose detections have no classifier rows)")
     parser.add_argument("--topk", type=int, default=None, help="also one panel per class for the top k")
     parser.add_argument("--save-maps", action="store_true", help="write the raw maps as <name>_maps.npy")
     parser.add_argument("--no-grid", action="store_true", help="do not write grid.png")
@@ -403,13 +404,13 @@ def _explain_run(args: argparse.Namespace) -> int:
         from camkit_plugins.image.explain_files import collect_image_files
 
         return print_detection_report(explain_detections(
-            model, config, collect_image_files(args.inputs), args.out, method=args.method,
+            model, config, collect_image_files(args.inputs), args.out, method=args.method or "gradcam",
             max_detections=args.max_detections or 5, alpha=args.alpha, device=args.device,
             batch_size=args.batch_size, workers=args.workers, min_score=args.min_score), args.out)
     if args.max_detections is not None or args.min_score is not None:
         raise ValueError("--max-detections and --min-score are for detectors; this model is a classifier")
     inputs = resolve_inputs(args.inputs, config["classes"], args.dataset, args.split)
-    report = explain_files(model, config, inputs, args.out, method=args.method, topk=args.topk,
+    report = explain_files(model, config, inputs, args.out, method=args.method or "cam", topk=args.topk,
                            save_maps=args.save_maps, grid=not args.no_grid and not args.no_overlays,
                            batch_size=args.batch_size, workers=args.workers, alpha=args.alpha, device=args.device,
                            decode=args.decode, overlays=not args.no_overlays, map_dtype=args.map_dtype,
@@ -470,6 +471,10 @@ def _eval_run(args: argparse.Namespace) -> int:
     from camkit_plugins.image.evaluate import accuracy_table, evaluate_accuracy_on, evaluation_files
 
     model, config = load_image_model(args)
+    if config.get("task") == "detection":
+        raise ValueError(f"{config.get('model', 'the model')} is a detector: camkit eval image scores classifiers "
+                         f"(top-1 / top-5 accuracy, the WSOL / WSSS protocols); explain its detections with "
+                         f"camkit explain")
     inputs = resolve_inputs(args.inputs, config["classes"], args.dataset, args.split)
     bad: list[str] = []
     with joined(args.device) as distributed:  # one process group for both steps

@@ -131,8 +131,8 @@ def print_detection_report(report: DetectionReport, out: str | Path) -> int:
 
     print(f"wrote {len(report.written)} detection overlay(s) to {out} ({report.images_per_second:.1f} images/s)")
     if report.empty:
-        print(f"{len(report.empty)} picture(s) with no detection (the model's confidence threshold: "
-              f"YOLO overrides['conf']): {', '.join(report.empty)}")
+        print(f"{len(report.empty)} picture(s) with no detection (the model's confidence threshold: --min-score "
+              f"for YOLO, box_score_thresh for torchvision): {', '.join(report.empty)}")
     if report.bad:
         print(f"error: {len(report.bad)} unreadable file(s): " + "; ".join(report.bad), file=sys.stderr)
     return 1 if report.bad else 0

@@ -8,6 +8,8 @@ SPEC is one of
 - ``ultralytics:PATH`` (a YOLO ``.pt`` checkpoint or ``.yaml`` model file, loaded by ultralytics: detectors
   and segmenters are explained one detection at a time, classifiers as any other),
 - ``package.module:callable`` or ``path/to/file.py:callable`` (called with no arguments, returns a module),
+  a classifier or a detector with torchvision's output (``[{"boxes", "labels", "scores"}, ...]`` in eval
+  mode, as ``torchvision:fasterrcnn_resnet50_fpn``): detectors are explained one detection at a time,
 - a ``torch.export`` archive (``.pt2``, exported with a dynamic batch dimension); TorchScript files
   (``.pt``, ``.pth``, ``.ts``) load, but cannot be explained: TorchScript modules take no hooks.
 
@@ -33,6 +35,7 @@ from camkit.plugin_manager import UnknownNameError
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 DEFAULT_SIZE = 224
+DETECTOR_SIZE = 640  # pictures are resized to a square; torchvision detectors rescale them again inside
 SCRIPT_SUFFIXES = (".pt", ".pth", ".ts")
 EXPORT_SUFFIXES = (".pt2",)
 
@@ -84,12 +87,15 @@ def load_model_spec(spec: str, weights: str = "DEFAULT", labels: str | None = No
     std = tuple(std or found.std or IMAGENET_STD)
     _check_preprocessing(input_size, mean, std, channels=3)
     num_classes = _num_classes(model, input_size)
+    config = {"model": spec, "input_size": input_size, "mean": list(mean), "std": list(std), "in_channels": 3,
+              "domain": "image", "input_layout": "NCHW"}
+    if num_classes is None:  # a detector: labels are indices into whatever names it was trained with
+        return model, {**config, "task": "detection",
+                       "classes": read_labels(labels, None) if labels else found.classes}
     classes = read_labels(labels, num_classes) if labels else found.classes or [str(i) for i in range(num_classes)]
     if len(classes) != num_classes:
         raise ModelSpecError(f"{len(classes)} class names for a model with {num_classes} outputs")
-    config = {"model": spec, "classes": classes, "input_size": input_size, "mean": list(mean), "std": list(std),
-              "in_channels": 3, "domain": "image", "input_layout": "NCHW"}
-    return model, config
+    return model, {**config, "classes": classes}
 
 
 def _check_preprocessing(size: int, mean: Sequence[float], std: Sequence[float], channels: int) -> None:
@@ -119,8 +125,9 @@ def _ultralytics(spec: str, path: str, labels: str | None, size: int | None) -> 
                    "in_channels": 3, "domain": "image", "input_layout": "NCHW"}
 
 
-def read_labels(labels: str, num_classes: int) -> list[str]:
-    """Class names: ``"imagenet"`` (torchvision's list, offline) or a file with one name per line."""
+def read_labels(labels: str, num_classes: int | None) -> list[str]:
+    """Class names: ``"imagenet"`` (torchvision's list, offline) or a file with one name per line; as many
+    as the model has classes (``num_classes``; None: any number, for a detector's label indices)."""
     if labels == "imagenet":
         names = imagenet_classes()
         source = "ImageNet"
@@ -130,7 +137,7 @@ def read_labels(labels: str, num_classes: int) -> list[str]:
             raise ModelSpecError(f"--labels {labels!r}: no such file (or use --labels imagenet)")
         names = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
         source = str(path)
-    if len(names) != num_classes:
+    if num_classes is not None and len(names) != num_classes:
         raise ModelSpecError(f"--labels {source} has {len(names)} class names but the model outputs {num_classes} "
                              f"classes")
     return names
@@ -142,15 +149,20 @@ def imagenet_classes() -> list[str]:
     return list(ResNet18_Weights.DEFAULT.meta["categories"])
 
 
-def _num_classes(model: Any, size: int) -> int:
-    """The number of scores the model gives one picture (one forward pass of a blank input)."""
+def _num_classes(model: Any, size: int) -> int | None:
+    """The number of scores the model gives one picture (one forward pass of a blank input); None for a
+    detector (a list of ``{"boxes", "labels", "scores"}`` dicts)."""
     import torch
 
     from camkit.adapters import select_output
     from camkit.capture import evaluation_mode
+    from camkit.targets import is_detections
 
     with torch.inference_mode(), evaluation_mode(model):
-        output = select_output(model(torch.zeros(1, 3, size, size, device=_device_of(model))))
+        output = model(torch.zeros(1, 3, size, size, device=_device_of(model)))
+        if is_detections(output):
+            return None
+        output = select_output(output)
     if getattr(output, "ndim", 0) != 2:
         raise ModelSpecError(f"the model returns {getattr(output, 'shape', type(output).__name__)} for a picture; "
                              f"camkit explain needs a classifier's (N, classes) logits")
@@ -172,8 +184,16 @@ def _torchvision(name: str, weights: str) -> tuple[Any, Preprocessing]:
         available = ", ".join(torchvision.models.list_models()[:8])
         raise ModelSpecError(f"torchvision has no model {name!r} (e.g. {available}, ...: torchvision.models."
                              f"list_models())") from None
+    import inspect
+
+    # detection, segmentation and video builders otherwise fetch ImageNet weights for their backbone
+    offline = {"weights_backbone": None} if "weights_backbone" in inspect.signature(
+        torchvision.models.get_model_builder(name)).parameters else {}
+    # a detector normalises its pictures itself: camkit gives it [0, 1] values
+    detector = torchvision.models.get_model_builder(name).__module__.startswith("torchvision.models.detection")
+    raw = {"size": DETECTOR_SIZE, "mean": (0.0, 0.0, 0.0), "std": (1.0, 1.0, 1.0)} if detector else {}
     if weights.lower() == "none":
-        return torchvision.models.get_model(name, weights=None), Preprocessing()
+        return torchvision.models.get_model(name, weights=None, **offline), Preprocessing(**raw)
     try:
         chosen = enum.DEFAULT if weights == "DEFAULT" else enum[weights]
     except KeyError:
@@ -186,8 +206,10 @@ def _torchvision(name: str, weights: str) -> tuple[Any, Preprocessing]:
                              f"torchvision; torchvision.models.get_model('{name}', weights='{chosen.name}')\" and copy "
                              f"{path.name} into {path.parent} (or point TORCH_HOME at that cache), or pass "
                              "--weights none")
-    model = torchvision.models.get_model(name, weights=None, num_classes=len(chosen.meta["categories"]))
+    model = torchvision.models.get_model(name, weights=None, num_classes=len(chosen.meta["categories"]), **offline)
     model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    if detector:
+        return model, Preprocessing(**raw, classes=list(chosen.meta["categories"]))
     transforms = chosen.transforms()
     crop = getattr(transforms, "crop_size", [DEFAULT_SIZE])
     return model, Preprocessing(int(crop[0]), tuple(transforms.mean), tuple(transforms.std),
