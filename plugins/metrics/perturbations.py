@@ -311,28 +311,41 @@ def _multigrid_solve(x: Any, known: Any, kernel: Any, tolerance: float, max_iter
         pads = [p for size in reversed(v.shape[2:]) for p in (0, size % 2)]
         return pool(F.pad(v, pads), 2)
 
-    levels = []  # (unknown mask, border-aware diagonal) from fine to coarse, in float32: a preconditioner
+    # per level, fine to coarse, in float32 (a preconditioner): the unknown mask, mask x diagonal (the
+    # border-aware weight sum) and the damped Jacobi weight 0.8 x mask / diagonal
+    levels = []
     unknown = (1.0 - known).float()
     while True:
-        levels.append((unknown, neighbours32(torch.ones_like(unknown[:1]))))
+        diagonal = neighbours32(torch.ones_like(unknown[:1]))
+        levels.append((unknown, unknown * diagonal, 0.8 * unknown / diagonal))
         if min(unknown.shape[2:]) <= 4:
             break
         unknown = (restrict(unknown) > 0).float()
 
-    def apply(level: int, v: Any) -> Any:
-        mask, norm = levels[level]
-        return mask * (norm * v - neighbours32(mask * v))
+    def apply(level: int, v: Any) -> Any:  # the operator on a v that is zero off the mask
+        mask, scaled, _ = levels[level]
+        return scaled * v - mask * neighbours32(v)
 
     def smooth(level: int, rhs: Any, e: Any, sweeps: int) -> Any:
-        mask, norm = levels[level]
-        for _ in range(sweeps):
-            e = e + 0.8 * mask * (rhs - apply(level, e)) / norm
+        weight = levels[level][2]
+        for _ in range(sweeps):  # e + w (rhs - A e) with e, rhs zero off the mask: 0.2 e + w (rhs + N e)
+            e = weight * rhs if e is None else 0.2 * e + weight * (rhs + neighbours32(e))
         return e
+
+    # the coarsest grid (at most 4 per side) is solved directly: the pseudo-inverse of its operator (with
+    # the identity off the mask), per row; a hole with no known element makes it singular
+    mask, scaled, _ = (level[:, None] for level in levels[-1])  # (B, 1, 1, *shape): one basis axis added
+    shape, size = mask.shape[3:], mask[0].numel()
+    basis = torch.eye(size, dtype=mask.dtype, device=mask.device).view(1, size, 1, *shape)
+    v = mask * basis
+    around = neighbours32(v.reshape(-1, 1, *shape)).view(v.shape)
+    columns = (scaled * v - mask * around + (1 - mask) * basis).reshape(len(mask), size, size)
+    coarsest = torch.linalg.pinv(columns.transpose(1, 2), hermitian=True)
 
     def vcycle(level: int, rhs: Any) -> Any:
         if level == len(levels) - 1:
-            return smooth(level, rhs, torch.zeros_like(rhs), 20)
-        e = smooth(level, rhs, torch.zeros_like(rhs), SWEEPS)
+            return (coarsest @ rhs.reshape(len(rhs), -1, 1)).view(rhs.shape) * levels[level][0]
+        e = smooth(level, rhs, None, SWEEPS)
         coarse = vcycle(level + 1, restrict(rhs - apply(level, e)) * levels[level + 1][0])
         up = F.interpolate(coarse, scale_factor=2, mode="nearest")
         for axis, size in enumerate(rhs.shape[2:]):
