@@ -107,7 +107,7 @@ def per_input_forward_seconds(model: torch.nn.Module, x: torch.Tensor, chunk: in
 
 
 def run_camkit(case: Case, model: torch.nn.Module, x: torch.Tensor, maps: torch.Tensor, targets: torch.Tensor,
-               chunk: int) -> tuple[float, int]:
+               chunk: int | None) -> tuple[float, int]:
     options = {**case.options(x.shape[1], x.shape[2]), **case.camkit}
     batch = EvalBatch(model=model, inputs=x, input_layout=Layout.parse("NCHW"), labels=targets, targets=targets,
                       maps=maps, map_letters="NHW", indices=torch.arange(len(x)), explain=None, chunk_size=chunk)
@@ -145,13 +145,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--images", type=int, default=16)
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--chunk", type=int, default=64, help="camkit's chunk_size (Quantus's batch_size is 64)")
+    parser.add_argument("--chunk", type=int, default=None,
+                        help="camkit's chunk_size (default: its automatic choice, as a user gets it; Quantus "
+                             "forwards all of its batch_size=64 samples at once, here every image)")
     parser.add_argument("--metrics", default="", help="comma-separated subset of the cases")
     parser.add_argument("--out", default="metrics_vs_quantus_faithfulness")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     model, x, maps, targets = setup(args.images, args.size)
-    per_input = per_input_forward_seconds(model, x, args.chunk)
+    from camkit_plugins.metrics.base import auto_chunk_size
+
+    # the forwards' cost at the batch size camkit uses
+    per_input = per_input_forward_seconds(model, x, args.chunk or auto_chunk_size(x, Layout.parse("NCHW")))
     wanted = set(filter(None, args.metrics.split(",")))
     rows = []
     for case in FAITHFULNESS_CASES:

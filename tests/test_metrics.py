@@ -525,3 +525,20 @@ def test_randomize_draws_on_the_cpu_only_and_leaves_every_global_generator_alone
     for a, b in zip(model.parameters(), twin.parameters()):
         assert torch.equal(a, b)  # the same seed, the same weights
     assert not torch.equal(model[0].weight, original[0].weight) and not torch.equal(model[2].weight, original[2].weight)
+
+
+def test_chunk_size_is_chosen_for_the_input_size_on_a_cpu_and_changes_no_value():
+    from camkit_plugins.metrics.base import CPU_FORWARD_ELEMENTS, GPU_CHUNK
+
+    photos = torch.zeros(2, 3, 224, 224)
+    assert make_batch(nn.Identity(), photos, photos[:, 0]).chunk_size == CPU_FORWARD_ELEMENTS // (3 * 224 * 224)
+    assert make_batch(nn.Identity(), torch.zeros(2, 1, 28, 28), torch.zeros(2, 28, 28)).chunk_size == GPU_CHUNK
+    assert make_batch(nn.Identity(), photos, photos[:, 0], chunk_size=5).chunk_size == 5  # given: kept
+    with pytest.raises(ValueError, match="chunk_size must be a positive"):
+        make_batch(nn.Identity(), photos, photos[:, 0], chunk_size=0)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                          nn.Linear(4, 3))
+    x, maps = torch.rand(3, 1, 12, 12), torch.rand(3, 12, 12)
+    auto = metric("pixel_flipping", features_in_step=8).evaluate(make_batch(model, x, maps)).values["curve"]
+    tiny = metric("pixel_flipping", features_in_step=8).evaluate(make_batch(model, x, maps, chunk_size=1))
+    torch.testing.assert_close(auto, tiny.values["curve"])

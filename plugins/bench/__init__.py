@@ -24,7 +24,8 @@ def _arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--samples", type=int, help="samples per data set (default 64)")
     parser.add_argument("--batch-size", type=int, dest="batch_size", help="maps per batch (default 16)")
     parser.add_argument("--chunk-size", type=int, dest="chunk_size",
-                        help="perturbed inputs per forward pass in the faithfulness curves (default 256)")
+                        help="perturbed inputs per forward pass in the faithfulness curves (default: 256 on a "
+                             "GPU; on a CPU about a million input values, e.g. 7 pictures at 224 px)")
     parser.add_argument("--seed", type=int, help="seed for data, random-init models and baselines (default 0)")
     parser.add_argument("--targets", choices=("predicted", "label"), help="class the maps explain")
     parser.add_argument("--device", help="auto (default), cpu, cuda, cuda:1 ...")

@@ -19,7 +19,7 @@ DEFAULTS: dict[str, Any] = {
     "split": "test",
     "samples": 64,
     "batch_size": 16,
-    "chunk_size": 256,
+    "chunk_size": None,  # None: the metrics' automatic choice (256 on a GPU, fewer for large CPU inputs)
     "seed": 0,
     "targets": "predicted",
     "device": "auto",
@@ -88,6 +88,8 @@ def normalize_config(raw: Mapping[str, Any]) -> dict[str, Any]:
         if not isinstance(config[key], list):
             raise ValueError(f"bench setting {key!r} must be a list, got {config[key]!r}")
     for key in ("samples", "batch_size", "chunk_size"):
+        if key == "chunk_size" and config[key] is None:
+            continue
         if not isinstance(config[key], int) or config[key] < 1:
             raise ValueError(f"bench setting {key!r} must be a positive integer, got {config[key]!r}")
     for key in ("interval_resamples", "rank_bootstrap"):
