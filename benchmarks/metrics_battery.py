@@ -380,7 +380,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--samples", type=int, help="samples per grid (default 64, --quick 8)")
     parser.add_argument("--images", type=int, default=16)
     parser.add_argument("--size", type=int, default=224)
-    parser.add_argument("--cases", help="comma-separated case labels to time (default: all)")
+    parser.add_argument("--cases", help="comma-separated cases to time, by label, camkit metric or Quantus class "
+                        "(default: all)")
     parser.add_argument("--method", default="layercam", help="the maps the speed cases evaluate")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=2)
@@ -404,8 +405,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.part in ("speed", "all"):
         cases, sources = load_cases(args.size)
         if args.cases:
-            wanted = set(args.cases.split(","))
-            cases = [c for c in cases if c["label"] in wanted]
+            wanted = set(args.cases.split(","))  # a case's label, camkit name or Quantus class name
+            cases = [c for c in cases if wanted & {c["label"], c["camkit"], c["quantus"]}]
         rows = run_speed(cases, args.images, args.size, args.device, args.method)
         write_csv(args.out / "speed.csv", rows)
         lines += speed_markdown(rows, args.images, args.size, args.device, args.threads, sources)

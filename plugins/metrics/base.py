@@ -236,11 +236,15 @@ def average_ranks(values: Any) -> Any:
     """Ranks ``(N, S)`` starting at 1 with ties sharing their average rank (as Spearman needs)."""
     import torch
 
-    values = values.double()
-    ordered = values.sort(dim=1).values.contiguous()
-    left = torch.searchsorted(ordered, values.contiguous(), right=False)
-    right = torch.searchsorted(ordered, values.contiguous(), right=True)
-    return (left + right + 1).double() / 2.0
+    ordered, order = values.sort(dim=1)  # one sort (in the values' own precision: the same order and ties),
+    ordered = ordered.double()  # then tie groups in linear passes, no binary searches
+    starts = torch.ones_like(ordered, dtype=torch.bool)
+    starts[:, 1:] = ordered[:, 1:] != ordered[:, :-1]
+    group = starts.long().cumsum(dim=1) - 1  # tie group of each sorted position
+    sizes = torch.zeros_like(ordered).scatter_add_(1, group, torch.ones_like(ordered))
+    first = sizes.cumsum(dim=1) - sizes  # 0-based position where each group starts
+    average = (first + (sizes + 1) / 2.0).gather(1, group)  # 1-based ranks, ties sharing their mean
+    return torch.empty_like(average).scatter_(1, order, average)
 
 
 def spearman(a: Any, b: Any) -> Any:
