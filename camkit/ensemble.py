@@ -198,6 +198,12 @@ def explain_augmented(model: Any, inputs: Any, method: "str | CamMethod" = "grad
     if convention == "irn":  # raw maps summed, normalised once at the end
         options = {**options, "normalize": False}
     first = Explainer(model, method, layer, layout, **options)(inputs, targets, topk=topk)
+    from camkit.targets import is_detections
+
+    if is_detections(first.logits):  # a flipped or rescaled copy has other boxes: its "best" is another object
+        raise ValueError("test-time augmentation (augment=, --scales, --flip) on a detector would average the "
+                         "maps of different detections (a flip or a rescale moves the boxes); explain detections "
+                         "without it")
     feature_layout = Layout.parse(first.layout)
     input_layout = Layout.parse(options.get("input_layout") or "NC" + feature_layout.site_letters)
     _continuous(input_layout, flips, "flip")

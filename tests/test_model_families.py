@@ -161,6 +161,11 @@ def test_every_method_on_a_detector_gives_a_map_or_one_clear_error(yolo):
     assert all("target" in message or "ReLU" in message or "logits" in message for message in refused.values())
 
 
+def test_test_time_augmentation_on_a_detector_is_refused(yolo):
+    with pytest.raises(ValueError, match="test-time augmentation .* on a detector"):
+        camkit.explain(yolo, torch.rand(1, 3, 64, 64), "gradcam", augment={"flips": "W"})
+
+
 def test_yolo_eigencam_network_and_several_detections(yolo):
     x = torch.rand(2, 3, 64, 64)
     assert_real_map(camkit.explain(yolo, x, "eigencam"), (2, 64, 64))
@@ -263,6 +268,9 @@ def test_cli_explains_a_torchvision_detector_offline_one_overlay_per_detection(t
     assert len(written) == 2 and all("_thing" in p.name for p in written)
     assert Image.open(written[0]).size == (128, 96)  # at the photo's size
     # torchvision by name with --weights none: no backbone weights fetched, and eval image says what it scores
+    with pytest.raises(ValueError, match="--flip, --resume: not for a detector"):  # never silently ignored
+        main(["explain", "--model", f"{tmp_path / 'build.py'}:build", str(tmp_path / "a.jpg"), "--out",
+              str(out), "--flip", "--resume"])
     with pytest.raises(ValueError, match="is a detector: camkit eval image scores classifiers"):
         main(["eval", "image", "--model", "torchvision:fasterrcnn_mobilenet_v3_large_320_fpn", "--weights", "none",
               str(tmp_path / "a.jpg"), "--out", str(tmp_path / "eval")])

@@ -401,6 +401,18 @@ def _explain_run(args: argparse.Namespace) -> int:
     model, config = load_image_model(args)
     if config.get("task") == "detection":  # model families: one overlay per detection
         from camkit_plugins.image.detections import explain_detections, print_detection_report
+
+        ignored = [flag for flag, given in (
+            ("--topk", args.topk is not None), ("--save-maps", args.save_maps), ("--no-grid", args.no_grid),
+            ("--dataset", args.dataset is not None), ("--targets", args.targets != "auto"),
+            ("--no-overlays", args.no_overlays), ("--map-dtype", args.map_dtype != "float32"),
+            ("--save-masks", args.save_masks), ("--scales", tuple(args.scales) != (1.0,)), ("--flip", args.flip),
+            ("--resume", args.resume), ("--restart", args.restart), ("--manifest", args.manifest != "jsonl"),
+            ("--decode", args.decode != "auto")) if given]
+        if ignored:
+            raise ValueError(f"{', '.join(ignored)}: not for a detector, whose pictures get one overlay per "
+                             f"detection (its options: --max-detections, --min-score, --method, --alpha, "
+                             f"--batch-size, --workers, --device)")
         from camkit_plugins.image.explain_files import collect_image_files
 
         return print_detection_report(explain_detections(
