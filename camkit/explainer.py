@@ -16,7 +16,7 @@ from camkit.contraction import _check_finite, class_activation_map, postprocess
 from camkit.layout import Layout, layout_for_rank
 from camkit.locate import FeatureSource, fold_tokens, input_layout_for, input_sizes_for
 from camkit.methods import CamMethod, InputMapMethod, WeightContext, Weights, method_factory
-from camkit.plugin_manager import get_plugin_manager
+from camkit.plugin_manager import UnknownNameError, get_plugin_manager
 from camkit.targets import Target, resolve_targets  # noqa: F401  (resolve_targets: public name)
 
 if TYPE_CHECKING:  # importing camkit stays torch-free
@@ -263,7 +263,9 @@ class Explainer:
     @staticmethod
     def _method(method: str | CamMethod, options: Mapping[str, Any] | None) -> tuple[str, CamMethod]:
         if isinstance(method, str):
-            return method, method_factory(method)(**dict(options or {}))
+            factory = method_factory(method)
+            _check_method_options(method, factory, options or {})
+            return method, factory(**dict(options or {}))
         if options:
             raise TypeError("method options go with a method name, not with a method object")
         return getattr(method, "name", type(method).__name__), method
@@ -467,6 +469,23 @@ def _requiring_grad(batch: ModelInputs) -> ModelInputs:
     graph reaches every layer even when the parameters are frozen."""
     x = batch.tensor
     return batch.with_primary(x.detach().clone().requires_grad_(True)) if x.is_floating_point() else batch
+
+
+def _check_method_options(name: str, factory: Any, options: Mapping[str, Any]) -> None:
+    """An option the method's constructor does not take is a ValueError naming close matches (not a
+    TypeError from deep inside), so the command line reports it as a user's mistake."""
+    import inspect
+
+    try:
+        parameters = inspect.signature(factory).parameters
+    except (TypeError, ValueError):  # a factory without a signature: let it check its own options
+        return
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        return
+    known = [key for key, p in parameters.items() if p.kind is not inspect.Parameter.VAR_POSITIONAL]
+    for key in options:
+        if key not in known:
+            raise UnknownNameError.of(f"{name} option", key, known)
 
 
 def _detached(value: Any) -> Any:

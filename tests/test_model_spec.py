@@ -143,3 +143,31 @@ def test_labels_of_the_wrong_length_and_checkpoint_options(tmp_path, tiny_file, 
     with pytest.raises(ValueError, match="--labels: only with --model"):
         main(["explain", "--checkpoint", str(tmp_path), str(pictures), "--out", str(tmp_path / "o"),
               "--labels", "imagenet"])
+
+
+def test_method_options_from_the_command_line(tmp_path, pictures, tiny_file, monkeypatch):
+    import camkit
+    from camkit_plugins.image.commands import parse_method_options
+
+    assert parse_method_options(["chunk_size=2", "scales=[1, 0.5]", "mode=fast"]) == {
+        "chunk_size": 2, "scales": [1, 0.5], "mode": "fast"}
+    with pytest.raises(ValueError, match="write NAME=VALUE"):
+        parse_method_options(["chunk_size"])
+    seen = []
+    original = camkit.Explainer.__init__
+
+    def spy(self, *args, **kwargs):
+        seen.append(kwargs.get("method_options"))
+        original(self, *args, **kwargs)
+
+    monkeypatch.setattr(camkit.Explainer, "__init__", spy)
+    out = tmp_path / "out"
+    code = main(["explain", "--model", f"{tiny_file}:build", str(pictures), "--out", str(out), "--size", "16",
+                 "--workers", "0", "--method", "scorecam", "--method-option", "chunk_size=2", "--save-maps"])
+    assert code == 0 and {"chunk_size": 2} in seen
+    monkeypatch.setattr(camkit.Explainer, "__init__", original)
+    maps = np.load(next(out.glob("p0_maps.npy")))
+    assert maps.shape == (1, 16, 16) and float(maps.max()) > 0  # Score-CAM's maps, chunked by 2
+    with pytest.raises(ValueError, match="unknown scorecam option 'chunk_sise'. Did you mean 'chunk_size'"):
+        main(["explain", "--model", f"{tiny_file}:build", str(pictures), "--out", str(tmp_path / "o2"),
+              "--workers", "0", "--method", "scorecam", "--method-option", "chunk_sise=2"])

@@ -307,6 +307,9 @@ def _explain_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="directory for the overlays")
     parser.add_argument("--method", default=None, help="cam, gradcam, gradcam++, ... (camkit list methods; default "
                         "cam, gradcam for a detector, whose detections have no classifier rows)")
+    parser.add_argument("--method-option", action="append", default=[], dest="method_options", metavar="NAME=VALUE",
+                        help="an option of the method, e.g. chunk_size=64 (repeat for more; values are JSON, "
+                             "else text)")
     parser.add_argument("--topk", type=int, default=None, help="also one panel per class for the top k")
     parser.add_argument("--save-maps", action="store_true", help="write the raw maps as <name>_maps.npy")
     parser.add_argument("--no-grid", action="store_true", help="do not write grid.png")
@@ -394,11 +397,29 @@ def load_image_model(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
     return model, config
 
 
+def parse_method_options(pairs: list[str]) -> dict[str, Any]:
+    """``["chunk_size=64", "scales=[1, 2]"]`` -> ``{"chunk_size": 64, "scales": [1, 2]}`` (JSON values, else
+    the text itself)."""
+    import json
+
+    options: dict[str, Any] = {}
+    for pair in pairs:
+        name, equals, text = pair.partition("=")
+        if not equals or not name.strip():
+            raise ValueError(f"--method-option {pair!r}: write NAME=VALUE, e.g. chunk_size=64")
+        try:
+            options[name.strip()] = json.loads(text)
+        except json.JSONDecodeError:
+            options[name.strip()] = text
+    return options
+
+
 def _explain_run(args: argparse.Namespace) -> int:
     from camkit_plugins.image.dataset_inputs import resolve_inputs
     from camkit_plugins.image.explain_files import explain_files
 
     model, config = load_image_model(args)
+    method_options = parse_method_options(args.method_options)
     if config.get("task") == "detection":  # model families: one overlay per detection
         from camkit_plugins.image.detections import explain_detections, print_detection_report
 
@@ -418,11 +439,13 @@ def _explain_run(args: argparse.Namespace) -> int:
         return print_detection_report(explain_detections(
             model, config, collect_image_files(args.inputs), args.out, method=args.method or "gradcam",
             max_detections=args.max_detections or 5, alpha=args.alpha, device=args.device,
-            batch_size=args.batch_size, workers=args.workers, min_score=args.min_score), args.out)
+            batch_size=args.batch_size, workers=args.workers, min_score=args.min_score,
+            method_options=method_options), args.out)
     if args.max_detections is not None or args.min_score is not None:
         raise ValueError("--max-detections and --min-score are for detectors; this model is a classifier")
     inputs = resolve_inputs(args.inputs, config["classes"], args.dataset, args.split)
     report = explain_files(model, config, inputs, args.out, method=args.method or "cam", topk=args.topk,
+                           method_options=method_options,
                            save_maps=args.save_maps, grid=not args.no_grid and not args.no_overlays,
                            batch_size=args.batch_size, workers=args.workers, alpha=args.alpha, device=args.device,
                            decode=args.decode, overlays=not args.no_overlays, map_dtype=args.map_dtype,

@@ -59,7 +59,8 @@ def draw_detection(picture_rgb: Any, box: Sequence[float], text: str) -> Any:
 
 def explain_detections(model: Any, config: dict[str, Any], files: Sequence[Path], out: str | Path,
                        method: str = "gradcam", max_detections: int = 5, alpha: float = 0.5, device: str = "cpu",
-                       batch_size: int = 4, workers: int = 0, min_score: float | None = None) -> DetectionReport:
+                       batch_size: int = 4, workers: int = 0, min_score: float | None = None,
+                       method_options: Any = None) -> DetectionReport:
     """Overlays ``<name>_det<k>_<label>_<pp.pp>pct.jpg`` for the ``max_detections`` best detections of every
     readable picture (``config``: ``input_size``, ``mean``, ``std``, ``classes``, optional ``layer``); the
     pictures are resized to ``input_size`` squared for the model and the boxes scaled back to them.
@@ -91,7 +92,7 @@ def explain_detections(model: Any, config: dict[str, Any], files: Sequence[Path]
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers, collate_fn=list)
     model = model.to(device) if hasattr(model, "to") else model
     report, stems, start = DetectionReport(), set(), time.perf_counter()
-    with camkit.Explainer(model, method=method, layer=config.get("layer")) as explainer:
+    with camkit.Explainer(model, method=method, layer=config.get("layer"), method_options=method_options) as explainer:
         for items in loader:
             report.bad += [item["error"] for item in items if "error" in item]
             good = [item for item in items if "error" not in item]

@@ -8,7 +8,7 @@ from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 from camkit.plugin_manager import UnknownNameError
 from camkit_plugins.image.dataset_inputs import ImageInputs
@@ -326,6 +326,7 @@ class ExplainRun:
     augment: dict[str, Any] | None
     outputs: dict[str, Any]  # save_maps, overlays, page, save_masks, background, map_dtype, alpha, grid
     classes: list[str] = field(default_factory=list)
+    method_options: dict[str, Any] = field(default_factory=dict)
 
 
 def explain_files(model: Any, config: dict[str, Any], files: Sequence[Path] | ImageInputs, out: str | Path,
@@ -334,7 +335,8 @@ def explain_files(model: Any, config: dict[str, Any], files: Sequence[Path] | Im
                   decode: str = "auto", page: bool = True, *, overlays: bool = True, map_dtype: str = "float32",
                   targets: str = "auto", save_masks: bool = False, background: float = 0.2,
                   scales: Sequence[float] = (), flip: bool = False, manifest: str = "jsonl", restart: bool = False,
-                  resume: bool = False, progress: bool = True, distributed: Any = None) -> ExplainReport:
+                  resume: bool = False, progress: bool = True, distributed: Any = None,
+                  method_options: Mapping[str, Any] | None = None) -> ExplainReport:
     """Explain every image of ``files`` (paths, or `ImageInputs` from `resolve_inputs`: folders, class
     folders, ``mnist:DIR``, a registered data set, a list file) and write, per image named ``<name>``:
     the overlay ``<name>_pred_<label>_<pp.pp>pct.jpg`` (unless ``overlays=False``), with ``topk``
@@ -343,6 +345,8 @@ def explain_files(model: Any, config: dict[str, Any], files: Sequence[Path] | Im
     and ``index.html``, with ``save_masks`` ``<name>_mask.png`` (a pseudo-mask in PASCAL VOC's palette:
     per pixel 1 + the class of the strongest map when it exceeds ``background``, else 0), ``grid.png``
     (the first nine) and ``manifest.jsonl`` or ``.csv`` (``manifest``). Unreadable files are listed.
+
+    ``method_options``: the method's own options (``camkit.Explainer(method_options=...)``).
 
     ``targets``: "predicted" (the top class, or the ``topk``), "label" (each image's label: labelled inputs
     only) or "auto" (the labels when ``save_masks`` and labels are known, else the prediction).
@@ -377,13 +381,14 @@ def explain_files(model: Any, config: dict[str, Any], files: Sequence[Path] | Im
     settings = {"method": method, "layer": config.get("layer"), "topk": topk, "targets": mode,
                 "scales": sorted({1.0, *extra_scales}), "flip": flip, "classes": classes,
                 "input_size": int(config["input_size"]), "mean": list(config["mean"]), "std": list(config["std"]),
-                "model": config.get("model"), **{k: v for k, v in outputs.items() if k != "grid"}}
+                "model": config.get("model"), **{k: v for k, v in outputs.items() if k != "grid"},
+                **({"method_options": dict(method_options)} if method_options else {})}
     with joined(device, distributed) as distributed:
         out = output_folder(out)
         run_folder = RunFolder(out, settings, distributed.rank)
         done = _prepare_run_folder(run_folder, distributed, restart, resume)
         run = ExplainRun(model.to(device), config, inputs, out, device, method, topk, mode, label_ids, augment,
-                         outputs, classes)
+                         outputs, classes, dict(method_options or {}))
         pending = [i for i, name in enumerate(inputs.names) if name not in done]
         mine = [pending[p] for p in rank_positions(len(pending), batch_size, distributed.rank, distributed.world)]
         report, grid_cells, failures = _explain_shard(run, run_folder, mine, batch_size, workers, decode, progress,
@@ -443,7 +448,8 @@ def _explain_shard(run: ExplainRun, run_folder: RunFolder, positions: list[int],
     try:
         # augmented maps come from camkit.explain, which hooks the layer itself
         held = contextlib.nullcontext() if run.augment else camkit.Explainer(
-            run.model, method=run.method, layer=run.config.get("layer"), output=run.config.get("output"))
+            run.model, method=run.method, layer=run.config.get("layer"), output=run.config.get("output"),
+            method_options=run.method_options)
         with held as explainer, \
                 tqdm(total=len(positions), desc=f"explain{rank_text}", unit="img", position=distributed.rank,
                      disable=not progress) as bar:
@@ -481,7 +487,7 @@ def _explain_batch(run: ExplainRun, explainer: Any, camkit: Any, good: list[dict
         targets = torch.tensor([run.label_ids[item["index"]] for item in good], device=run.device)
     if run.augment:
         return camkit.explain(run.model, inputs, run.method, run.config.get("layer"), targets, topk=run.topk,
-                              augment=run.augment, output=run.config.get("output"))
+                              augment=run.augment, output=run.config.get("output"), method_options=run.method_options)
     return explainer(inputs, targets, topk=run.topk)
 
 
