@@ -16,12 +16,11 @@ torch nor matplotlib (only numpy).
 from __future__ import annotations
 
 import base64
-import contextlib
 import html
 import io
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
 
@@ -382,33 +381,29 @@ def volume_montage(cam: Any, volume: Any = None, alpha: float = 0.5, slices: int
 def signal_picture(cam: Any, signal: Any = None) -> "Image.Image":
     """A 1-D map as a coloured band under the signal (``(L,)`` or ``(C, L)``, resampled to the map's length
     when they differ), as a PIL image."""
-    plt = _pyplot()
     cam = np.squeeze(unit_map(cam))
     if cam.ndim != 1:
         raise ValueError(f"a signal picture needs a 1-D map, got shape {tuple(cam.shape)}")
-    figure, axis = plt.subplots(figsize=(4.0, 1.6), dpi=80)
-    try:
-        length = len(cam)
-        low, high = 0.0, 1.0
-        if signal is not None:
-            values = to_array(signal).astype(np.float32)
-            values = values[None] if values.ndim == 1 else values
-            if values.ndim != 2:
-                raise ValueError(f"a signal is (L,) or (C, L), got shape {tuple(values.shape)}")
-            for channel in values:
-                axis.plot(np.linspace(0, length - 1, channel.shape[0]), channel, color="black", lw=0.8)
-            low, high = float(values.min()), float(values.max())
-            pad = 0.05 * (high - low) or 0.5
-            low, high = low - pad, high + pad
-        axis.imshow(cam[None], aspect="auto", cmap="jet", vmin=0.0, vmax=1.0, alpha=0.6,
-                    extent=(-0.5, length - 0.5, low, high))
-        axis.set_xlim(-0.5, length - 0.5)
-        axis.set_ylim(low, high)
-        axis.set_yticks([] if signal is None else axis.get_yticks())
-        figure.tight_layout(pad=0.3)
-        return _figure_picture(figure)
-    finally:
-        plt.close(figure)
+    figure, axis = figure_and_axes(figsize=(4.0, 1.6), dpi=80)
+    length = len(cam)
+    low, high = 0.0, 1.0
+    if signal is not None:
+        values = to_array(signal).astype(np.float32)
+        values = values[None] if values.ndim == 1 else values
+        if values.ndim != 2:
+            raise ValueError(f"a signal is (L,) or (C, L), got shape {tuple(values.shape)}")
+        for channel in values:
+            axis.plot(np.linspace(0, length - 1, channel.shape[0]), channel, color="black", lw=0.8)
+        low, high = float(values.min()), float(values.max())
+        pad = 0.05 * (high - low) or 0.5
+        low, high = low - pad, high + pad
+    axis.imshow(cam[None], aspect="auto", cmap="jet", vmin=0.0, vmax=1.0, alpha=0.6,
+                extent=(-0.5, length - 0.5, low, high))
+    axis.set_xlim(-0.5, length - 0.5)
+    axis.set_ylim(low, high)
+    axis.set_yticks([] if signal is None else axis.get_yticks())
+    figure.tight_layout(pad=0.3)
+    return _figure_picture(figure)
 
 
 def skeleton_picture(cam: Any, clip: Any = None, graph: Any = None) -> "Image.Image":
@@ -419,53 +414,32 @@ def skeleton_picture(cam: Any, clip: Any = None, graph: Any = None) -> "Image.Im
 
     from camkit.plugin_manager import lookup
 
-    plt = _pyplot()
     cam = to_array(cam).astype(np.float32)
     if cam.ndim != 2:
         raise ValueError(f"a skeleton picture needs a (T, V) map, got shape {tuple(cam.shape)}")
     graph = graph if graph is not None else ("ntu25" if cam.shape[1] == 25 else {"joints": cam.shape[1], "bones": []})
-    with _backend_kept():
-        figures = [lookup("renderers", "joint-time")(cam, None, graph)]
-    try:
-        if clip is not None:
-            values = to_array(clip).astype(np.float32)
-            values = values[..., None] if values.ndim == 3 else values
-            with _backend_kept():
-                figures.append(lookup("renderers", "skeleton")(values, resized(cam, (values.shape[1], cam.shape[1])),
-                                                                None, graph))
-        pictures = [np.asarray(_figure_picture(figure)) for figure in figures]
-    finally:
-        for figure in figures:
-            plt.close(figure)
+    figures = [lookup("renderers", "joint-time")(cam, None, graph)]
+    if clip is not None:
+        values = to_array(clip).astype(np.float32)
+        values = values[..., None] if values.ndim == 3 else values
+        figures.append(lookup("renderers", "skeleton")(values, resized(cam, (values.shape[1], cam.shape[1])),
+                                                        None, graph))
+    pictures = [np.asarray(_figure_picture(figure)) for figure in figures]
     height = max(picture.shape[0] for picture in pictures)
     padded = [np.pad(p, ((0, height - p.shape[0]), (0, 0), (0, 0)), constant_values=255) for p in pictures]
     return Image.fromarray(np.concatenate(padded, axis=1))
 
 
-def _pyplot() -> Any:
-    """pyplot, on Agg unless a backend is already in use (a notebook's inline backend stays)."""
-    import sys
+def figure_and_axes(nrows: int = 1, ncols: int = 1, **options: Any) -> tuple[Any, Any]:
+    """``plt.subplots`` without pyplot: a figure on its own Agg canvas, so no backend is chosen or changed
+    and pyplot holds no reference (a notebook's inline plots stay as they are; the figure goes with its last
+    reference). ``figsize`` and ``dpi`` go to the figure, the rest to ``Figure.subplots``."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
-    import matplotlib
-
-    if "matplotlib.pyplot" not in sys.modules:
-        matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-@contextlib.contextmanager
-def _backend_kept() -> Iterator[None]:
-    """The skeleton renderers switch matplotlib to Agg (for files); a notebook gets its own backend back."""
-    import matplotlib
-
-    backend = matplotlib.get_backend()
-    try:
-        yield
-    finally:
-        if matplotlib.get_backend() != backend:
-            matplotlib.use(backend)
+    figure = Figure(figsize=options.pop("figsize", None), dpi=options.pop("dpi", None))
+    FigureCanvasAgg(figure)
+    return figure, figure.subplots(nrows, ncols, **options)
 
 
 def _figure_picture(figure: Any) -> "Image.Image":

@@ -201,3 +201,23 @@ print(matplotlib.get_backend(), len(plt.get_fignums()))
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["module://matplotlib_inline.backend_inline", "0"]
+
+
+def test_pictures_and_files_leave_matplotlib_as_found(tmp_path):
+    """Rendering never imports pyplot nor switches the backend (a notebook's inline plots keep theirs)."""
+    script = f"""
+import sys, matplotlib
+matplotlib.use("svg")
+import numpy as np
+import camkit
+from camkit.display import skeleton_picture, signal_picture
+from camkit.plugin_manager import lookup
+rng = np.random.default_rng(0)
+assert skeleton_picture(rng.random((16, 25)), rng.random((3, 16, 25))).size[0] > 100
+assert signal_picture(rng.random(40), rng.random(80)).size[0] > 100
+lookup("renderers", "joint-time")(rng.random((16, 25)), r"{tmp_path / 'joints.png'}", "ntu25")
+print(matplotlib.get_backend(), "matplotlib.pyplot" in sys.modules)
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["svg", "False"]
+    assert Image.open(tmp_path / "joints.png").size[0] > 100

@@ -311,10 +311,7 @@ def plot(records: list[Mapping[str, Any]], config: Mapping[str, Any], out: Path,
          statistics: Mapping[tuple[str, str], GroupStatistics] | None = None) -> None:
     """Per (model, dataset): bar charts of the primary values with their bootstrap intervals (baselines
     grey, hatched), the curves, and P(rank 1) per method and metric."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from camkit.display import figure_and_axes
 
     groups: dict[tuple[str, str], list[Mapping[str, Any]]] = {}
     for r in records:
@@ -327,7 +324,7 @@ def plot(records: list[Mapping[str, Any]], config: Mapping[str, Any], out: Path,
         if stats.ranks:
             _plot_first_ranks(stats, [m for m in metrics if m in stats.ranks], f"{model} on {dataset}",
                               out / f"ranks_{stem}.png")
-        fig, axes = plt.subplots(1, len(metrics), figsize=(3.2 * len(metrics), 3.2), squeeze=False)
+        fig, axes = figure_and_axes(1, len(metrics), figsize=(3.2 * len(metrics), 3.2), squeeze=False)
         for ax, metric in zip(axes[0], metrics):
             rows = [r for r in group if r["metric"] == metric]
             names = [r["method"] for r in rows]
@@ -349,7 +346,7 @@ def plot(records: list[Mapping[str, Any]], config: Mapping[str, Any], out: Path,
         curves = sorted({(r["metric"], name) for r in group for name, v in r["values"].items() if _is_curve(v)})
         if not curves:
             continue
-        fig, axes = plt.subplots(1, len(curves), figsize=(3.8 * len(curves), 3.4), squeeze=False)
+        fig, axes = figure_and_axes(1, len(curves), figsize=(3.8 * len(curves), 3.4), squeeze=False)
         for ax, (metric, name) in zip(axes[0], curves):
             for i, r in enumerate(r for r in group if r["metric"] == metric):
                 value = r["values"][name]
@@ -372,11 +369,11 @@ def plot(records: list[Mapping[str, Any]], config: Mapping[str, Any], out: Path,
 
 def _plot_first_ranks(stats: GroupStatistics, metrics: list[str], title: str, path: Path) -> None:
     """A methods x metrics heat map of P(rank 1) over bootstrap resamples, Kendall's W in the column titles."""
-    import matplotlib.pyplot as plt
+    from camkit.display import figure_and_axes
 
     methods = list(dict.fromkeys(m for metric in metrics for m in stats.ranks[metric].first))
     table = [[stats.ranks[metric].first.get(m, float("nan")) for metric in metrics] for m in methods]
-    fig, ax = plt.subplots(figsize=(1.2 + 1.1 * len(metrics), 0.9 + 0.3 * len(methods)))
+    fig, ax = figure_and_axes(figsize=(1.2 + 1.1 * len(metrics), 0.9 + 0.3 * len(methods)))
     image = ax.imshow(table, vmin=0.0, vmax=1.0, cmap="viridis", aspect="auto")
     ax.set_xticks(range(len(metrics)), [f"{m}\nW={_fmt(stats.ranks[m].w)}" for m in metrics], fontsize=7,
                   rotation=30, ha="right")
@@ -388,10 +385,5 @@ def _plot_first_ranks(stats: GroupStatistics, metrics: list[str], title: str, pa
 
 
 def _save_figure(figure: Any, path: Path) -> None:
-    import matplotlib.pyplot as plt
-
-    try:
-        with atomic_path(path) as temporary:
-            figure.savefig(temporary, dpi=110)
-    finally:
-        plt.close(figure)
+    with atomic_path(path) as temporary:
+        figure.savefig(temporary, dpi=110)

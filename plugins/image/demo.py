@@ -314,11 +314,7 @@ def localisation_table(shapes: dict[str, Any]) -> tuple[list[str], list[list[str
 
 def write_report(out: Path, summary: dict[str, Any]) -> None:
     """``localization.md``, ``localization.json`` and ``localization.png``."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
+    from camkit.display import figure_and_axes
     from camkit.io import atomic_path, write_json_atomic, write_text_atomic
 
     shapes, digits, photos = summary["shapes"], summary["digits"], summary["photos"]
@@ -342,7 +338,7 @@ def write_report(out: Path, summary: dict[str, Any]) -> None:
     write_text_atomic(out / "localization.md", "\n".join(lines) + "\n")
     names = list(shapes["localization"])
     values = [100 * shapes["localization"][n]["localization_accuracy"] for n in names]
-    figure, axis = plt.subplots(figsize=(7, 2.8))
+    figure, axis = figure_and_axes(figsize=(7, 2.8))
     colours = ["#c0392b", "#e74c3c", "#d35400", "#e67e22", "#7f8c8d", "#95a5a6"]
     bars = axis.barh(range(len(names)), values, color=colours[:len(names)])
     axis.set_yticks(range(len(names)), names, fontsize=8)
@@ -354,7 +350,6 @@ def write_report(out: Path, summary: dict[str, Any]) -> None:
     figure.tight_layout()
     with atomic_path(out / "localization.png") as temporary:
         figure.savefig(temporary, dpi=90, format="png")
-    plt.close(figure)
 
 
 def write_demo_page(out: Path, summary: dict[str, Any], photo_cards: list[Any], shape_cards: list[Any]) -> Path:

@@ -92,39 +92,33 @@ def evaluate_accuracy_on(model: Any, config: dict[str, Any], inputs: ImageInputs
 def save_confusion_picture(path: str | Path, report: AccuracyReport, title: str = "") -> Path:
     """The confusion matrix as a PNG: rows (true class) normalised to 1, counts written in the cells
     when there are at most 20 classes. Written atomically."""
-    import matplotlib
     import numpy as np
 
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
+    from camkit.display import figure_and_axes
     from camkit.io import atomic_path
 
     count = len(report.classes)
     rows = report.confusion.sum(axis=1, keepdims=True)
     share = np.divide(report.confusion, rows, out=np.zeros(report.confusion.shape), where=rows > 0)
     side = min(2.0 + 0.45 * count, 24.0)
-    figure, axis = plt.subplots(figsize=(side + 1.5, side))
-    try:
-        shown = axis.imshow(share, cmap="Blues", vmin=0.0, vmax=1.0)
-        figure.colorbar(shown, ax=axis, fraction=0.046, label="share of the true class")
-        if count <= 40:
-            axis.set_xticks(range(count), report.classes, rotation=90, fontsize=8)
-            axis.set_yticks(range(count), report.classes, fontsize=8)
-        if count <= 20:
-            for i in range(count):
-                for j in range(count):
-                    if report.confusion[i, j]:
-                        axis.text(j, i, str(report.confusion[i, j]), ha="center", va="center", fontsize=7,
-                                  color="white" if share[i, j] > 0.5 else "black")
-        axis.set_xlabel("predicted")
-        axis.set_ylabel("true")
-        axis.set_title(title or f"top-1 {100 * report.top1:.2f}% of {report.count} images")
-        figure.tight_layout()
-        with atomic_path(path) as temporary:
-            figure.savefig(temporary, dpi=90, format="png")
-    finally:
-        plt.close(figure)
+    figure, axis = figure_and_axes(figsize=(side + 1.5, side))
+    shown = axis.imshow(share, cmap="Blues", vmin=0.0, vmax=1.0)
+    figure.colorbar(shown, ax=axis, fraction=0.046, label="share of the true class")
+    if count <= 40:
+        axis.set_xticks(range(count), report.classes, rotation=90, fontsize=8)
+        axis.set_yticks(range(count), report.classes, fontsize=8)
+    if count <= 20:
+        for i in range(count):
+            for j in range(count):
+                if report.confusion[i, j]:
+                    axis.text(j, i, str(report.confusion[i, j]), ha="center", va="center", fontsize=7,
+                              color="white" if share[i, j] > 0.5 else "black")
+    axis.set_xlabel("predicted")
+    axis.set_ylabel("true")
+    axis.set_title(title or f"top-1 {100 * report.top1:.2f}% of {report.count} images")
+    figure.tight_layout()
+    with atomic_path(path) as temporary:
+        figure.savefig(temporary, dpi=90, format="png")
     return Path(path)
 
 

@@ -90,10 +90,7 @@ def save_grid(path: str | Path, images: Any, maps: Any, titles: Sequence[str], n
               alpha: float = 0.5, cmap: str = "jet", suptitle: str | None = None) -> Path:
     """A matplotlib grid: each picture (uint8 (N, C, H, W), C = 1 or 3) with its map (N, H, W)
     blended on top and its title. Written as PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    from camkit.display import figure_and_axes
 
     images = images.detach().cpu() if hasattr(images, "detach") else images
     maps = maps.detach().float().cpu() if hasattr(maps, "detach") else maps
@@ -101,7 +98,7 @@ def save_grid(path: str | Path, images: Any, maps: Any, titles: Sequence[str], n
     if count != len(maps) or count != len(titles):
         raise ValueError(f"save_grid: {count} images, {len(maps)} maps and {len(titles)} titles must match")
     nrows = max(1, -(-count // ncols))
-    figure, axes = plt.subplots(nrows, ncols, figsize=(2.3 * ncols, 2.5 * nrows), squeeze=False)
+    figure, axes = figure_and_axes(nrows, ncols, figsize=(2.3 * ncols, 2.5 * nrows), squeeze=False)
     for index, axis in enumerate(axes.flat):
         axis.axis("off")
         if index >= count:
@@ -114,11 +111,8 @@ def save_grid(path: str | Path, images: Any, maps: Any, titles: Sequence[str], n
         figure.suptitle(suptitle, fontsize=10)
     figure.tight_layout()
     path = Path(path)
-    try:
-        with atomic_path(path) as temporary:
-            figure.savefig(temporary, dpi=80)  # the format from the suffix, which the temporary keeps
-    finally:
-        plt.close(figure)
+    with atomic_path(path) as temporary:
+        figure.savefig(temporary, dpi=80)  # the format from the suffix, which the temporary keeps
     return path
 
 

@@ -197,15 +197,12 @@ def markdown_table(results: Mapping[str, Mapping[str, float]],
 def plot_results(results: Mapping[str, Mapping[str, float]], path: str,
                  spread: Mapping[str, Mapping[str, float]] | None = None) -> None:
     """Grouped bars of accuracy under every condition, one colour per model (error bars: ``spread``)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from camkit.display import figure_and_axes
 
     models = list(results)
     conditions = [k for k in next(iter(results.values())) if k.startswith("accuracy")]
     width = 0.8 / len(models)
-    fig, ax = plt.subplots(figsize=(1.0 * len(conditions) + 2, 3.2))
+    fig, ax = figure_and_axes(figsize=(1.0 * len(conditions) + 2, 3.2))
     for i, model in enumerate(models):
         errors = [100 * (spread or {}).get(model, {}).get(c, 0.0) for c in conditions]
         ax.bar(np.arange(len(conditions)) + i * width, [100 * results[model][c] for c in conditions], width,
@@ -218,19 +215,15 @@ def plot_results(results: Mapping[str, Mapping[str, float]], path: str,
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))
     fig.tight_layout()
     save_figure(fig, path, dpi=110)
-    plt.close(fig)
 
 
 def plot_confusion(confusion: np.ndarray, classes: list[str], path: str, title: str = "") -> None:
     """The confusion matrix as a picture: rows true classes, columns predicted, each row as shares."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from camkit.display import figure_and_axes
 
     shares = confusion / np.maximum(confusion.sum(axis=1, keepdims=True), 1)
     size = min(2 + 0.3 * len(classes), 16)
-    fig, ax = plt.subplots(figsize=(size + 1, size))
+    fig, ax = figure_and_axes(figsize=(size + 1, size))
     image = ax.imshow(shares, cmap="Blues", vmin=0, vmax=1)
     if len(classes) <= 30:  # beyond that the names overlap; the axes still count classes
         ax.set_xticks(range(len(classes)), classes, rotation=90, fontsize=6)
@@ -241,5 +234,4 @@ def plot_confusion(confusion: np.ndarray, classes: list[str], path: str, title: 
     fig.colorbar(image, ax=ax, fraction=0.04)
     fig.tight_layout()
     save_figure(fig, path, dpi=110)
-    plt.close(fig)
 

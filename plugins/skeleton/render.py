@@ -30,14 +30,11 @@ def render_joint_time(cam: Any, path: str | Path | None = None, graph: Any = "nt
                       truth: Any = None) -> Any:
     """Heat map of a ``(T, V)`` map: joints (named) down, frames across. ``truth``: an optional bool
     ``(T, V)`` mask outlined on top. Saved as PNG when ``path`` is given; returns the figure."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from camkit.display import figure_and_axes
 
     g = get_graph(graph)
     cam = _check_map(_as_numpy(cam), g.num_joints)
-    fig, ax = plt.subplots(figsize=(6, 0.15 * g.num_joints + 1.0))
+    fig, ax = figure_and_axes(figsize=(6, 0.15 * g.num_joints + 1.0))
     image = ax.imshow(cam.T, aspect="auto", cmap="inferno", interpolation="nearest", vmin=0)
     if truth is not None:
         ax.contour(_check_map(_as_numpy(truth), g.num_joints).T.astype(float), levels=[0.5], colors="cyan",
@@ -49,7 +46,6 @@ def render_joint_time(cam: Any, path: str | Path | None = None, graph: Any = "nt
     fig.tight_layout()
     if path is not None:
         save_figure(fig, path)
-        plt.close(fig)
     return fig
 
 
@@ -71,10 +67,7 @@ def render_skeleton(sequence: Any, cam: Any, path: str | Path | None = None, gra
 
     ``sequence``: the input ``(C, T, V, M)`` (x, y used); ``cam``: ``(T, V)``. ``frames``: frame indices
     or a count of key frames. ``gif``: also write an animated GIF of every frame."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from camkit.display import figure_and_axes
 
     g = get_graph(graph)
     seq = _as_numpy(sequence)
@@ -103,7 +96,7 @@ def render_skeleton(sequence: Any, cam: Any, path: str | Path | None = None, gra
         ax.set_yticks([])
         ax.set_title(f"frame {t}", fontsize=8)
 
-    fig, axes = plt.subplots(1, len(chosen), figsize=(2 * len(chosen), 2.8), squeeze=False)
+    fig, axes = figure_and_axes(1, len(chosen), figsize=(2 * len(chosen), 2.8), squeeze=False)
     for ax, t in zip(axes[0], chosen):
         draw(ax, t)
     fig.suptitle(title, fontsize=9)
@@ -113,10 +106,7 @@ def render_skeleton(sequence: Any, cam: Any, path: str | Path | None = None, gra
     if gif is not None:
         from matplotlib.animation import FuncAnimation, PillowWriter
 
-        anim_fig, anim_ax = plt.subplots(figsize=(2.5, 3))
+        anim_fig, anim_ax = figure_and_axes(figsize=(2.5, 3))
         animation = FuncAnimation(anim_fig, lambda t: draw(anim_ax, t), frames=int(present.sum()) or seq.shape[1])
         write_atomic(gif, lambda temporary: animation.save(str(temporary), writer=PillowWriter(fps=10)))
-        plt.close(anim_fig)
-    if path is not None:
-        plt.close(fig)
     return fig
