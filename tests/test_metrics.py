@@ -542,3 +542,19 @@ def test_chunk_size_is_chosen_for_the_input_size_on_a_cpu_and_changes_no_value()
     auto = metric("pixel_flipping", features_in_step=8).evaluate(make_batch(model, x, maps)).values["curve"]
     tiny = metric("pixel_flipping", features_in_step=8).evaluate(make_batch(model, x, maps, chunk_size=1))
     torch.testing.assert_close(auto, tiny.values["curve"])
+
+
+def test_road_solves_only_the_holes_box_and_gets_the_whole_grids_answer():
+    from camkit_plugins.metrics import perturbations
+
+    x = torch.rand(2, 3, 14, 12, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    removed = torch.zeros(2, 1, 14, 12, dtype=torch.bool)
+    removed[0, 0, 5:8, 4:7] = True  # inside: the box is 5 x 5 with its ring of kept pixels
+    removed[1, 0, 0:3, 9:12] = True  # at a corner: the box is clipped to the grid
+    assert perturbations._hole_box((~removed[:1]).double()) == (slice(4, 9), slice(3, 8))
+    assert perturbations._hole_box((~removed[1:]).double()) == (slice(0, 4), slice(8, 12))
+    road = camkit.lookup("perturbations", "road")(noise=0.0, exact=True, tolerance=1e-12)
+    out = road.apply(x, removed, Layout.parse("NCHW"), torch.arange(2))
+    for n in range(2):
+        for c in range(3):
+            torch.testing.assert_close(out[n, c], _dense_imputation(x[n, c], removed[n, 0]), atol=1e-9, rtol=0)

@@ -241,7 +241,8 @@ class Road(Perturbation):
         kernel = (kernel / kernel.sum()).to(device=x.device, dtype=dtype)[None, None]
         neighbours = _neighbour_sum(kernel)
         if self.exact:
-            values = _multigrid_solve(x, known, kernel, self.tolerance, self.max_iterations)
+            values = _multigrid_solve(x, known, kernel, self.tolerance, self.max_iterations,
+                                      group=len(x) // max(1, inputs.shape[layout.batch_axis]))
         else:
             values = _coarse_to_fine_fill(x * known, known)
             norm = neighbours(torch.ones_like(x[:1]))  # fewer neighbours at the border
@@ -291,17 +292,43 @@ def _neighbour_sum(kernel: Any) -> Any:
     return depthwise
 
 
-def _multigrid_solve(x: Any, known: Any, kernel: Any, tolerance: float, max_iterations: int) -> Any:
+def _hole_box(known: Any) -> Any:
+    """Slices, per spatial axis, of the smallest box holding every unknown element of ``(B, 1, *spatial)``
+    grids, grown by one element (the kept neighbours the system reads), clipped to the grid; None if none."""
+    unknown = (known < 1).flatten(0, 1).any(dim=0)
+    if not bool(unknown.any()):
+        return None
+    box = []
+    for axis in range(unknown.ndim):
+        present = unknown.any(dim=tuple(a for a in range(unknown.ndim) if a != axis)) if unknown.ndim > 1 else unknown
+        where = present.nonzero().flatten()
+        box.append(slice(max(0, int(where[0]) - 1), min(unknown.shape[axis], int(where[-1]) + 2)))
+    return tuple(box)
+
+
+def _multigrid_solve(x: Any, known: Any, kernel: Any, tolerance: float, max_iterations: int,
+                     group: int = 1) -> Any:
     """The imputation on ``(B, 1, *spatial)`` grids by conjugate gradients preconditioned with one
     multigrid V-cycle (damped Jacobi smoothing, the same stencil on grids halved down to 4 elements, a
     coarse element unknown where any of its children is), started from the coarse-to-fine fill: a few
-    tens of iterations where plain CG needs hundreds on large holes. On a CPU, a few grids at a time."""
+    tens of iterations where plain CG needs hundreds on large holes. On a CPU, a few grids at a time
+    (``group`` rows together: one sample's channels); each chunk solved on its holes' bounding box only."""
     import torch
 
     rows = max(1, CPU_CHUNK_ELEMENTS // max(1, x[0].numel())) if x.device.type == "cpu" else len(x)
+    rows = max(group, rows // group * group)  # a sample's rows (its channels share one mask) stay together
     if len(x) > rows:
-        return torch.cat([_multigrid_solve(x[i:i + rows], known[i:i + rows], kernel, tolerance, max_iterations)
-                          for i in range(0, len(x), rows)])
+        return torch.cat([_multigrid_solve(x[i:i + rows], known[i:i + rows], kernel, tolerance, max_iterations,
+                                           group) for i in range(0, len(x), rows)])
+    box = _hole_box(known)
+    if box is None:  # nothing to impute
+        return x.clone()
+    if any(b.stop - b.start < size for b, size in zip(box, x.shape[2:])):
+        # only the holes' bounding box and a ring of kept elements around it enter the system
+        window = (slice(None), slice(None), *box)
+        solved = x.clone()
+        solved[window] = _multigrid_solve(x[window], known[window], kernel, tolerance, max_iterations, group)
+        return solved
     import torch.nn.functional as F
 
     dims = x.ndim - 2
