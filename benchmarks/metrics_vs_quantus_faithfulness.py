@@ -1,6 +1,7 @@
 """camkit's faithfulness metrics against Quantus 0.6 on the same batch: wall time of each, the ratio
 Quantus / camkit, and camkit's wall time over the time of the forward passes it needs (the floor: a
-metric cannot be faster than its forwards). The issue's bar: ResNet-18 (random weights), 16 images at
+metric cannot be faster than its forwards), those forwards replayed alone right after it (the same
+shapes, no autograd, nothing else). The issue's bar: ResNet-18 (random weights), 16 images at
 224 px, CPU, 2 threads; the quick run below is the same code on fewer, smaller images.
 
 Both libraries get the same work: options that fix the number of forwards (``features_in_step``,
@@ -9,8 +10,11 @@ Both libraries get the same work: options that fix the number of forwards (``fea
 Quantus crashes on RGB for IROF and ROAD: those rows are camkit alone. ``FAITHFULNESS_CASES`` is the
 list the statistics battery imports.
 
-    python benchmarks/metrics_vs_quantus_faithfulness.py --images 16 --size 224 --threads 2
+    python benchmarks/metrics_vs_quantus_faithfulness.py --images 16 --size 224 --threads 2 --photos
     python benchmarks/metrics_vs_quantus_faithfulness.py --images 2 --size 64 --threads 1   # quick
+
+``--photos`` feeds foolbox's real ImageNet photos instead of noise: IROF's superpixels need them (SLIC
+finds one segment in noise, so IROF would need two forwards per picture and SLIC would be its cost).
 """
 
 from __future__ import annotations
@@ -71,22 +75,55 @@ FAITHFULNESS_CASES = [
 
 
 class Counter:
-    """Counts the inputs a model sees (a forward pre-hook), to price a metric in forwards."""
+    """Counts the inputs a model sees (a forward pre-hook), to price a metric in forwards, and keeps their
+    shapes for the replay."""
 
     def __init__(self, model: torch.nn.Module) -> None:
         self.inputs = 0
+        self.shapes: list[tuple[int, ...]] = []
         self.handle = model.register_forward_pre_hook(self.count)
 
     def count(self, module: torch.nn.Module, args: tuple[Any, ...]) -> None:
         self.inputs += int(args[0].shape[0])
+        self.shapes.append(tuple(args[0].shape))
 
 
-def setup(images: int, side: int, seed: int = 0) -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor, torch.Tensor]:
+def replay_seconds(model: torch.nn.Module, shapes: list[tuple[int, ...]]) -> float:
+    """The time of the same forwards alone, right after the metric: inputs of the recorded shapes, no
+    autograd, nothing else (the floor a metric's wall time is held to)."""
+    inputs = {shape: torch.randn(shape) for shape in set(shapes)}
+    with torch.inference_mode():
+        start = time.perf_counter()
+        for shape in shapes:
+            model(inputs[shape])
+        return time.perf_counter() - start
+
+
+def photos(images: int, side: int) -> torch.Tensor:
+    """foolbox's real ImageNet photos (REFERENCE §4), resized to ``side`` and ImageNet-normalised: noise
+    images give SLIC one segment, so IROF needs two forwards there and its superpixels dominate."""
+    from PIL import Image
+    from torchvision.transforms.functional import normalize, pil_to_tensor, resize
+
+    from camkit_plugins.image.datasets import IMAGENET_MEAN, IMAGENET_STD
+    from camkit_plugins.image.pretrained import package_folder
+
+    files = sorted((package_folder("foolbox", "foolbox", "foolbox's ImageNet photos") / "data").glob("imagenet_*"))
+    if len(files) < images:
+        raise ValueError(f"--photos has {len(files)} photos, --images asks for {images}")
+    pictures = [resize(pil_to_tensor(Image.open(f).convert("RGB")), [side, side], antialias=True) for f in files]
+    return normalize(torch.stack(pictures[:images]).float() / 255, list(IMAGENET_MEAN), list(IMAGENET_STD))
+
+
+def setup(images: int, side: int, seed: int = 0, real: bool = False
+          ) -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor, torch.Tensor]:
     from torchvision.models import resnet18
 
     torch.manual_seed(seed)
     model = resnet18(weights=None).eval()
     x = torch.randn(images, 3, side, side)
+    if real:
+        x = photos(images, side)
     coarse = torch.rand(images, 1, 7, 7)  # smooth maps without ties, like an upsampled CAM
     maps = torch.nn.functional.interpolate(coarse, size=(side, side), mode="bilinear", align_corners=False)[:, 0]
     with torch.no_grad():
@@ -94,20 +131,8 @@ def setup(images: int, side: int, seed: int = 0) -> tuple[torch.nn.Module, torch
     return model, x, maps, targets
 
 
-def per_input_forward_seconds(model: torch.nn.Module, x: torch.Tensor, chunk: int, repeats: int = 3) -> float:
-    """Seconds one input costs in a plain forward of ``chunk`` inputs (the best of a few)."""
-    batch = x[:1].expand(chunk, *x.shape[1:]).contiguous()
-    best = float("inf")
-    with torch.inference_mode():
-        for _ in range(repeats):
-            start = time.perf_counter()
-            model(batch)
-            best = min(best, time.perf_counter() - start)
-    return best / chunk
-
-
 def run_camkit(case: Case, model: torch.nn.Module, x: torch.Tensor, maps: torch.Tensor, targets: torch.Tensor,
-               chunk: int | None) -> tuple[float, int]:
+               chunk: int | None) -> tuple[float, int, float]:
     options = {**case.options(x.shape[1], x.shape[2]), **case.camkit}
     batch = EvalBatch(model=model, inputs=x, input_layout=Layout.parse("NCHW"), labels=targets, targets=targets,
                       maps=maps, map_letters="NHW", indices=torch.arange(len(x)), explain=None, chunk_size=chunk)
@@ -115,9 +140,10 @@ def run_camkit(case: Case, model: torch.nn.Module, x: torch.Tensor, maps: torch.
     try:
         start = time.perf_counter()
         camkit.lookup("metrics", case.metric)(**options).evaluate(batch)
-        return time.perf_counter() - start, counter.inputs
+        seconds = time.perf_counter() - start
     finally:
         counter.handle.remove()
+    return seconds, counter.inputs, replay_seconds(model, counter.shapes)
 
 
 def run_quantus(case: Case, model: torch.nn.Module, x: torch.Tensor, maps: torch.Tensor,
@@ -149,30 +175,31 @@ def main(argv: list[str] | None = None) -> int:
                         help="camkit's chunk_size (default: its automatic choice, as a user gets it; Quantus "
                              "forwards all of its batch_size=64 samples at once, here every image)")
     parser.add_argument("--metrics", default="", help="comma-separated subset of the cases")
+    parser.add_argument("--photos", action="store_true",
+                        help="foolbox's real ImageNet photos instead of noise (IROF's superpixels need them)")
     parser.add_argument("--out", default="metrics_vs_quantus_faithfulness")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    model, x, maps, targets = setup(args.images, args.size)
-    from camkit_plugins.metrics.base import auto_chunk_size
-
-    # the forwards' cost at the batch size camkit uses
-    per_input = per_input_forward_seconds(model, x, args.chunk or auto_chunk_size(x, Layout.parse("NCHW")))
+    model, x, maps, targets = setup(args.images, args.size, real=args.photos)
     wanted = set(filter(None, args.metrics.split(",")))
     rows = []
     for case in FAITHFULNESS_CASES:
         if wanted and case.metric not in wanted:
             continue
-        ours, ours_inputs = run_camkit(case, model, x, maps, targets, args.chunk)
+        ours, ours_inputs, replayed = run_camkit(case, model, x, maps, targets, args.chunk)
+        per_input = replayed / max(ours_inputs, 1)
         row: dict[str, Any] = {"metric": case.metric, "camkit_s": ours, "camkit_forwards": ours_inputs,
-                               "camkit_over_forwards": ours / max(ours_inputs * per_input, 1e-12)}
+                               "forwards_s": replayed, "camkit_over_forwards": ours / max(replayed, 1e-12)}
         if case.quantus:
             theirs, their_inputs = run_quantus(case, model, x, maps, targets)
             row.update({"quantus_s": theirs, "quantus_forwards": their_inputs, "quantus_over_camkit": theirs / ours,
                         "quantus_over_forwards": theirs / max(their_inputs * per_input, 1e-12)})
         rows.append(row)
         print(json.dumps(row), flush=True)
-    lines = [f"ResNet-18 (random weights), {args.images} images at {args.size} px, CPU, {args.threads} thread(s); "
-             f"one forward input costs {per_input * 1e3:.2f} ms", "",
+    per_input = sum(row["forwards_s"] for row in rows) / max(1, sum(row["camkit_forwards"] for row in rows))
+    pictures = "real photos" if args.photos else "noise images"
+    lines = [f"ResNet-18 (random weights), {args.images} {pictures} at {args.size} px, CPU, {args.threads} thread(s); "
+             f"one forward input costs {per_input * 1e3:.2f} ms (camkit's forwards replayed alone)", "",
              "| metric | forwards camkit / Quantus | camkit s | Quantus s | Quantus / camkit | camkit / its forwards |",
              "|---|---|---|---|---|---|"]
     for row in rows:

@@ -280,3 +280,23 @@ def test_skeleton_checkpoints_offer_their_test_clips_with_joint_time_and_drawing
     assert np.allclose(np.load(files[2]), camkit.explain(model, torch.as_tensor(clips[2])[None], "cam",
                                                           reduce="M").numpy()[0], atol=1e-6)
     assert "clip 2" in info and len(classes["choices"]) == min(5, len(config["classes"]))
+
+
+def test_the_app_reads_its_model_with_explains_arguments():
+    import argparse
+
+    from camkit.cli import commands
+    from camkit_plugins.app.command import load
+
+    app_parser, explain_parser = argparse.ArgumentParser(), argparse.ArgumentParser()
+    commands()["app"].add_arguments(app_parser)
+    commands()["explain"].add_arguments(explain_parser)
+    model_options = {"checkpoint", "model", "weights", "labels", "size", "mean", "std"}
+    assert model_options <= {a.dest for a in app_parser._actions} & {a.dest for a in explain_parser._actions}
+    args = app_parser.parse_args(["--model", "torchvision:resnet18", "--weights", "none", "--size", "96",
+                                  "--mean", "0.5,0.4,0.3", "--std", "0.2,0.25,0.3"])
+    model, config, clips = load(args)
+    assert clips == [] and config["input_size"] == 96
+    assert np.allclose(config["mean"], [0.5, 0.4, 0.3]) and np.allclose(config["std"], [0.2, 0.25, 0.3])
+    with pytest.raises(ValueError, match="--mean, --std: only with --model"):
+        load(argparse.Namespace(**{**vars(args), "model": None, "checkpoint": "x", "size": None}))

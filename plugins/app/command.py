@@ -9,15 +9,10 @@ from typing import Any
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from camkit_plugins.app.server import MAX_CLIPS, MAX_UPLOAD_MB
+    from camkit_plugins.image.commands import model_source_arguments
 
-    source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--checkpoint", help="directory written by camkit train image / train skeleton")
-    source.add_argument("--model", metavar="SPEC", help="a pretrained network: torchvision:NAME, timm:NAME, "
-                        "hf:NAME_OR_PATH, package.module:callable, file.py:callable or a torch.export file "
-                        "(weights from the local cache only; as for camkit explain)")
-    parser.add_argument("--weights", default="DEFAULT", help="with --model: DEFAULT, a weight name, or none")
-    parser.add_argument("--labels", help="with --model: class names, 'imagenet' or a file with one name per line")
-    parser.add_argument("--size", type=int, help="with --model: input size (default: the weights' own, else 224)")
+    # the model's arguments are camkit explain's (the page picks the layer itself)
+    model_source_arguments(parser, "directory written by camkit train image / train skeleton", layer=False)
     parser.add_argument("--examples", nargs="*", default=[], metavar="PICTURE",
                         help="pictures offered in the page (the only files of this machine it can read)")
     parser.add_argument("--clips", type=int, default=MAX_CLIPS, help="skeleton checkpoints: clips of the test split "
@@ -30,20 +25,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def load(args: argparse.Namespace) -> tuple[Any, dict[str, Any], list[Any]]:
     """``(model, config, clips)`` for the arguments (clips only for a skeleton checkpoint)."""
-    from camkit.checkpoint import load_checkpoint, read_config
-    from camkit_plugins.image.model_spec import load_model_spec
+    from camkit.checkpoint import read_config
+    from camkit_plugins.image.commands import load_image_model
 
-    if args.model:
-        model, config = load_model_spec(args.model, args.weights, args.labels, args.size)
+    given = [f"--{name}" for name in ("labels", "size", "mean", "std") if getattr(args, name, None) is not None]
+    if args.checkpoint and (given or args.weights != "DEFAULT"):
+        raise ValueError(f"{', '.join(given or ['--weights'])}: only with --model (a checkpoint carries its own)")
+    if args.model or read_config(args.checkpoint).get("domain") != "skeleton":
+        model, config = load_image_model(args)
         if config.get("task") == "detection":
             raise ValueError(f"{args.model} is a detector: the explorer shows classifiers' classes; explain "
                              f"detections with camkit explain --model {args.model}")
-        return model, config, []
-    given = [f"--{name}" for name in ("labels", "size") if getattr(args, name) is not None]
-    if given or args.weights != "DEFAULT":
-        raise ValueError(f"{', '.join(given or ['--weights'])}: only with --model (a checkpoint carries its own)")
-    if read_config(args.checkpoint).get("domain") != "skeleton":
-        model, config = load_checkpoint(args.checkpoint)
         return model, config, []
     from camkit_plugins.skeleton.commands import load_dataset, load_skeleton_checkpoint
 

@@ -303,7 +303,7 @@ def _explain_arguments(parser: argparse.ArgumentParser) -> None:
                         "labels), mnist:DIR (its test split) or a .txt file listing paths")
     parser.add_argument("--dataset", help="a registered data set instead of files (camkit list datasets), e.g. shapes")
     parser.add_argument("--split", default="test", help="with --dataset: train, val or test (default test)")
-    _model_source_arguments(parser)
+    model_source_arguments(parser)
     parser.add_argument("--out", required=True, help="directory for the overlays")
     parser.add_argument("--method", default=None, help="cam, gradcam, gradcam++, ... (camkit list methods; default "
                         "cam, gradcam for a detector, whose detections have no classifier rows)")
@@ -330,9 +330,12 @@ def _explain_arguments(parser: argparse.ArgumentParser) -> None:
     _dataset_scale_arguments(parser)
 
 
-def _model_source_arguments(parser: argparse.ArgumentParser) -> None:
+def model_source_arguments(parser: argparse.ArgumentParser, checkpoint_help: str = "directory written by camkit "
+                           "train image", layer: bool = True) -> None:
+    """``--checkpoint`` or ``--model`` and the preprocessing options of ``--model`` (``camkit explain``,
+    ``camkit eval image`` and ``camkit app`` read them through ``load_image_model``)."""
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--checkpoint", help="directory written by camkit train image")
+    source.add_argument("--checkpoint", help=checkpoint_help)
     source.add_argument("--model", metavar="SPEC", help="a pretrained network: torchvision:NAME, timm:NAME, "
                         "hf:NAME_OR_PATH, package.module:callable, file.py:callable, or a TorchScript / torch.export "
                         "file (weights from the local cache only)")
@@ -341,8 +344,9 @@ def _model_source_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--size", type=int, help="with --model: input size (default: the weights' own, else 224)")
     parser.add_argument("--mean", type=_floats, help="with --model: normalisation mean R,G,B")
     parser.add_argument("--std", type=_floats, help="with --model: normalisation std R,G,B")
-    parser.add_argument("--layer", help="features to explain: a module name, or NAME:input (default: what global "
-                        "pooling receives)")
+    if layer:
+        parser.add_argument("--layer", help="features to explain: a module name, or NAME:input (default: what "
+                            "global pooling receives)")
 
 
 def _dataset_scale_arguments(parser: argparse.ArgumentParser) -> None:
@@ -381,16 +385,17 @@ def load_image_model(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
     from camkit_plugins.image.model_spec import load_model_spec
 
     if args.model:
-        model, config = load_model_spec(args.model, args.weights, args.labels, args.size, args.mean, args.std)
+        model, config = load_model_spec(args.model, args.weights, args.labels, args.size, getattr(args, "mean", None),
+                                        getattr(args, "std", None))
     else:
-        given = [f"--{name}" for name in ("labels", "size", "mean", "std") if getattr(args, name) is not None]
+        given = [f"--{name}" for name in ("labels", "size", "mean", "std") if getattr(args, name, None) is not None]
         if given or args.weights != "DEFAULT":
             raise ValueError(f"{', '.join(given or ['--weights'])}: only with --model (a checkpoint carries its own "
                              f"weights, preprocessing and classes)")
         model, config = load_checkpoint(args.checkpoint)
     if config.get("domain", "image") != "image":
         raise ValueError(f"{args.checkpoint}: a {config.get('domain')} checkpoint; camkit explain handles images")
-    if args.layer:
+    if getattr(args, "layer", None):
         config = {**config, "layer": args.layer}
     if getattr(args, "output", None) is not None:  # model families: an index or a key of the model's output
         config = {**config, "output": int(args.output) if args.output.lstrip("-").isdigit() else args.output}
@@ -478,7 +483,7 @@ def _eval_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("inputs", nargs="*", help="a labelled set: root/<class>/<file> folders, mnist:DIR, ...")
     parser.add_argument("--dataset", help="a registered data set instead of files (camkit list datasets), e.g. shapes")
     parser.add_argument("--split", default="test", help="with --dataset: train, val or test (default test)")
-    _model_source_arguments(parser)
+    model_source_arguments(parser)
     parser.add_argument("--out", help="folder for accuracy.json, accuracy.md and confusion.png")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--workers", type=int, default=2, help="decoding worker processes")
