@@ -335,6 +335,17 @@ def test_road_exact_imputation_solves_the_system_in_1d_2d_3d_in_chunks(letters, 
             torch.testing.assert_close(whole[n, c], _dense_imputation(x[n, c], removed[n, 0]), atol=1e-7, rtol=0)
 
 
+@pytest.mark.parametrize("shape", [(2, 1, 11, 9), (1, 1, 1, 6), (1, 1, 5, 1), (3, 1, 2, 2)])
+def test_road_stencil_without_padding_equals_the_zero_padded_convolution(shape):
+    from camkit_plugins.metrics.perturbations import _neighbour_sum
+
+    kernel = torch.tensor([[1.0, 2.0, 1.0], [2.0, 0.0, 2.0], [1.0, 2.0, 1.0]], dtype=torch.float64) / 12.0
+    v = torch.randn(shape, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    expected = torch.nn.functional.conv2d(v, kernel[None, None], padding=1)
+    torch.testing.assert_close(_neighbour_sum(kernel[None, None])(v), expected, atol=1e-15, rtol=0)
+    assert _neighbour_sum(kernel[None, None])(v.float()).dtype == torch.float32
+
+
 def test_road_metric_orders_morf_before_lerf():
     model, _, maps = one_pixel_case(first=True, size=6)
     x = torch.zeros(2, 1, 6, 6)
