@@ -319,7 +319,8 @@ def _dense_imputation(values, removed):
 
 
 @pytest.mark.parametrize("letters,shape", [("NCL", (3, 2, 40)), ("NCHW", (3, 2, 11, 9)),
-                                           ("NCDHW", (3, 2, 5, 6, 7))])
+                                           ("NCDHW", (3, 2, 5, 6, 7)), ("NCDHW", (2, 2, 2, 12, 10)),
+                                           ("NCDHW", (2, 1, 1, 9, 16)), ("NCHW", (2, 1, 3, 30))])
 def test_road_exact_imputation_solves_the_system_in_1d_2d_3d_in_chunks(letters, shape, monkeypatch):
     from camkit_plugins.metrics import perturbations
 
@@ -344,6 +345,26 @@ def test_road_stencil_without_padding_equals_the_zero_padded_convolution(shape):
     expected = torch.nn.functional.conv2d(v, kernel[None, None], padding=1)
     torch.testing.assert_close(_neighbour_sum(kernel[None, None])(v), expected, atol=1e-15, rtol=0)
     assert _neighbour_sum(kernel[None, None])(v.float()).dtype == torch.float32
+
+
+def test_road_short_clips_coarsen_their_long_axes_and_solve_a_small_coarsest_grid(monkeypatch):
+    # a clip of 2 frames: halving every axis until the shortest has 4 elements kept the whole 2 x 48 x 48 grid
+    # as the "coarsest" and built its 4608 x 4608 pseudo-inverse (a 1-frame clip crashed the first fill)
+    sizes = []
+    pinv = torch.linalg.pinv
+    monkeypatch.setattr(torch.linalg, "pinv", lambda a, **kw: sizes.append(a.shape[-1]) or pinv(a, **kw))
+    generator = torch.Generator().manual_seed(2)
+    for frames in (1, 2):
+        x = torch.rand(1, 3, frames, 48, 48, generator=generator)
+        removed = torch.rand(1, 1, frames, 48, 48, generator=generator) < 0.9
+        removed[..., 0, 0, 0] = False
+        road = camkit.lookup("perturbations", "road")(noise=0.0, exact=True, tolerance=1e-9)
+        imputed = road.apply(x, removed, Layout.parse("NCDHW"), torch.arange(1))
+        assert torch.equal(imputed[~removed.expand_as(x)], x[~removed.expand_as(x)])
+        if frames == 1:  # (2 frames: the dense check above, on a smaller clip)
+            torch.testing.assert_close(imputed[0, 1].double(), _dense_imputation(x[0, 1], removed[0, 0]),
+                                       atol=1e-6, rtol=0)
+    assert len(sizes) == 2 and max(sizes) <= 64
 
 
 def test_road_metric_orders_morf_before_lerf():
