@@ -203,6 +203,7 @@ class ForwardLog:
 
     def __init__(self, model: Any) -> None:
         self.shapes: list[tuple[int, ...]] = []
+        self.output_error = ""
         self.handle = model.register_forward_hook(lambda module, args, output: self.shapes.append(
             tuple(args[0].shape)) if args else None)
 
@@ -264,11 +265,18 @@ def speed_batch(images: int, size: int, device: str, method: str = "layercam", s
 
 
 def time_metric(metric: Any, batch: Any) -> tuple[float, ForwardLog]:
+    """Wall time of ``metric.evaluate(batch)`` and the forwards it ran. A Quantus metric whose result is not
+    per sample (``QuantusOutputError``: it ran to the end) still has its time, with the error beside it."""
+    from camkit_plugins.metrics.quantus_metrics import QuantusOutputError
+
     log = ForwardLog(batch.model)
     try:
         _sync(batch.inputs.device)
         began = time.perf_counter()
-        metric.evaluate(batch)
+        try:
+            metric.evaluate(batch)
+        except QuantusOutputError as exc:
+            log.output_error = f"{exc}"
         _sync(batch.inputs.device)
         return time.perf_counter() - began, log
     finally:
@@ -302,6 +310,8 @@ def run_speed(cases: list[dict[str, Any]], images: int, size: int, device: str,
             theirs = make_metric(f"quantus:{case['quantus']}", **case["quantus_options"], **call)
             row["quantus_s"], their_log = time_metric(theirs, batch)
             row["quantus_forwards"] = their_log.samples
+            if their_log.output_error:  # timed, but its values are not per sample (a Quantus fault)
+                row["quantus_note"] = their_log.output_error[:300]
         except Exception as exc:  # reported in the table
             row["quantus_error"] = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
         if "camkit_s" in row and "quantus_s" in row:
@@ -326,7 +336,9 @@ def speed_markdown(rows: list[dict[str, Any]], images: int, size: int, device: s
              "camkit / forwards |", "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         cells = [r["case"], r["camkit"] or "–", _number(r, "camkit_s", "camkit_error"),
-                 _number(r, "quantus_s", "quantus_error"), f"{r['speedup']:.2f}x" if "speedup" in r else "–",
+                 _number(r, "quantus_s", "quantus_error") + (" (its values are not per sample)"
+                                                             if r.get("quantus_note") else ""),
+                 f"{r['speedup']:.2f}x" if "speedup" in r else "–",
                  str(r.get("camkit_forwards", "–")), str(r.get("quantus_forwards", "–")), _number(r, "forward_s"),
                  f"{r['camkit_over_forwards']:.2f}" if "camkit_over_forwards" in r else "–"]
         lines.append("| " + " | ".join(cells) + " |")

@@ -73,3 +73,30 @@ def test_cases_in_either_form_and_the_speed_bars(battery):
     text = "\n".join(battery.speed_markdown(rows, 16, 224, "cpu", 2, ["DEFAULT_CASES"]))
     assert "the battery 6.00x" in text and "2 of 2" in text and "1 of 1 (metrics that forward" in text
     assert "| C | – | error: LookupError: none | 2.000 |" in text
+
+
+def test_a_quantus_result_that_is_not_per_sample_keeps_its_time_and_says_so(battery):
+    from camkit_plugins.metrics.quantus_metrics import QuantusOutputError
+
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 2)).eval()
+    batch = EvalBatch(model=model, inputs=torch.rand(3, 1, 2, 2), input_layout=Layout.parse("NCHW"), labels=None,
+                      targets=torch.zeros(3, dtype=torch.long), maps=torch.rand(3, 2, 2), map_letters="NHW",
+                      indices=torch.arange(3), explain=None)
+
+    class Ran:  # a metric that forwards, then returns values that are not per sample
+        def __init__(self, error):
+            self.error = error
+
+        def evaluate(self, batch):
+            batch.model(batch.inputs)
+            raise self.error("returned values of shape (12,) for 3 samples")
+
+    seconds, log = battery.time_metric(Ran(QuantusOutputError), batch)
+    assert seconds > 0 and log.samples == 3 and "shape (12,)" in log.output_error
+    with pytest.raises(ValueError, match="shape"):  # any other failure is not timed
+        battery.time_metric(Ran(ValueError), batch)
+    assert not model._forward_hooks
+    rows = [{"case": "S", "camkit": "s", "camkit_s": 1.0, "quantus_s": 3.0, "speedup": 3.0,
+             "quantus_note": log.output_error}]
+    assert "| 3.000 (its values are not per sample) | 3.00x |" in "\n".join(
+        battery.speed_markdown(rows, 3, 2, "cpu", 1, ["X"]))

@@ -138,16 +138,16 @@ class QuantusMetric(Metric):
         if isinstance(scores, dict):
             columns = {str(k): np.asarray(v, dtype=np.float64).reshape(-1) for k, v in scores.items()}
             if not columns or any(c.shape != (n,) for c in columns.values()):
-                raise ValueError(f"{self.name} returned aggregated values ({len(columns)} entries, not one list of "
-                                 f"{n} per entry): it cannot give per-sample values for the bench")
+                raise QuantusOutputError(f"{self.name} returned aggregated values ({len(columns)} entries, not one "
+                                         f"list of {n} per entry): it cannot give per-sample values for the bench")
             layers = torch.from_numpy(np.stack(list(columns.values()), axis=1))
             return MetricValues({"score": layers.mean(dim=1), "layers": layers}, {"layers": list(columns)})
         try:
             values = torch.from_numpy(np.asarray(scores, dtype=np.float64))
         except ValueError as exc:  # ragged curves
-            raise ValueError(f"{self.name} returned per-sample results of different lengths: {exc}") from exc
+            raise QuantusOutputError(f"{self.name} returned per-sample results of different lengths: {exc}") from exc
         if values.shape[:1] != (n,) or values.dim() > 2:
-            raise ValueError(f"{self.name} returned values of shape {tuple(values.shape)} for {n} samples")
+            raise QuantusOutputError(f"{self.name} returned values of shape {tuple(values.shape)} for {n} samples")
         if values.dim() == 2:
             return MetricValues({"score": curve_auc(values), "curve": values})
         return MetricValues({"score": values})
@@ -155,6 +155,11 @@ class QuantusMetric(Metric):
     def options(self) -> dict[str, Any]:
         return {"quantus": self.quantus_name, **{k: _plain(v) for k, v in self.settings.items()},
                 **({"call": self.call} if self.call else {})}
+
+
+class QuantusOutputError(ValueError):
+    """Quantus ran to the end, but its result is not one value (or curve) per sample: the bench cannot use
+    it (a timing of the call still stands)."""
 
 
 def _plain(value: Any) -> Any:
