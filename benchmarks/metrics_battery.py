@@ -24,8 +24,10 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import importlib.util
 import json
+import statistics
 import sys
 import time
 import traceback
@@ -48,6 +50,9 @@ DEFAULT_CASES: list[dict[str, Any]] = [
     {"quantus": "MaxSensitivity", "options": {"nr_samples": 5}},
     {"quantus": "MPRT", "options": {}},
 ]
+# a case whose camkit run takes under SHORT_S seconds is timed SHORT_REPEATS times on each side (medians):
+# a 0.6 s metric swung from 1.06x to 1.45x its forwards between single runs on 2 cores
+SHORT_S, SHORT_REPEATS = 2.0, 5
 # in --quick grids, these options (when a metric takes them) keep each cell small
 QUICK_OPTIONS = {"steps": 8, "nr_runs": 10, "nr_samples": 3, "max_layers": 2, "features_in_step": 64,
                  "subset_size": 64, "regions_evaluation": 10, "patch_size": 8}
@@ -298,9 +303,18 @@ def run_speed(cases: list[dict[str, Any]], images: int, size: int, device: str,
             if name is None:
                 raise LookupError(f"no registered camkit metric has quantus_name {case['quantus']!r}")
             ours = make_metric(name, **case["camkit_options"])
+            cached = batch.predictions  # the batch keeps its top-1 classes: each repeat starts as the first did
             row["camkit_s"], log = time_metric(ours, batch)
             row["camkit_forwards"] = log.samples
             row["forward_s"] = replay_seconds(batch.model, log.shapes, batch.inputs.device)
+            if row["camkit_s"] < SHORT_S:  # a short case is timed a few more times (the median of each)
+                more = [time_metric(ours, dataclasses.replace(batch, predictions=cached))[0]
+                        for _ in range(SHORT_REPEATS - 1)]
+                replays = [replay_seconds(batch.model, log.shapes, batch.inputs.device)
+                           for _ in range(SHORT_REPEATS - 1)]
+                row["camkit_s"] = statistics.median([row["camkit_s"], *more])
+                row["forward_s"] = statistics.median([row["forward_s"], *replays])
+                row["repeats"] = SHORT_REPEATS
         except Exception as exc:  # reported in the table
             row["camkit_error"] = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
         try:
@@ -310,6 +324,9 @@ def run_speed(cases: list[dict[str, Any]], images: int, size: int, device: str,
             theirs = make_metric(f"quantus:{case['quantus']}", **case["quantus_options"], **call)
             row["quantus_s"], their_log = time_metric(theirs, batch)
             row["quantus_forwards"] = their_log.samples
+            if row.get("repeats"):
+                more = [time_metric(theirs, batch)[0] for _ in range(SHORT_REPEATS - 1)]
+                row["quantus_s"] = statistics.median([row["quantus_s"], *more])
             if their_log.output_error:  # timed, but its values are not per sample (a Quantus fault)
                 row["quantus_note"] = their_log.output_error[:300]
         except Exception as exc:  # reported in the table
@@ -331,7 +348,8 @@ def speed_markdown(rows: list[dict[str, Any]], images: int, size: int, device: s
     timed = [r for r in rows if "speedup" in r]
     lines = [f"## Speed against Quantus 0.6 (ResNet-18, {images} images at {size} px, {device}, {threads} threads)", "",
              f"Cases: {', '.join(sources)}. Forwards = samples forwarded (hook count); forward s = camkit's "
-             "forwards replayed alone.", "",
+             f"forwards replayed alone; a case under {SHORT_S:g} s of camkit is timed {SHORT_REPEATS} times on "
+             "each side (medians).", "",
              "| case | camkit | camkit s | Quantus s | speed-up | camkit forwards | Quantus forwards | forward s | "
              "camkit / forwards |", "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:

@@ -100,3 +100,20 @@ def test_a_quantus_result_that_is_not_per_sample_keeps_its_time_and_says_so(batt
              "quantus_note": log.output_error}]
     assert "| 3.000 (its values are not per sample) | 3.00x |" in "\n".join(
         battery.speed_markdown(rows, 3, 2, "cpu", 1, ["X"]))
+
+
+def test_short_cases_are_timed_again_from_the_same_state(battery, monkeypatch):
+    forwards = []
+    timed = battery.time_metric
+
+    def counting(metric, batch):
+        seconds, log = timed(metric, batch)
+        forwards.append(log.samples)
+        return seconds, log
+
+    monkeypatch.setattr(battery, "time_metric", counting)
+    case = battery.as_case({"label": "S", "camkit": "sufficiency", "options": {}})
+    (row,) = battery.run_speed([case], 2, 32, "cpu")
+    # every repeat forwards the batch once for its top-1 classes, as the first run did (not a cached 0)
+    assert row["repeats"] == battery.SHORT_REPEATS and forwards == [2] * battery.SHORT_REPEATS
+    assert row["camkit_forwards"] == 2 and row["forward_s"] > 0 and "camkit_error" not in row
